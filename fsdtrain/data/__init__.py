@@ -1,0 +1,1 @@
+"""Fleet data: clip schema, synthetic fleet, shards, streaming."""

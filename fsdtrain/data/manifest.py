@@ -1,0 +1,95 @@
+"""``manifest.json``: what a ``<root>/<dataset>/<split>/<country>/`` directory of shards holds.
+
+Fields: ``dataset``, ``split``, ``country``, ``zone``, ``schema``, ``cameras``, ``fps``, ``frames``
+(frames per clip), and per shard ``name``, ``samples``, ``bytes``, ``sha256``. The manifest is
+written last, so a directory with a manifest is complete (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+
+from fsdtrain.data.schema import SCHEMA
+from fsdtrain.errors import DataError, StoreError
+from fsdtrain.residency import validate_zone
+from fsdtrain.store import objects
+
+__all__ = ["MANIFEST_NAME", "ShardInfo", "Manifest", "load_manifest", "save_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+_SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    split: str
+    country: str
+    zone: str
+    cameras: list[str]
+    fps: float
+    frames: int
+    shards: list[ShardInfo] = field(default_factory=list)
+    schema: str = SCHEMA
+    url: str = ""  # where it was loaded from (directory URL); not serialized
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def shard_url(self, shard: ShardInfo) -> str:
+        return objects.join_url(self.url, shard.name)
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d.pop("url")
+        return json.dumps(d, indent=1, sort_keys=True).encode()
+
+    def digest(self) -> str:
+        """sha256 of the serialized manifest: identifies exactly which data a run used."""
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+
+def load_manifest(url: str) -> Manifest:
+    """Loads ``<url>/manifest.json`` (``url`` is the shard directory) and validates it."""
+    murl = objects.join_url(url, MANIFEST_NAME)
+    try:
+        raw = json.loads(objects.read_bytes(murl))
+    except StoreError as exc:
+        if "no such" in str(exc):
+            raise DataError(f"no manifest at {murl}: is {url} a shard directory written by `fsdtrain data synth`/`data write`?") from None
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{murl}: not valid JSON ({exc})") from None
+    try:
+        shards = [ShardInfo(**s) for s in raw.pop("shards")]
+        m = Manifest(**raw, shards=shards)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise DataError(f"{murl}: fields do not match the manifest format ({exc})") from None
+    if m.schema != SCHEMA:
+        raise DataError(f"{murl}: schema {m.schema!r}, this fsdtrain reads {SCHEMA!r}")
+    validate_zone(m.zone, f"{murl}: zone")
+    for s in m.shards:
+        if not _SHARD_RE.match(s.name):
+            raise DataError(f"{murl}: shard name {s.name!r} is not shard-NNNNNN.tar")
+    m.url = url.rstrip("/")
+    return m
+
+
+def save_manifest(url: str, manifest: Manifest) -> None:
+    objects.write_bytes(objects.join_url(url, MANIFEST_NAME), manifest.to_json())

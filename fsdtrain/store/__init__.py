@@ -1,0 +1,1 @@
+"""Object store access and the local SeaweedFS endpoint."""
