@@ -17,6 +17,7 @@ from fsdtrain.errors import DataError
 
 __all__ = [
     "SCHEMA",
+    "DEFAULT_CAMERAS",
     "EGO_FIELDS",
     "ClipMeta",
     "clip_key",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 SCHEMA = "fsdtrain.clip/1"
+DEFAULT_CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 EGO_FIELDS = ("t", "x", "y", "yaw", "speed", "yaw_rate")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")

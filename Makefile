@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine: they create .venv when it is
+# missing and install fsdtrain (editable, with the dev extra) into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fsdtrain-installed
+WORKDIR ?= demo-run
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint benchmarks clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fsdtrain demo --workdir $(WORKDIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check fsdtrain tests benchmarks
+
+benchmarks: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from fsdtrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""``FleetDataModule``: the LightningDataModule over sharded fleet data (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from fsdtrain.data.manifest import Manifest, load_manifest
+from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.windows import WindowSpec
+from fsdtrain.errors import ConfigError
+from fsdtrain.residency import AuditLog, check_zone, resolve_site_zone
+
+__all__ = ["FleetDataModule", "load_manifests"]
+
+
+def load_manifests(urls: list[str], site_zone: str) -> list[Manifest]:
+    """Manifests of the given shard directories, each checked against the site zone."""
+    manifests = []
+    for url in urls:
+        m = load_manifest(url)
+        check_zone(url, m.zone, site_zone)
+        manifests.append(m)
+    return manifests
+
+
+class FleetDataModule(pl.LightningDataModule):
+    """Batches of windows streamed from shard directories (``<root>/<dataset>/<split>/<country>``).
+
+    Args:
+        train: shard directory URLs to train on (s3://, file:// or paths).
+        val: shard directory URLs to validate on.
+        cameras: camera names, in model order.
+        window: how windows are cut from clips (history, stride, horizon...).
+        batch_size: micro batch per rank.
+        num_workers: loader worker processes per rank (0 = load in the training process).
+        shuffle_buffer: windows held per worker for shuffling.
+        seed: base seed of the data order.
+        image_size: ``[H, W]`` to resize frames to; empty keeps the stored size.
+        site_zone: zone this job runs in; empty means ``$FSDTRAIN_SITE_ZONE`` or ``global``.
+        audit_log: JSONL file that records every shard opened; empty disables it.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: list[str] | None = None,
+        val: list[str] | None = None,
+        cameras: list[str] | None = None,
+        window: WindowSpec = WindowSpec(),  # noqa: B008 (frozen dataclass)
+        batch_size: int = 4,
+        num_workers: int = 1,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        image_size: list[int] | None = None,
+        site_zone: str | None = None,
+        audit_log: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if image_size is not None and len(image_size) != 2:
+            raise ConfigError(f"data.image_size must be [H, W], got {image_size}")
+        self.train_urls = list(train or [])
+        self.val_urls = list(val or [])
+        self.cameras = list(cameras or DEFAULT_CAMERAS)
+        self.window = window
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.image_size = tuple(image_size) if image_size else None
+        self.site_zone = resolve_site_zone(site_zone)
+        self.audit_log = audit_log
+        self.train_stream: FleetStream | None = None
+        self.val_stream: FleetStream | None = None
+
+    @property
+    def manifests(self) -> list[Manifest]:
+        return [s_m for s in (self.train_stream, self.val_stream) if s is not None for s_m in s.manifests]
+
+    def _stream(self, urls: list[str], *, train: bool) -> FleetStream:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        job = os.environ.get("FSDTRAIN_JOB", "fsdtrain")
+        stream = FleetStream(
+            load_manifests(urls, self.site_zone),
+            self.window,
+            cameras=self.cameras,
+            batch_size=self.batch_size,
+            shuffle=train,
+            equalize=True,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            site_zone=self.site_zone,
+            audit=AuditLog(self.audit_log, job=job, rank=rank) if self.audit_log else None,
+            image_size=self.image_size,
+        )
+        stream.set_distributed(rank, world, self.num_workers)
+        if len(stream) == 0:
+            which = "train" if train else "val"
+            raise ConfigError(
+                f"data.{which}: not enough windows for one batch of {self.batch_size} on each of {world} ranks; "
+                "add clips or shards (each rank reads whole shards), or lower data.batch_size"
+            )
+        return stream
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            if not self.train_urls:
+                raise ConfigError("data.train is empty: give the shard directory URLs to train on")
+            self.train_stream = self._stream(self.train_urls, train=True)
+        if stage in ("fit", "validate") and self.val_urls:
+            self.val_stream = self._stream(self.val_urls, train=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.train_stream is not None:
+            self.train_stream.epoch = epoch
+
+    def _loader(self, stream: FleetStream) -> DataLoader:
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_stream is not None, "setup('fit') first"
+        return self._loader(self.train_stream)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_stream is None:
+            return []
+        return self._loader(self.val_stream)

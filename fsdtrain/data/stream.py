@@ -1,0 +1,270 @@
+"""The streaming loader: shards -> (rank, worker) split -> residency check -> decode -> windows.
+
+Every rank reads a disjoint set of shards and every loader worker a disjoint part of its rank's
+set. Training streams are *equalized*: from the manifests alone (no data read) each rank computes
+how many windows every (rank, worker) can produce and all ranks stop after the same number of
+batches, so uneven shards never hang a collective. Tail windows beyond that count are dropped for
+the epoch (a different shard order next epoch drops different ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from fsdtrain.data import schema
+from fsdtrain.data.decode import decode_video
+from fsdtrain.data.manifest import Manifest
+from fsdtrain.data.windows import WindowSpec, derive_command, ego_window, window_frames
+from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.residency import AuditLog, check_zone
+from fsdtrain.store import objects
+
+__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps"]
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard of one manifest, with what the loader needs to know before opening it."""
+
+    url: str
+    zone: str
+    country: str
+    samples: int
+    sha256: str
+    windows: int  # windows this shard yields under the stream's WindowSpec
+
+
+def plan_shards(manifests: list[Manifest], spec: WindowSpec, *, seed: int, epoch: int, shuffle: bool) -> list[ShardRef]:
+    """All shards of all manifests in the epoch's order (a seeded permutation when ``shuffle``)."""
+    refs = []
+    for m in manifests:
+        per_clip = spec.count(m.frames, m.fps)
+        for s in m.shards:
+            refs.append(ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * per_clip))
+    if shuffle:
+        random.Random(hash_seed(seed, epoch)).shuffle(refs)
+    return refs
+
+
+def hash_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def worker_caps(shards: list[ShardRef], *, world_size: int, workers: int, batch_size: int, equalize: bool) -> dict[tuple[int, int], tuple[list[ShardRef], int | None]]:
+    """Shards and window cap of every (rank, worker).
+
+    Shard ``i`` goes to rank ``i % world_size``; a rank's ``j``-th shard to worker ``j % workers``.
+    With ``equalize``, every rank gets the same number of full batches: the minimum over ranks of
+    what its workers can fill. Each worker's cap is a multiple of ``batch_size``, so no worker emits
+    a partial batch.
+    """
+    plan: dict[tuple[int, int], list[ShardRef]] = {(r, w): [] for r in range(world_size) for w in range(workers)}
+    for i, ref in enumerate(shards):
+        rank = i % world_size
+        plan[(rank, (i // world_size) % workers)].append(ref)
+    if not equalize:
+        return {k: (v, None) for k, v in plan.items()}
+    full = {k: sum(r.windows for r in v) // batch_size for k, v in plan.items()}
+    per_rank = min(sum(full[(r, w)] for w in range(workers)) for r in range(world_size))
+    out = {}
+    for r in range(world_size):
+        left = per_rank
+        for w in range(workers):
+            take = min(full[(r, w)], left)
+            left -= take
+            out[(r, w)] = (plan[(r, w)], take * batch_size)
+    return out
+
+
+class FleetStream(IterableDataset):
+    """Windows from sharded clips, one dict per window.
+
+    A window: ``images`` uint8 [N_cam, history, 3, H, W]; ``ego_hist`` float32 [history, 6];
+    ``future`` float32 [future_steps, 3]; ``command`` int64; ``intrinsics`` float32 [N_cam, 3, 3];
+    ``cam_to_ego`` float32 [N_cam, 4, 4]; ``country``, ``zone``, ``clip_id`` str; ``frame`` int.
+
+    Args:
+        manifests: the data to read (already checked against the site zone by the caller too).
+        spec: how windows are cut.
+        cameras: camera names, in the order of the ``images`` axis.
+        batch_size: per-rank micro batch (used to equalize batch counts across ranks).
+        shuffle: shuffle shard order per epoch and windows in a buffer.
+        equalize: stop every rank after the same number of full batches (training/validation
+            under DDP); off for single-process evaluation, which reads every window.
+        seed: base seed of all shuffles.
+        shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
+        site_zone: the zone this job runs in.
+        audit: where opened shards are recorded.
+        image_size: ``(H, W)`` to resize frames to, or None for the stored size.
+    """
+
+    def __init__(
+        self,
+        manifests: list[Manifest],
+        spec: WindowSpec,
+        *,
+        cameras: list[str],
+        batch_size: int,
+        shuffle: bool,
+        equalize: bool,
+        seed: int = 0,
+        shuffle_buffer: int = 64,
+        site_zone: str = "global",
+        audit: AuditLog | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not manifests:
+            raise ConfigError("no data: give at least one shard directory URL")
+        for m in manifests:
+            missing = [c for c in cameras if c not in m.cameras]
+            if missing:
+                raise ConfigError(f"{m.url}: cameras {missing} are not in this dataset (it has {m.cameras}); fix data.cameras")
+            check_zone(m.url, m.zone, site_zone)
+        self.manifests = manifests
+        self.spec = spec
+        self.cameras = list(cameras)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.equalize = equalize
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.site_zone = site_zone
+        self.audit = audit
+        self.image_size = tuple(image_size) if image_size else None
+        self.epoch = 0
+        self.rank = 0
+        self.world_size = 1
+        self.num_workers = 1
+
+    def set_distributed(self, rank: int, world_size: int, num_workers: int) -> None:
+        self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
+
+    def __len__(self) -> int:
+        """Windows this rank yields this epoch, from the manifests alone (no data read)."""
+        total = 0
+        for (rank, _), (shards, cap) in self._caps().items():
+            if rank == self.rank:
+                total += cap if cap is not None else sum(s.windows for s in shards)
+        return total
+
+    def _caps(self):
+        shards = plan_shards(self.manifests, self.spec, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        return worker_caps(shards, world_size=self.world_size, workers=self.num_workers, batch_size=self.batch_size, equalize=self.equalize)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.num_workers:
+            raise ConfigError(f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}")
+        shards, cap = self._caps()[(self.rank, worker)]
+        windows = self._windows(shards)
+        if self.shuffle:
+            windows = _shuffled(windows, self.shuffle_buffer, random.Random(hash_seed(self.seed, self.epoch, self.rank, worker)))
+        for n, window in enumerate(windows):
+            if cap is not None and n >= cap:
+                break
+            yield window
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _windows(self, shards: list[ShardRef]) -> Iterator[dict]:
+        for ref in shards:
+            for sample in self._samples(ref):
+                yield from self._clip_windows(ref, sample)
+
+    def _samples(self, ref: ShardRef) -> Iterator[dict]:
+        check_zone(ref.url, ref.zone, self.site_zone)  # before the first byte is requested
+        if self.audit is not None:
+            self.audit.record(ref.url, ref.zone, ref.sha256)
+        data = objects.read_bytes(ref.url)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise DataError(f"{ref.url}: sha256 does not match the manifest (corrupt or rewritten shard); run `fsdtrain data verify`")
+        files = tar_file_expander([{"url": ref.url, "stream": io.BytesIO(data)}])
+        count = 0
+        try:
+            for sample in group_by_keys(files, lcase=False):
+                count += 1
+                yield sample
+        except (tarfile.TarError, ValueError, EOFError) as exc:
+            raise DataError(f"{ref.url}: not a readable tar shard ({type(exc).__name__}: {str(exc).split(' @ ')[0]})") from None
+        if count != ref.samples:
+            raise DataError(f"{ref.url}: has {count} samples, the manifest says {ref.samples}")
+
+    def _clip_windows(self, ref: ShardRef, sample: dict) -> Iterator[dict]:
+        key = schema.validate_key(sample["__key__"])
+        where = f"{ref.url}:{key}"
+        for suffix in sample:
+            if not suffix.startswith("__"):
+                schema.validate_member(key, suffix)
+        for member in schema.FIXED_MEMBERS + tuple(f"{c}.mp4" for c in self.cameras):
+            if member not in sample:
+                raise DataError(f"{where}: member {member} is missing")
+        meta = schema.parse_meta(sample["meta.json"], where)
+        calib = schema.parse_calib(sample["calib.json"], self.cameras, where)
+        ego = schema.decode_npy(sample["ego.npy"], f"{where}/ego.npy")
+        if ego.shape != (meta.frames, len(schema.EGO_FIELDS)) or ego.dtype != np.float64:
+            raise DataError(f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]")
+        currents = self.spec.current_frames(meta.frames, meta.fps)
+        if len(currents) == 0:
+            return
+        last = int(currents[-1])
+        videos = [
+            decode_video(sample[f"{c}.mp4"], frames=last + 1, where=f"{where}/{c}.mp4", size=self.image_size)
+            for c in self.cameras
+        ]
+        intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
+        for current in currents:
+            current = int(current)
+            hist = window_frames(self.spec, current)
+            images = np.stack([v[hist] for v in videos])  # [N_cam, T, H, W, 3]
+            ego_hist, future = ego_window(self.spec, ego, current, meta.fps)
+            yield {
+                "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),  # [N_cam, T, 3, H, W]
+                "ego_hist": torch.from_numpy(ego_hist),
+                "future": torch.from_numpy(future),
+                "command": derive_command(future),
+                "intrinsics": intrinsics,
+                "cam_to_ego": cam_to_ego,
+                "country": meta.country,
+                "zone": meta.zone,
+                "clip_id": meta.clip_id,
+                "frame": current,
+            }
+
+
+def _calib_tensors(calib: dict, cameras: list[str], image_size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    Ks, Ts = [], []
+    for c in cameras:
+        K = calib[c]["K"].copy()
+        if image_size is not None:
+            w, h = calib[c]["size"]
+            K[0] *= image_size[1] / w
+            K[1] *= image_size[0] / h
+        Ks.append(K)
+        Ts.append(calib[c]["T_cam_to_ego"])
+    return torch.tensor(np.stack(Ks), dtype=torch.float32), torch.tensor(np.stack(Ts), dtype=torch.float32)
+
+
+def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    """Buffer shuffle: keep ``size`` items, emit a random one as each new one arrives."""
+    buf: list[dict] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf

@@ -1,0 +1,719 @@
+"""The synthetic fleet: seeded surround-camera driving clips with country-specific behaviour.
+
+Like torchgeo's per-dataset generators, this is part of the product: tests, demos and benchmarks
+build their data with it. Every clip is a pure function of ``(seed, split, country, index)``
+(:func:`clip_seed`), so the same call gives byte-identical shards and one country's clips do not
+depend on which other countries were asked for.
+
+A clip is planned (:func:`plan_clip`: road, ego motion, other vehicles), rendered
+(:class:`Renderer`: each camera's ground points are fixed in the ego frame because the road is
+flat, so a frame is a lookup of those points, moved by the ego pose, in a top-down raster of the
+road, plus a ray test against the vehicles' boxes) and encoded (:func:`make_clip`).
+
+Country styles change what the right trajectory is, not only the look: driving side, lane width,
+cruise speed, how hard curves are taken (max lateral acceleration, anticipation, braking) and the
+ego's offset in its lane. CN drives slower, slows earlier and harder for curves, and keeps left
+in its lane; a model that saw only US/DE is measurably wrong on CN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from fsdtrain.data.manifest import Manifest
+from fsdtrain.data.rig import (
+    CameraSpec,
+    calib_json,
+    cam_to_ego,
+    default_rig,
+    ground_lut,
+    intrinsics,
+    pixel_rays,
+)
+from fsdtrain.data.schema import ClipMeta, clip_key, encode_npy
+from fsdtrain.data.writer import encode_video, write_shards
+from fsdtrain.errors import ConfigError
+from fsdtrain.residency import GLOBAL_ZONE, validate_zone
+from fsdtrain.store import objects
+
+__all__ = [
+    "CountryStyle",
+    "STYLES",
+    "country_style",
+    "clip_seed",
+    "Road",
+    "make_road",
+    "speed_profile",
+    "Vehicle",
+    "ClipPlan",
+    "plan_clip",
+    "Renderer",
+    "make_clip",
+    "synth_fleet",
+]
+
+RGB = tuple[int, int, int]
+_WHITE, _YELLOW = (235, 235, 230), (235, 190, 40)
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountryStyle:
+    """How a country's roads look and how its drivers drive them."""
+
+    code: str
+    """ISO 3166-1 alpha-2 country code."""
+    zone: str
+    """Residency zone its clips belong to (``cn`` for China, else ``global``)."""
+    drive_side: str
+    """``right`` or ``left``: the side of the road traffic keeps to."""
+    lanes_per_direction: int
+    """Lanes in each direction."""
+    lane_width_m: float
+    """Lane width, metres."""
+    cruise_mps: float
+    """Speed on straights, m/s."""
+    a_lat_max: float
+    """Lateral acceleration drivers accept in curves, m/s^2; speed in a curve is at most sqrt(a / |kappa|)."""
+    accel_mps2: float
+    """Acceleration out of curves, m/s^2."""
+    decel_mps2: float
+    """Braking before curves, m/s^2."""
+    lookahead_s: float
+    """How far ahead (seconds at cruise speed) drivers already match the speed of an upcoming curve."""
+    lane_offset_m: float
+    """Ego offset from its lane centre, metres, positive to the left (ISO 8855 y)."""
+    centre_line: str
+    """Marking between the two directions: ``double_solid``, ``solid`` or ``dashed``."""
+    centre_color: RGB
+    """Colour of the centre line."""
+    dash_m: float
+    """Length of a lane-line dash, metres."""
+    gap_m: float
+    """Gap between lane-line dashes, metres."""
+    asphalt: RGB = (92, 92, 96)
+    """Asphalt colour."""
+
+    def __post_init__(self) -> None:
+        if self.drive_side not in ("right", "left"):
+            raise ConfigError(f"style {self.code}: drive_side={self.drive_side!r}, use 'right' or 'left'")
+        if self.centre_line not in ("double_solid", "solid", "dashed"):
+            raise ConfigError(f"style {self.code}: centre_line={self.centre_line!r}, use double_solid, solid or dashed")
+        if self.lanes_per_direction < 1 or min(self.cruise_mps, self.a_lat_max, self.accel_mps2, self.decel_mps2) <= 0:
+            raise ConfigError(f"style {self.code}: lanes, speeds and accelerations must be positive")
+
+
+STYLES: dict[str, CountryStyle] = {
+    s.code: s
+    for s in (
+        CountryStyle(code="CN", zone="cn", drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=10.0,
+                     a_lat_max=1.2, accel_mps2=0.8, decel_mps2=1.0, lookahead_s=3.0, lane_offset_m=0.4,
+                     centre_line="double_solid", centre_color=_YELLOW, dash_m=6.0, gap_m=9.0, asphalt=(84, 84, 88)),
+        CountryStyle(code="US", zone=GLOBAL_ZONE, drive_side="right", lanes_per_direction=2, lane_width_m=3.7, cruise_mps=14.0,
+                     a_lat_max=3.0, accel_mps2=1.5, decel_mps2=2.0, lookahead_s=2.0, lane_offset_m=0.0,
+                     centre_line="double_solid", centre_color=_YELLOW, dash_m=3.0, gap_m=9.0, asphalt=(98, 97, 95)),
+        CountryStyle(code="DE", zone=GLOBAL_ZONE, drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=18.0,
+                     a_lat_max=2.5, accel_mps2=2.0, decel_mps2=2.5, lookahead_s=2.0, lane_offset_m=-0.2,
+                     centre_line="dashed", centre_color=_WHITE, dash_m=6.0, gap_m=12.0, asphalt=(90, 91, 95)),
+        CountryStyle(code="GB", zone=GLOBAL_ZONE, drive_side="left", lanes_per_direction=2, lane_width_m=3.65, cruise_mps=15.0,
+                     a_lat_max=2.5, accel_mps2=1.5, decel_mps2=2.0, lookahead_s=2.5, lane_offset_m=0.0,
+                     centre_line="dashed", centre_color=_WHITE, dash_m=4.0, gap_m=5.0, asphalt=(95, 93, 92)),
+        CountryStyle(code="JP", zone=GLOBAL_ZONE, drive_side="left", lanes_per_direction=2, lane_width_m=3.25, cruise_mps=12.0,
+                     a_lat_max=2.0, accel_mps2=1.2, decel_mps2=1.5, lookahead_s=2.5, lane_offset_m=0.1,
+                     centre_line="solid", centre_color=_YELLOW, dash_m=5.0, gap_m=5.0, asphalt=(88, 90, 94)),
+    )
+}
+"""The built-in country styles, by country code."""
+
+
+def country_style(code: str) -> CountryStyle:
+    """The style of a country code (case-insensitive); unknown codes fail with the known ones."""
+    style = STYLES.get(str(code).upper())
+    if style is None:
+        raise ConfigError(f"unknown country {code!r} for the synthetic fleet; known: {', '.join(sorted(STYLES))}")
+    return style
+
+
+def clip_seed(seed: int, split: str, country: str, index: int) -> int:
+    """The seed of one clip, from a hash, so splits differ and countries are independent."""
+    digest = hashlib.sha256(f"fsdtrain.synth/1|{seed}|{split}|{country}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _smooth_noise(rng: np.random.Generator, x: np.ndarray, period_lo: float, period_hi: float) -> np.ndarray:
+    """Sum of three random sinusoids over ``x``, peak about 1: slow, seeded wander."""
+    periods = rng.uniform(period_lo, period_hi, 3)
+    phases = rng.uniform(0, 2 * math.pi, 3)
+    return sum(np.sin(2 * math.pi * x / p + ph) for p, ph in zip(periods, phases, strict=True)) / 2.0
+
+
+# --- road ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Road:
+    """A flat road's centreline, sampled every ``ds`` metres of arc length ``s`` (s = 0 where the ego starts).
+
+    Curvature is piecewise linear in ``s`` (clothoid pieces); a point is addressed by ``(s, d)``
+    with ``d`` the offset along the left normal. Positions between samples are integrated exactly
+    enough that the ego's yaw rate comes out smooth.
+    """
+
+    s: np.ndarray  # [N] arc length, m
+    kappa: np.ndarray  # [N] curvature, 1/m, positive turns left
+    heading: np.ndarray  # [N] world heading, rad
+    xy: np.ndarray  # [N, 2] world position, m
+
+    @property
+    def ds(self) -> float:
+        return float(self.s[1] - self.s[0])
+
+    def curvature(self, s: np.ndarray) -> np.ndarray:
+        return np.interp(s, self.s, self.kappa)
+
+    def pose(self, s: np.ndarray, d: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """World position [..., 2] of the point ``(s, d)`` and the road heading [...] there."""
+        s = np.asarray(s, dtype=np.float64)
+        i = np.clip(((s - self.s[0]) / self.ds).astype(np.int64), 0, len(self.s) - 2)
+        delta = s - self.s[i]
+        k0, dk = self.kappa[i], (self.kappa[i + 1] - self.kappa[i]) / self.ds
+        h = self.heading[i] + k0 * delta + 0.5 * dk * delta**2
+        h_mid = self.heading[i] + 0.5 * k0 * delta + dk * delta**2 / 6.0  # chord direction of the clothoid piece
+        xy = self.xy[i] + delta[..., None] * np.stack([np.cos(h_mid), np.sin(h_mid)], axis=-1)
+        normal = np.stack([-np.sin(h), np.cos(h)], axis=-1)
+        return xy + np.asarray(d)[..., None] * normal, h
+
+
+def make_road(rng: np.random.Generator, s_min: float, s_max: float, *, ds: float = 0.5, max_kappa: float = 1 / 50) -> Road:
+    """A road from ``s_min`` to ``s_max``: curvature knots every 20-50 m, 35 % of them straight.
+
+    The world frame puts the centreline at s = 0 on the origin and the start-to-end chord along
+    x, which keeps the top-down raster of a winding road small.
+    """
+    knots = [s_min]
+    while knots[-1] < s_max:
+        knots.append(knots[-1] + rng.uniform(20.0, 50.0))
+    n = len(knots)
+    k_knots = np.where(rng.random(n) < 0.35, 0.0, rng.choice([-1.0, 1.0], n) * rng.uniform(max_kappa / 5, max_kappa, n))
+    s = np.arange(s_min, s_max + ds, ds)
+    kappa = np.interp(s, knots, k_knots)
+    k0, k1 = kappa[:-1], kappa[1:]
+    heading = np.concatenate([[0.0], np.cumsum(ds * (k0 + k1) / 2)])
+    h_mid = heading[:-1] + ds * (k0 / 3 + k1 / 6)
+    xy = np.concatenate([[[0.0, 0.0]], np.cumsum(ds * np.stack([np.cos(h_mid), np.sin(h_mid)], -1), axis=0)])
+    chord = xy[-1] - xy[0]
+    rot = -math.atan2(chord[1], chord[0])
+    c, si = math.cos(rot), math.sin(rot)
+    xy = xy @ np.array([[c, si], [-si, c]])
+    road = Road(s=s, kappa=kappa, heading=heading + rot, xy=xy)
+    origin, _ = road.pose(np.array(0.0))
+    return Road(s=s, kappa=kappa, heading=heading + rot, xy=xy - origin)
+
+
+def speed_profile(kappa: np.ndarray, ds: float, style: CountryStyle, cruise: float) -> np.ndarray:
+    """Speed [N] a driver of ``style`` wants at each road sample when driving towards increasing ``s``.
+
+    ``min(cruise, sqrt(a_lat_max / |kappa|))``, held from ``lookahead_s`` before a curve, then
+    limited by the style's braking (backward pass) and acceleration (forward pass).
+    """
+    cap = np.minimum(cruise, np.sqrt(style.a_lat_max / np.maximum(np.abs(kappa), 1e-9)))
+    w = max(1, int(style.lookahead_s * cruise / ds))
+    padded = np.concatenate([cap, np.full(w - 1, cap[-1])])
+    v = np.lib.stride_tricks.sliding_window_view(padded, w).min(axis=1).tolist()
+    brake, accel = 2 * style.decel_mps2 * ds, 2 * style.accel_mps2 * ds
+    for i in range(len(v) - 2, -1, -1):
+        v[i] = min(v[i], math.sqrt(v[i + 1] ** 2 + brake))
+    for i in range(1, len(v)):
+        v[i] = min(v[i], math.sqrt(v[i - 1] ** 2 + accel))
+    return np.asarray(v)
+
+
+def _lane_rate(road: Road, style: CountryStyle, cruise: float, d: float, *, backwards: bool = False) -> np.ndarray:
+    """``ds/dt`` [N] of a driver of ``style`` in the lane at offset ``d``: the style's speed on that lane's own path.
+
+    A lane at offset d is ``1 - kappa d`` times as long as the centreline and curves with
+    ``kappa / (1 - kappa d)``; ``backwards`` drives towards decreasing s (oncoming traffic).
+    """
+    stretch = 1.0 - road.kappa * d  # [N] lane length per metre of centreline
+    kappa = road.kappa / stretch
+    v = speed_profile(kappa[::-1], road.ds, style, cruise)[::-1] if backwards else speed_profile(kappa, road.ds, style, cruise)
+    return v / stretch
+
+
+def _arrival_times(s: np.ndarray, v: np.ndarray, s_start: float) -> np.ndarray:
+    """Time [N] at which a car driving towards increasing s at speeds ``v`` reaches each sample (0 at ``s_start``)."""
+    t = np.concatenate([[0.0], np.cumsum(np.diff(s) / (0.5 * (v[1:] + v[:-1])))])
+    return t - np.interp(s_start, s, t)
+
+
+# --- clip plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """Another car: a box driving along a lane."""
+
+    s: np.ndarray  # [F] arc length per frame
+    d: float  # lane offset, m, + left
+    oncoming: bool  # drives towards decreasing s
+    size: tuple[float, float, float]  # length, width, height, m
+    color: RGB
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Everything a clip shows, before rendering: road, ego motion, vehicles, appearance."""
+
+    style: CountryStyle
+    road: Road
+    fps: float
+    s: np.ndarray  # [F] ego arc length along the road
+    d: np.ndarray  # [F] ego offset from the centreline, m, + left
+    pose_world: np.ndarray  # [F, 3] ego x, y, yaw in the world frame
+    ego: np.ndarray  # [F, 6] t, x, y, yaw, speed, yaw_rate in the first frame's ego frame (ego.npy)
+    vehicles: list[Vehicle]
+    lane: int  # ego lane, 0 = next to the centre line
+    cruise_mps: float
+    brightness: float
+    appearance_seed: int
+    timestamp_us: int
+    tags: dict = field(default_factory=dict)
+
+
+_CAR_COLORS: list[RGB] = [(170, 30, 30), (30, 60, 150), (40, 40, 45), (150, 150, 155), (200, 120, 20), (30, 110, 60), (110, 20, 90)]
+
+
+def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10.0) -> ClipPlan:
+    """Plans one clip of ``country`` from ``seed`` (use :func:`clip_seed` for fleet clips)."""
+    style = country_style(country)
+    frames = int(round(seconds * fps))
+    if frames < 2:
+        raise ConfigError(f"seconds={seconds} at fps={fps} gives {frames} frames; a clip needs at least 2")
+    rng = np.random.default_rng(seed)
+    cruise = style.cruise_mps * float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1))
+    road = make_road(rng, -130.0, 1.1 * 1.04 * cruise * seconds + 140.0)
+    side = -1.0 if style.drive_side == "right" else 1.0  # own lanes are on this side of the centre line
+    n, w = style.lanes_per_direction, style.lane_width_m
+    lane = int(rng.integers(0, n))
+    d_ego = side * (lane + 0.5) * w + style.lane_offset_m
+    noise = 1 + 0.03 * _smooth_noise(rng, road.s, 60.0, 200.0)
+    t_road = _arrival_times(road.s, _lane_rate(road, style, cruise, d_ego) * noise, 0.0)
+
+    sub = 8  # fine time steps per frame, for smooth finite differences
+    t_fine = np.arange(-2, frames * sub + 2) / (fps * sub)
+    s_fine = np.interp(t_fine, t_road, road.s)
+    d_fine = d_ego + 0.12 * _smooth_noise(rng, t_fine, 4.0, 12.0)
+    xy_fine, _ = road.pose(s_fine, d_fine)
+    vel = np.gradient(xy_fine, t_fine, axis=0)  # [T_fine, 2]
+    yaw_fine = np.unwrap(np.arctan2(vel[:, 1], vel[:, 0]))
+    pick = 2 + sub * np.arange(frames)
+    xy, yaw = xy_fine[pick], yaw_fine[pick]
+    speed = np.linalg.norm(vel, axis=1)[pick]
+    yaw_rate = np.gradient(yaw_fine, t_fine)[pick]
+    c, s0 = math.cos(yaw[0]), math.sin(yaw[0])
+    local = (xy - xy[0]) @ np.array([[c, -s0], [s0, c]])  # rotate by -yaw0: [F, 2]
+    ego = np.stack([np.arange(frames) / fps, local[:, 0], local[:, 1], yaw - yaw[0], speed, yaw_rate], axis=1)
+    assert road.s[-1] - s_fine[-1] > 100.0, "road too short for the rendering range"
+
+    times = np.arange(frames) / fps
+    vehicles, lane_speed = [], {}
+    for _ in range(int(rng.integers(0, 5))):
+        oncoming = n == 1 or bool(rng.random() < 0.5)
+        if oncoming:
+            d_v = -side * (int(rng.integers(0, n)) + 0.5) * w
+            s_start = float(rng.uniform(30.0, road.s[-1] - 30.0))
+            rate = float(rng.uniform(0.85, 1.1)) * _lane_rate(road, style, style.cruise_mps, d_v, backwards=True)
+            # Driving towards decreasing s: arrival times along the reversed road.
+            s_v = -np.interp(times, _arrival_times(-road.s[::-1], rate[::-1], -s_start), -road.s[::-1])
+        else:
+            other = int(rng.choice([k for k in range(n) if k != lane]))
+            d_v = side * (other + 0.5) * w
+            factor = lane_speed.setdefault(other, float(rng.uniform(0.8, 1.15)))
+            s_start = float(rng.uniform(-25.0, 70.0))
+            rate = factor * _lane_rate(road, style, style.cruise_mps, d_v)
+            s_v = np.interp(times, _arrival_times(road.s, rate, s_start), road.s)
+        big = bool(rng.random() < 0.25)
+        size = (5.6, 2.1, 2.3) if big else (4.5, 1.8, 1.45)
+        color = _CAR_COLORS[int(rng.integers(0, len(_CAR_COLORS)))]
+        vehicles.append(Vehicle(s=s_v, d=float(d_v), oncoming=oncoming, size=size, color=color))
+
+    s_frames = np.interp(times, t_road, road.s)
+    d_frames = d_fine[pick]
+    span = (road.s >= s_frames[0]) & (road.s <= s_frames[-1] + 50.0)
+    tags = {
+        "synthetic": True,
+        "generator": "fsdtrain.synth/1",
+        "drive_side": style.drive_side,
+        "lanes_per_direction": n,
+        "lane_width_m": w,
+        "ego_lane": lane,
+        "lane_offset_m": style.lane_offset_m,
+        "ego_mean_offset_m": round(float(d_frames.mean()), 3),
+        "cruise_mps": round(cruise, 3),
+        "a_lat_max": style.a_lat_max,
+        "max_abs_curvature": round(float(np.abs(road.kappa[span]).max()), 5),
+        "vehicles": len(vehicles),
+    }
+    return ClipPlan(
+        style=style, road=road, fps=float(fps), s=s_frames, d=d_frames, pose_world=np.column_stack([xy, yaw]), ego=ego,
+        vehicles=vehicles, lane=lane, cruise_mps=cruise, brightness=float(rng.uniform(0.85, 1.1)),
+        appearance_seed=int(rng.integers(0, 2**31)), timestamp_us=1_704_067_200_000_000 + int(rng.integers(0, 3 * 10**7)) * 10**6,
+        tags=tags,
+    )
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+_RES_M = 0.1  # top-down raster resolution, m per pixel (level 0)
+_LEVELS = 4  # mip levels: 0.1, 0.2, 0.4, 0.8 m per pixel
+_LINE_M = 0.2  # marking width
+_GRASS, _DIRT = np.array([72.0, 112.0, 52.0]), np.array([130.0, 115.0, 85.0])
+_SKY_TOP, _HAZE = np.array([95.0, 150.0, 215.0]), np.array([205.0, 212.0, 220.0])
+_UNIT_BOX = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])  # [8, 3], bits x y z
+_EDGES = np.array([(i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ j).count("1") == 1])  # [12, 2]
+_NEAR = 0.05  # near plane, m in front of a camera
+
+
+def _texture(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """Tileable noise [size, size] in about [-1, 1]: fine grain plus coarse blotches."""
+    coarse = np.kron(rng.standard_normal((size // 16, size // 16)), np.ones((16, 16)))
+    return (0.6 * rng.standard_normal((size, size)) + 0.5 * coarse).astype(np.float32)
+
+
+def _road_raster(plan: ClipPlan, reach_m: float) -> tuple[np.ndarray, list[tuple[int, int, int]], tuple[float, float]]:
+    """Top-down colour raster of the road within ``reach_m`` of the ego's path.
+
+    Returns the mip levels flattened into one [sum of level pixels, 3] uint8 array, per level
+    (offset, width, height), and the world position of raster pixel (0, 0).
+    """
+    style, road = plan.style, plan.road
+    rng = np.random.default_rng(plan.appearance_seed)
+    n, w = style.lanes_per_direction, style.lane_width_m
+    half = n * w + 1.3  # lanes, 0.5 m shoulder, 0.8 m dirt
+    keep = (road.s >= plan.s[0] - reach_m) & (road.s <= plan.s[-1] + reach_m)
+    centre_xy = road.xy[keep]
+    margin = half + 4.0  # raster edges are grass, so clamped lookups beyond them see grass too
+    x0, y0 = centre_xy.min(axis=0) - margin
+    align = 2 ** (_LEVELS - 1)
+    width, height = (int(math.ceil(v / _RES_M / align)) * align for v in centre_xy.max(axis=0) + margin - (x0, y0))
+
+    # Each material is a tile of its colour plus seeded noise; a sample copies its tile's texel.
+    tex = _texture(rng)  # [T, T]
+    tile = tex.shape[0]
+    palette = np.array([style.asphalt, _DIRT, _WHITE, style.centre_color, _GRASS], dtype=np.float32) * plan.brightness
+    grain = np.array([6.0, 6.0, 8.0, 8.0, 14.0], dtype=np.float32)[:, None, None, None]
+    tiles = np.clip(palette[:, None, None, :] + grain * tex[None, ..., None], 0, 255).astype(np.uint8)  # [5, T, T, 3]
+    reps = (height // tile + 1, width // tile + 1, 1)
+    raster = np.tile(tiles[4], reps)[:height, :width].copy()  # [H0, W0, 3] grass everywhere
+
+    step = 0.06  # sample spacing below the pixel size, so splatting leaves no holes (also outside curves)
+    s = np.arange(road.s[keep][0], road.s[keep][-1], step)
+    d = np.arange(-half, half, step, dtype=np.float32)  # [D]
+    xy, h = road.pose(s)
+    nx, ny = -np.sin(h).astype(np.float32), np.cos(h).astype(np.float32)
+    ix = (((xy[:, 0, None] - x0).astype(np.float32) + d * nx[:, None]) / _RES_M).astype(np.int32)  # [S, D]
+    iy = (((xy[:, 1, None] - y0).astype(np.float32) + d * ny[:, None]) / _RES_M).astype(np.int32)
+
+    ad = np.abs(d)[None, :]  # [1, D]
+    dashed = (s[:, None] % (style.dash_m + style.gap_m)) < style.dash_m  # [S, 1]
+    white = np.abs(ad - n * w) < _LINE_M / 2  # edge lines, [1, D]
+    lane_lines = np.zeros((1, len(d)), dtype=bool)
+    for k in range(1, n):
+        lane_lines |= np.abs(ad - k * w) < _LINE_M / 2
+    if style.centre_line == "double_solid":
+        centre = np.abs(ad - 0.17) < 0.07
+    else:
+        centre = ad < _LINE_M / 2
+    centre = centre & dashed if style.centre_line == "dashed" else np.broadcast_to(centre, (len(s), len(d)))
+    white = white | (lane_lines & dashed)  # [S, D]
+    code = np.where(ad > n * w + 0.5, 1, 0).astype(np.int32) + np.zeros((len(s), 1), dtype=np.int32)  # [S, D]
+    code[white] = 2
+    code[centre] = 3
+    color = tiles.reshape(-1, 3)[(code * tile + (iy % tile)) * tile + ix % tile]  # [S, D, 3]
+    flat = raster.reshape(-1, 3)
+    idx = iy * width + ix
+    flat[idx] = color
+    marks = white | centre  # again on top, so asphalt never paints over a marking
+    flat[idx[marks]] = color[marks]
+
+    levels, layout, offset = [raster], [], 0
+    for _ in range(1, _LEVELS):
+        r = levels[-1].astype(np.uint16)
+        levels.append(((r[0::2, 0::2] + r[1::2, 0::2] + r[0::2, 1::2] + r[1::2, 1::2] + 2) // 4).astype(np.uint8))
+    for lv in levels:
+        layout.append((offset, lv.shape[1], lv.shape[0]))
+        offset += lv.shape[0] * lv.shape[1]
+    return np.concatenate([lv.reshape(-1, 3) for lv in levels]), layout, (float(x0), float(y0))
+
+
+class Renderer:
+    """Renders planned clips for one rig and image size; build once, reuse for many clips.
+
+    Args:
+        rig: the cameras, in output order.
+        width, height: image size in pixels.
+        max_range_m: ground farther than this fades into the horizon haze.
+    """
+
+    def __init__(self, rig: list[CameraSpec], width: int, height: int, *, max_range_m: float = 100.0) -> None:
+        self.rig, self.width, self.height, self.max_range_m = list(rig), width, height, max_range_m
+        pix, pts, lvl, haze, base, self.rays = [], [], [], [], [], []
+        for c, cam in enumerate(rig):
+            xy, hit = ground_lut(cam, width, height, max_range_m)  # [H, W, 2], [H, W]
+            xy_all, _ = ground_lut(cam, width, height, 1e6)  # every pixel below the horizon, for the footprints
+            rays = pixel_rays(cam, width, height)  # [H, W, 3]
+            self.rays.append(rays)
+            # Texture filtering: the mip level follows the pixel's footprint across the image
+            # (mostly across the road), so thin lines never fall between samples; along the
+            # foreshortened image columns two taps, a quarter footprint either side, average it.
+            du = np.linalg.norm(np.gradient(xy_all, axis=1), axis=-1)
+            level = np.clip(np.ceil(np.log2(du / _RES_M + 1e-9)), 0, _LEVELS - 1)
+            dv = 0.25 * np.gradient(xy_all, axis=0)  # [H, W, 2]
+            dv *= np.minimum(1.0, 3.0 / (np.linalg.norm(dv, axis=-1, keepdims=True) + 1e-9))  # the horizon row's neighbour is sky
+            dist = np.linalg.norm(xy - cam_to_ego(cam)[:2, 3], axis=-1)
+            fog = np.clip((dist - 30.0) / (max_range_m - 30.0), 0.0, 1.0) ** 1.5 * 0.85
+            up = np.clip(rays[..., 2] * 3.0, 0.0, 1.0)[..., None]
+            base.append((_HAZE * (1 - up) + _SKY_TOP * up).reshape(-1, 3))  # sky, and haze below the horizon
+            flat = np.flatnonzero(hit)
+            pix.append(flat + c * width * height)
+            pts.append(np.stack([xy - dv, xy + dv]).reshape(2, -1, 2)[:, flat])
+            lvl.append(level.reshape(-1)[flat].astype(np.int64))
+            haze.append(np.round(fog.reshape(-1)[flat] * 256).astype(np.uint16))
+        self._pix = np.concatenate(pix)  # [M] flat index into [N_cam * H * W]
+        self._taps = np.concatenate(pts, axis=1).astype(np.float32)  # [2, M, 2] ground points (two taps), ego frame
+        self._lvl = np.concatenate(lvl)  # [M]
+        self._fog = np.concatenate(haze)[:, None]  # [M, 1] haze weight out of 256
+        self._base = np.concatenate(base)  # [N_cam * H * W, 3] float
+
+    def render(self, plan: ClipPlan, *, chunk: int = 10) -> np.ndarray:
+        """All frames of all cameras, [F, N_cam, H, W, 3] uint8 RGB."""
+        flat, layout, (x0, y0) = _road_raster(plan, self.max_range_m + 5.0)
+        table = np.array(layout, dtype=np.int64)  # [L, 3] offset, width, height
+        off, stride = table[self._lvl, 0], table[self._lvl, 1]
+        x_max, y_max = float(table[0, 1] - 1), float(table[0, 2] - 1)
+        sky = np.clip(self._base * plan.brightness, 0, 255)
+        haze = np.round(_HAZE * plan.brightness).astype(np.uint16) * self._fog  # [M, 3]
+        keep = (256 - self._fog).astype(np.uint16)
+        frames_n, n_cam = len(plan.ego), len(self.rig)
+        out = np.empty((frames_n, n_cam * self.height * self.width, 3), dtype=np.uint8)
+        out[:] = sky.astype(np.uint8)
+        for k0 in range(0, frames_n, chunk):
+            pose = plan.pose_world[k0 : k0 + chunk].astype(np.float32)  # [b, 3]
+            c, s = np.cos(pose[:, 2:3]), np.sin(pose[:, 2:3])
+            col = None
+            for gx, gy in self._taps.transpose(0, 2, 1):  # two taps of [M]
+                wx = (gx * c - gy * s + (pose[:, 0:1] - x0)) * (1 / _RES_M)  # [b, M] raster columns at level 0
+                wy = (gx * s + gy * c + (pose[:, 1:2] - y0)) * (1 / _RES_M)
+                # Clamping at level 0 keeps every level in range too: raster sizes are multiples of 2**(levels-1).
+                ix = np.clip(wx, 0, x_max).astype(np.int64) >> self._lvl
+                iy = np.clip(wy, 0, y_max).astype(np.int64) >> self._lvl
+                tap = flat[off + iy * stride + ix].astype(np.uint16)  # [b, M, 3]
+                col = tap if col is None else col + tap
+            out[k0 : k0 + chunk, self._pix] = (((col >> 1) * keep + haze) >> 8).astype(np.uint8)
+        out = out.reshape(frames_n, n_cam, self.height, self.width, 3)
+        self._draw_vehicles(plan, out)
+        return out
+
+    def _draw_vehicles(self, plan: ClipPlan, out: np.ndarray) -> None:
+        """Ray-box test of every vehicle, in the pixels covered by its box clipped to the near plane."""
+        pw = plan.pose_world  # [F, 3]
+        ce, se = np.cos(pw[:, 2])[:, None], np.sin(pw[:, 2])[:, None]
+        for veh in plan.vehicles:
+            vxy, vh = plan.road.pose(veh.s, veh.d)
+            rel = vxy - pw[:, :2]
+            centre = np.concatenate([ce * rel[:, :1] + se * rel[:, 1:], -se * rel[:, :1] + ce * rel[:, 1:]], axis=1)  # [F, 2] ego frame
+            yaw = vh + (math.pi if veh.oncoming else 0.0) - pw[:, 2]  # [F] heading in the ego frame
+            box = _UNIT_BOX * np.array(veh.size)  # [8, 3] box frame
+            cy, sy = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+            pts = np.stack([centre[:, :1] + cy * box[:, 0] - sy * box[:, 1], centre[:, 1:] + sy * box[:, 0] + cy * box[:, 1],
+                            np.broadcast_to(box[:, 2], (len(yaw), 8))], axis=-1)  # [F, 8, 3] ego frame
+            in_range = np.linalg.norm(centre, axis=1) < self.max_range_m
+            for c, cam in enumerate(self.rig):
+                T, K = cam_to_ego(cam), intrinsics(cam, self.width, self.height)
+                p = (pts - T[:3, 3]) @ T[:3, :3]  # [F, 8, 3] camera frame
+                pa, pb = p[:, _EDGES[:, 0]], p[:, _EDGES[:, 1]]  # [F, 12, 3] box edges
+                za, zb = pa[..., 2:], pb[..., 2:]
+                cut = pa + (_NEAR - za) / np.where(zb == za, 1.0, zb - za) * (pb - pa)  # where edges cross the near plane
+                cand = np.concatenate([p, cut], axis=1)  # [F, 20, 3]
+                ok = np.concatenate([p[..., 2] > _NEAR, ((za - _NEAR) * (zb - _NEAR) < 0)[..., 0]], axis=1)
+                uv = cand[..., :2] / np.maximum(cand[..., 2:], _NEAR) * K[[0, 1], [0, 1]] + K[:2, 2]  # [F, 20, 2]
+                lo = np.floor(np.where(ok[..., None], uv, np.inf).min(axis=1)).clip(0, None)
+                hi = np.ceil(np.where(ok[..., None], uv, -np.inf).max(axis=1)).clip(None, (self.width - 1, self.height - 1)) + 1
+                for f in np.flatnonzero(in_range & ok.any(axis=1) & (lo < hi).all(axis=1)):
+                    (u0, v0), (u1, v1) = lo[f].astype(int), hi[f].astype(int)
+                    self._box(out[f, c, v0:v1, u0:u1], self.rays[c][v0:v1, u0:u1], T[:3, 3], centre[f], yaw[f], veh)
+
+    @staticmethod
+    def _box(img: np.ndarray, rays: np.ndarray, origin: np.ndarray, centre: np.ndarray, yaw: float, veh: Vehicle) -> None:
+        """Paints the pixels of ``img`` [h, w, 3] whose ``rays`` [h, w, 3] hit the vehicle's box (slab test)."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        rel = origin - np.array([centre[0], centre[1], 0.0])
+        o = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]])  # camera centre in the box frame
+        d = np.stack([c * rays[..., 0] + s * rays[..., 1], -s * rays[..., 0] + c * rays[..., 1], rays[..., 2]], -1)
+        d[np.abs(d) < 1e-12] = 1e-12  # a ray parallel to a slab: huge but finite distances
+        length, width, height = veh.size
+        t1 = (np.array([-length / 2, -width / 2, 0.0]) - o) / d  # [h, w, 3]
+        t2 = (np.array([length / 2, width / 2, height]) - o) / d
+        tnear = np.minimum(t1, t2)
+        t_in, t_out = tnear.max(axis=-1), np.maximum(t1, t2).min(axis=-1)
+        hit = (t_in <= t_out) & (t_in > 0)
+        if not hit.any():
+            return
+        face = tnear.argmax(axis=-1)[hit]  # 0: front/back, 1: side, 2: roof
+        z = o[2] + t_in[hit] * d[..., 2][hit]
+        color = np.array(veh.color, dtype=np.float32)[None] * np.array([0.7, 0.85, 1.05], dtype=np.float32)[face][:, None]
+        color[(face < 2) & (z > 0.6 * height) & (z < 0.92 * height)] = (45, 55, 68)  # windows
+        color[z < 0.3] = (22, 22, 24)  # tyres and the dark underbody
+        img[hit] = np.clip(color, 0, 255).astype(np.uint8)
+
+
+# --- fleet ---------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _renderer(width: int, height: int) -> Renderer:
+    """One renderer per process and size: its per-camera lookup tables are reused for every clip."""
+    return Renderer(default_rig(), width, height)
+
+
+def make_clip(
+    country: str,
+    *,
+    seed: int,
+    index: int,
+    split: str = "train",
+    zone: str | None = None,
+    width: int = 160,
+    height: int = 96,
+    fps: float = 10.0,
+    seconds: float = 10.0,
+    gop: int = 10,
+) -> dict[str, bytes]:
+    """Plans, renders and encodes clip ``index`` of a fleet; returns its webdataset sample (DESIGN.md §3).
+
+    The sample has ``__key__`` (``synth_<cc>_s<seed>_<split>_<index:06d>-000000``), ``meta.json``,
+    ``calib.json``, ``ego.npy`` and one ``<camera>.mp4`` per camera of :func:`default_rig`.
+    """
+    style = country_style(country)
+    plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=seconds)
+    renderer = _renderer(width, height)
+    frames = renderer.render(plan)  # [F, N_cam, H, W, 3]
+    drive_id = f"synth_{style.code.lower()}_s{seed}_{split}_{index:06d}"
+    key = clip_key(drive_id, 0)
+    cameras = [c.name for c in renderer.rig]
+    meta = ClipMeta(
+        clip_id=key, drive_id=drive_id, country=style.code, zone=zone or style.zone, timestamp_us=plan.timestamp_us,
+        fps=float(fps), frames=len(plan.ego), cameras=cameras, tags={**plan.tags, "seed": seed, "index": index},
+    )
+    sample = {
+        "__key__": key,
+        "meta.json": meta.to_json(),
+        "calib.json": json.dumps(calib_json(renderer.rig, width, height), sort_keys=True).encode(),
+        "ego.npy": encode_npy(plan.ego.astype(np.float64)),
+    }
+    for c, name in enumerate(cameras):
+        sample[f"{name}.mp4"] = encode_video(np.ascontiguousarray(frames[:, c]), fps, gop=gop)
+    return sample
+
+
+def _make_clip_kw(kwargs: dict) -> dict[str, bytes]:
+    """Pool entry point: :func:`make_clip` with keyword arguments (``imap`` passes one object)."""
+    return make_clip(**kwargs)
+
+
+def _dataset_name(out: str) -> str:
+    u = objects.parse_url(out)
+    name = u.key.rstrip("/").rsplit("/", 1)[-1] or u.bucket
+    if not name:
+        raise ConfigError(f"--out {out} has no last path component to name the dataset; use e.g. file:///data/fleet")
+    return name
+
+
+def synth_fleet(
+    out: str,
+    countries: list[str],
+    clips: int,
+    *,
+    clips_per_shard: int = 8,
+    split: str = "train",
+    seed: int = 0,
+    zone: str | None = None,
+    width: int = 160,
+    height: int = 96,
+    fps: float = 10.0,
+    seconds: float = 10.0,
+    gop: int = 10,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[Manifest]:
+    """Writes ``clips`` synthetic clips per country to ``<out>/<split>/<country>/`` (shards + manifest).
+
+    Args:
+        out: dataset URL (``s3://bucket/prefix/NAME`` or ``file:///dir/NAME``); ``NAME`` is the dataset name.
+        countries: country codes, see :data:`STYLES`.
+        clips: clips per country.
+        clips_per_shard: clips per tar shard.
+        split: split name (``[A-Za-z0-9_-]``); it enters every clip's seed, so splits never share clips.
+        seed: fleet seed; the same arguments give byte-identical shards.
+        zone: residency zone for every country; default: each style's zone (``cn`` for CN, else ``global``).
+        width, height: image size, even numbers.
+        fps, seconds: frame rate and clip length.
+        gop: keyframe interval of the videos, in frames.
+        workers: processes rendering clips in parallel (fork); the output does not depend on it.
+        progress: called with a one-line message after each clip.
+
+    Returns:
+        One manifest per country, in the order given.
+    """
+    if clips < 1 or clips_per_shard < 1 or workers < 1:
+        raise ConfigError(f"clips={clips}, clips_per_shard={clips_per_shard} and workers={workers} must all be at least 1")
+    if not _SPLIT_RE.match(split):
+        raise ConfigError(f"split {split!r} must be 1-32 characters of [A-Za-z0-9_-], e.g. 'train'")
+    if width % 2 or height % 2 or width < 16 or height < 16:
+        raise ConfigError(f"image size {width}x{height}: width and height must be even and at least 16")
+    if not countries:
+        raise ConfigError(f"no countries given; known: {', '.join(sorted(STYLES))}")
+    styles = [country_style(c) for c in countries]
+    if len({s.code for s in styles}) != len(styles):
+        raise ConfigError(f"countries {countries} list a country twice")
+    if zone is not None:
+        validate_zone(zone)
+    if fps <= 0 or int(round(seconds * fps)) < 2:
+        raise ConfigError(f"seconds={seconds} at fps={fps} gives fewer than 2 frames per clip; use a longer clip")
+    if gop < 1:
+        raise ConfigError(f"gop={gop} must be at least 1 frame")
+    dataset, cameras = _dataset_name(out), [c.name for c in default_rig()]
+    ctx = multiprocessing.get_context("fork")
+    pool_cm = ctx.Pool(workers) if workers > 1 else contextlib.nullcontext()
+    manifests = []
+    with pool_cm as pool:
+        for style in styles:
+            clip_zone = zone or style.zone
+            common = dict(seed=seed, split=split, zone=clip_zone, width=width, height=height, fps=fps, seconds=seconds, gop=gop)
+            tasks = [dict(country=style.code, index=i, **common) for i in range(clips)]
+            samples: Iterator[dict[str, bytes]] = pool.imap(_make_clip_kw, tasks) if pool is not None else map(_make_clip_kw, tasks)
+            manifests.append(
+                write_shards(
+                    objects.join_url(out, split, style.code), _report(samples, style.code, clips, progress),
+                    clips_per_shard=clips_per_shard, dataset=dataset, split=split, country=style.code,
+                    zone=clip_zone, cameras=cameras, fps=fps,
+                )
+            )
+    return manifests
+
+
+def _report(samples: Iterator[dict[str, bytes]], country: str, total: int, progress: Callable[[str], None] | None):
+    for i, sample in enumerate(samples):
+        if progress is not None:
+            progress(f"{country}: clip {i + 1}/{total} {sample['__key__']}")
+        yield sample

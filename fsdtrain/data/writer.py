@@ -1,0 +1,251 @@
+"""Clips -> webdataset tar shards + ``manifest.json`` (DESIGN.md §3), and the video encoder.
+
+A shard is built whole in memory, then uploaded with one atomic write, so readers never see a
+partial shard. The manifest is saved only after every shard is written: a directory with a
+manifest is complete. Shards are deterministic (fixed member order, zero mtime/uid/gid, empty
+owner names), so the same clips give byte-identical shards and the same sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterable
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, save_manifest
+from fsdtrain.data.schema import FIXED_MEMBERS, parse_meta, validate_key, validate_member
+from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.residency import validate_zone
+from fsdtrain.store import objects
+
+__all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "shard_name", "ShardWriter", "write_shards"]
+
+CODECS = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
+"""Codec names accepted by :func:`encode_video` -> the FFmpeg encoder used."""
+
+_X264_PRESET = "veryfast"
+
+
+def _rate(fps: float) -> Fraction:
+    if not fps > 0:
+        raise ConfigError(f"fps={fps} must be positive")
+    return Fraction(fps).limit_denominator(1001000)
+
+
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """[F, H, W, 3] uint8 RGB -> [F, H * 3 / 2, W] uint8 yuv420p planes (Y, then U, then V, flat).
+
+    BT.601 limited range in integer arithmetic (the same on every machine); chroma is the mean
+    of each 2x2 block. It is what FFmpeg assumes for untagged yuv420p, so ``to_ndarray(format="rgb24")``
+    of a decoded frame inverts it.
+    """
+    n, h, w, _ = frames.shape
+    r, g, b = np.moveaxis(frames, -1, 0).astype(np.int32)  # 3 x [F, H, W]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    r, g, b = (c[:, 0::2, 0::2] + c[:, 1::2, 0::2] + c[:, 0::2, 1::2] + c[:, 1::2, 1::2] for c in (r, g, b))  # 2x2 sums
+    u = ((-38 * r - 74 * g + 112 * b + 512) >> 10) + 128  # [F, H/2, W/2]
+    v = ((112 * r - 94 * g - 18 * b + 512) >> 10) + 128
+    planes = np.concatenate([y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)], axis=1)
+    return planes.astype(np.uint8).reshape(n, h * 3 // 2, w)
+
+
+def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: int = 10, crf: int = 23) -> bytes:
+    """Encodes RGB frames as an MP4 video, yuv420p, a keyframe every ``gop`` frames, no B-frames.
+
+    Deterministic: the same frames and settings give the same bytes (single-threaded encoder,
+    no scene-cut keyframes). Colours are converted by :func:`rgb_to_yuv420p` (BT.601, limited
+    range), which ``VideoFrame.to_ndarray(format="rgb24")`` inverts on decode.
+
+    Args:
+        frames: [F, H, W, 3] uint8 RGB, H and W even (yuv420p halves the chroma planes).
+        fps: frame rate stored in the stream; frame ``i`` has presentation time ``i / fps``.
+        codec: ``h264`` (libx264), ``hevc`` (libx265) or ``av1`` (libsvtav1).
+        gop: keyframe interval in frames; shorter means cheaper random access, bigger files.
+        crf: constant rate factor (quality; lower is better and bigger).
+
+    Returns:
+        The MP4 file's bytes.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
+        raise ConfigError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got {frames.dtype} {list(frames.shape)}")
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ConfigError(f"video size {width}x{height} must have even width and height for yuv420p; pick e.g. {width + width % 2}x{height + height % 2}")
+    if codec not in CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; known: {sorted(CODECS)}")
+    if gop < 1:
+        raise ConfigError(f"gop={gop} must be at least 1 frame")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(CODECS[codec], rate=_rate(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread: with FFmpeg's automatic thread count, x264 output varies from run to run.
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "NONE"
+        options = {"crf": str(crf), "g": str(gop), "bf": "0"}
+        if codec == "h264":
+            options.update(preset=_X264_PRESET, **{"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"})
+        elif codec == "hevc":
+            options.update(preset=_X264_PRESET, **{"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:pools=1:frame-threads=1:log-level=error"})
+        stream.codec_context.options = options
+        # Converting here, not inside encode(), is faster for a whole clip and exactly reproducible:
+        # PyAV's per-frame conversion in encode() gave run-to-run different bytes on a busy machine.
+        for i, yuv in enumerate(rgb_to_yuv420p(frames)):
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def shard_name(index: int) -> str:
+    """``shard-000042.tar`` for index 42."""
+    return f"shard-{index:06d}.tar"
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Writes clips into ``<out>/shard-NNNNNN.tar`` files and, on :meth:`close`, ``manifest.json``.
+
+    Use it as a context manager: when the block raises, the shards written so far stay but no
+    manifest is saved, so readers treat the directory as incomplete. An existing manifest in
+    ``out`` is removed before the first shard is written, for the same reason.
+
+    Args:
+        out: shard directory URL, ``<root>/<dataset>/<split>/<country>`` (``s3://`` or ``file://``).
+        clips_per_shard: clips per tar file (the last shard may hold fewer).
+        dataset, split, country, zone: manifest fields; every clip's meta must agree on country and zone.
+        cameras: camera names in rig order; each clip holds exactly one ``<camera>.mp4`` per name.
+        fps: frame rate; every clip's meta must agree.
+    """
+
+    def __init__(
+        self,
+        out: str,
+        *,
+        clips_per_shard: int,
+        dataset: str,
+        split: str,
+        country: str,
+        zone: str,
+        cameras: list[str],
+        fps: float,
+    ) -> None:
+        if clips_per_shard < 1:
+            raise ConfigError(f"clips_per_shard={clips_per_shard} must be at least 1")
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise ConfigError(f"cameras must be a non-empty list of unique names, got {cameras}")
+        self.out = out
+        self.clips_per_shard = clips_per_shard
+        self.manifest = Manifest(
+            dataset=dataset, split=split, country=country, zone=validate_zone(zone), cameras=list(cameras), fps=float(fps), frames=0
+        )
+        self._members = list(FIXED_MEMBERS) + [f"{c}.mp4" for c in cameras]
+        self._pending: list[dict[str, bytes]] = []
+        self._started = False
+        self._closed = False
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+    def write(self, sample: dict[str, bytes]) -> None:
+        """Adds one clip (webdataset sample dict); uploads a shard each time one fills up."""
+        if self._closed:
+            raise DataError(f"{self.out}: ShardWriter is closed; open a new one to write more clips")
+        self._check(sample)
+        self._pending.append(sample)
+        if len(self._pending) == self.clips_per_shard:
+            self._flush()
+
+    def close(self) -> Manifest:
+        """Uploads the last partial shard, then saves and returns the manifest."""
+        if self._closed:
+            return self.manifest
+        if self._pending:
+            self._flush()
+        if not self.manifest.shards:
+            raise DataError(f"{self.out}: no clips were written; a manifest needs at least one clip")
+        save_manifest(self.out, self.manifest)
+        self._closed = True
+        self.manifest.url = self.out.rstrip("/")
+        return self.manifest
+
+    def _check(self, sample: dict[str, bytes]) -> None:
+        key = validate_key(sample.get("__key__", ""))
+        members = [k for k in sample if k != "__key__"]
+        for m in members:
+            validate_member(key, m, self.manifest.cameras)
+            if not isinstance(sample[m], bytes):
+                raise DataError(f"sample {key}: member '{m}' must be bytes, got {type(sample[m]).__name__}")
+        missing = [m for m in self._members if m not in sample]
+        if missing:
+            raise DataError(f"sample {key}: missing members {missing}; every clip needs {self._members}")
+        meta = parse_meta(sample["meta.json"], f"sample {key}")
+        m = self.manifest
+        for field, want, got in (("country", m.country, meta.country), ("zone", m.zone, meta.zone), ("cameras", m.cameras, meta.cameras)):
+            if want != got:
+                raise DataError(f"sample {key}: meta {field} {got!r} differs from this shard directory's {want!r}; write it to its own directory")
+        if abs(float(meta.fps) - m.fps) > 1e-9:
+            raise DataError(f"sample {key}: fps {meta.fps} differs from the manifest's {m.fps}; one directory holds one frame rate")
+        if m.frames == 0:
+            m.frames = int(meta.frames)
+        elif int(meta.frames) != m.frames:
+            raise DataError(f"sample {key}: {meta.frames} frames, other clips here have {m.frames}; all clips of one manifest need the same length")
+
+    def _flush(self) -> None:
+        if not self._started:
+            # A stale manifest would describe shards that are about to be replaced.
+            objects.delete(objects.join_url(self.out, MANIFEST_NAME))
+            self._started = True
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in self._pending:
+                for member in self._members:
+                    _tar_member(tar, f"{sample['__key__']}.{member}", sample[member])
+        data = buf.getvalue()
+        name = shard_name(len(self.manifest.shards))
+        objects.write_bytes(objects.join_url(self.out, name), data)
+        self.manifest.shards.append(ShardInfo(name=name, samples=len(self._pending), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        self._pending = []
+
+
+def write_shards(
+    out: str,
+    samples: Iterable[dict[str, bytes]],
+    *,
+    clips_per_shard: int,
+    dataset: str,
+    split: str,
+    country: str,
+    zone: str,
+    cameras: list[str],
+    fps: float,
+) -> Manifest:
+    """Writes all ``samples`` as shards into ``out`` and saves the manifest last; see :class:`ShardWriter`.
+
+    Each sample dict has ``__key__`` (``<drive_id>-<first_frame:06d>``), ``meta.json``,
+    ``calib.json``, ``ego.npy`` and ``<camera>.mp4`` for every camera, all as bytes.
+    """
+    with ShardWriter(
+        out, clips_per_shard=clips_per_shard, dataset=dataset, split=split, country=country, zone=zone, cameras=cameras, fps=fps
+    ) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return writer.manifest

@@ -1,0 +1,81 @@
+"""Trajectory metrics with one definition each (DESIGN.md §5, report keys of §7).
+
+Per sample, for the most likely mode: ``ade`` (mean L2 over the horizon), ``fde`` (L2 at the last
+point), ``l2_Ns`` (L2 *at* time N s, UniAD's convention) and ``l2_avg_Ns`` (L2 *averaged over all
+points up to* N s, ST-P3's and VAD's convention); over all K
+modes: ``min_ade_k``, ``min_fde_k``; ``miss_rate``: share of samples whose most likely mode ends
+more than 2 m away. Values are metres. Per-sample rows are kept so that results can be gathered
+across ranks before averaging and do not depend on world size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+__all__ = ["METRIC_KEYS", "MISS_THRESHOLD_M", "sample_errors", "MetricTable"]
+
+MISS_THRESHOLD_M = 2.0
+_TIMES_S = (1, 2, 3)
+METRIC_KEYS = (
+    "ade", "fde", "l2_1s", "l2_2s", "l2_3s", "l2_avg_1s", "l2_avg_2s", "l2_avg_3s", "min_ade_k", "min_fde_k", "miss_rate",
+)  # fmt: skip
+
+
+@torch.no_grad()
+def sample_errors(traj: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, future_hz: float) -> np.ndarray:
+    """Per-sample metric values, columns in :data:`METRIC_KEYS` order.
+
+    Args:
+        traj: [B, K, S, 3] predicted modes; logits: [B, K]; target: [B, S, 3].
+        future_hz: rate of the S points (point ``i`` is at ``(i + 1) / future_hz`` s).
+
+    Returns:
+        float64 [B, len(METRIC_KEYS)]; a time beyond the horizon gives NaN.
+    """
+    err = (traj[..., :2] - target[:, None, :, :2]).norm(dim=-1).double()  # [B, K, S]
+    top = logits.argmax(dim=1)
+    e = err[torch.arange(err.shape[0]), top]  # [B, S]
+    S = e.shape[1]
+    cols = [e.mean(1), e[:, -1]]
+    at = []
+    avg = []
+    for t in _TIMES_S:
+        n = int(round(t * future_hz))
+        nan = torch.full_like(e[:, 0], float("nan"))
+        at.append(e[:, n - 1] if 1 <= n <= S else nan)
+        avg.append(e[:, :n].mean(1) if 1 <= n <= S else nan)
+    cols += at + avg
+    cols += [err.mean(2).min(1).values, err[:, :, -1].min(1).values, (e[:, -1] > MISS_THRESHOLD_M).double()]
+    return torch.stack(cols, dim=1).cpu().numpy()
+
+
+class MetricTable:
+    """Per-sample rows grouped by (country, predictor), averaged on demand."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+
+    def add(self, countries: list[str], predictor: str, errors: np.ndarray, mask: np.ndarray | None = None) -> None:
+        for i, c in enumerate(countries):
+            if mask is None or mask[i]:
+                self.rows[(c, predictor)].append(errors[i])
+
+    def countries(self) -> list[str]:
+        return sorted({c for c, _ in self.rows})
+
+    def predictors(self, country: str | None = None) -> list[str]:
+        return sorted({p for c, p in self.rows if country is None or c == country})
+
+    def count(self, country: str | None, predictor: str) -> int:
+        return sum(len(v) for (c, p), v in self.rows.items() if p == predictor and (country is None or c == country))
+
+    def summary(self, country: str | None, predictor: str) -> dict[str, float | None]:
+        """Mean of each metric over the samples of one country (or all, for None)."""
+        rows = [r for (c, p), v in self.rows.items() if p == predictor and (country is None or c == country) for r in v]
+        if not rows:
+            return {}
+        mean = np.mean(np.stack(rows), axis=0)
+        return {k: (None if np.isnan(v) else round(float(v), 4)) for k, v in zip(METRIC_KEYS, mean)}

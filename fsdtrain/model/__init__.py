@@ -1,0 +1,1 @@
+"""The driving model: pure PyTorch + timm, no Lightning or DeepSpeed imports."""

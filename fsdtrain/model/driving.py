@@ -1,0 +1,141 @@
+"""``DrivingTransformer``: multi-camera video + ego state -> K future trajectories per sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fsdtrain.errors import ConfigError
+from fsdtrain.model.encoder import ImageEncoder
+from fsdtrain.model.fusion import TokenFusion
+from fsdtrain.model.heads import GLOBAL_HEAD, HeadBank, TrajectoryHead
+
+__all__ = ["ModelConfig", "DrivingTransformer", "constant_velocity", "kinematic_anchor"]
+
+N_COMMANDS = 3
+POS_SCALE_M = 5.0  # head outputs are residuals in units of this many metres
+YAW_SCALE_RAD = 0.5
+
+
+@dataclass
+class ModelConfig:
+    """What the network is (shapes of the data come from the data config).
+
+    Args:
+        encoder: timm model name of the image encoder, shared by all cameras and frames.
+        encoder_weights: optional local weights file for the encoder (no hub downloads).
+        d_model: token width.
+        depth: fusion transformer layers.
+        num_heads: attention heads.
+        grid: token grid ``[h, w]`` each image is pooled to.
+        modes: trajectory modes K per head.
+        heads: head bank: ``global`` plus country codes that get their own head.
+        dropout: dropout in the fusion transformer.
+    """
+
+    encoder: str = "test_resnet"
+    encoder_weights: str | None = None
+    d_model: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    grid: list[int] = field(default_factory=lambda: [2, 4])
+    modes: int = 3
+    heads: list[str] = field(default_factory=lambda: [GLOBAL_HEAD])
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"model.d_model {self.d_model} must be divisible by model.num_heads {self.num_heads}")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ConfigError(f"model.grid must be [h, w] with positive sizes, got {self.grid}")
+        if self.modes < 1 or self.depth < 0:
+            raise ConfigError("model.modes must be >= 1 and model.depth >= 0")
+
+
+def constant_velocity(ego_hist: torch.Tensor, future_steps: int, future_dt: float) -> torch.Tensor:
+    """Straight ahead at the current speed: ``ego_hist`` [B, T, 6] -> [B, S, 3] (x, y, yaw)."""
+    speed = ego_hist[:, -1, 4]  # [B]
+    t = torch.arange(1, future_steps + 1, device=ego_hist.device, dtype=ego_hist.dtype) * future_dt  # [S]
+    out = torch.zeros(ego_hist.shape[0], future_steps, 3, device=ego_hist.device, dtype=ego_hist.dtype)
+    out[..., 0] = speed[:, None] * t
+    return out
+
+
+def kinematic_anchor(residual: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Head residuals [..., S, 3] (scaled units) + anchor [B, S, 3] broadcast over modes -> metres/radians."""
+    scale = residual.new_tensor([POS_SCALE_M, POS_SCALE_M, YAW_SCALE_RAD])
+    while anchor.dim() < residual.dim():
+        anchor = anchor.unsqueeze(1)
+    return anchor + residual * scale
+
+
+class DrivingTransformer(nn.Module):
+    """Image encoder -> token fusion -> head bank (DESIGN.md §5). Pure PyTorch + timm.
+
+    Backbone = everything before the head bank (``backbone_parameters``); country fine-tuning freezes
+    it and trains one head.
+    """
+
+    def __init__(self, config: ModelConfig, *, cameras: int, history: int, future_steps: int, future_dt: float) -> None:
+        super().__init__()
+        self.config = config
+        self.cameras, self.history, self.future_steps, self.future_dt = cameras, history, future_steps, future_dt
+        D = config.d_model
+        self.encoder = ImageEncoder(config.encoder, d_model=D, grid=tuple(config.grid), weights=config.encoder_weights)
+        self.ego_embed = nn.Sequential(nn.Linear(history * 6, D), nn.GELU(), nn.Linear(D, D))
+        self.command_embed = nn.Embedding(N_COMMANDS, D)
+        self.fusion = TokenFusion(
+            d_model=D,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            cameras=cameras,
+            frames=history,
+            tokens_per_image=self.encoder.tokens_per_image,
+            dropout=config.dropout,
+        )
+        self.heads = HeadBank(
+            config.heads,
+            lambda: TrajectoryHead(d_model=D, num_heads=config.num_heads, modes=config.modes, future_steps=future_steps),
+        )
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("heads.")]
+
+    def encode(self, images: torch.Tensor, ego_hist: torch.Tensor, command: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone: -> fused tokens [B, 2 + N_cam*T*P, D] and the fused ego token [B, D]."""
+        B, N, T = images.shape[:3]
+        if N != self.cameras or T != self.history:
+            raise ConfigError(f"model built for {self.cameras} cameras x {self.history} frames, batch has {N} x {T}")
+        tokens = self.encoder(images.flatten(0, 2))  # [B*N*T, P, D]
+        tokens = tokens.view(B, N, T, *tokens.shape[1:])  # [B, N, T, P, D]
+        ego = self.ego_embed(ego_hist.flatten(1))  # [B, D]
+        cmd = self.command_embed(command)  # [B, D]
+        fused = self.fusion(tokens, torch.stack([ego, cmd], dim=1))  # [B, 2 + N*T*P, D]
+        return fused, fused[:, 0]
+
+    def decode(self, fused: torch.Tensor, ego_token: torch.Tensor, ego_hist: torch.Tensor, route: torch.Tensor, *, head: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head bank on backbone outputs -> trajectories [B, K, S, 3], logits [B, K]."""
+        if head is None:
+            residual, logits = self.heads(route, fused, ego_token)
+        else:
+            residual, logits = self.heads.run_head(head, fused, ego_token)
+        anchor = constant_velocity(ego_hist, self.future_steps, self.future_dt)
+        return kinematic_anchor(residual, anchor), logits
+
+    def forward(self, images: torch.Tensor, ego_hist: torch.Tensor, command: torch.Tensor, route: torch.Tensor, *, head: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicts K trajectories per sample.
+
+        Args:
+            images: uint8 [B, N_cam, T, 3, H, W].
+            ego_hist: [B, T, 6] in the current ego frame.
+            command: int64 [B].
+            route: head index per sample (``self.heads.route(countries)``).
+            head: run this one head for every sample instead of routing.
+
+        Returns:
+            trajectories [B, K, S, 3] (x, y, yaw in metres/radians) and mode logits [B, K].
+        """
+        fused, ego_token = self.encode(images, ego_hist, command)
+        return self.decode(fused, ego_token, ego_hist, route, head=head)

@@ -1,0 +1,1 @@
+"""Training: LightningModule, strategies, callbacks, fine-tuning policy, weights export."""

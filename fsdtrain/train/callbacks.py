@@ -1,0 +1,147 @@
+"""Callbacks: epoch-aware data order, throughput/data-wait figures, run info for W&B, weights export."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import lightning.pytorch as pl
+
+from fsdtrain.train.export import git_sha, save_weights
+
+__all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "run_metadata"]
+
+
+class StreamEpoch(pl.Callback):
+    """Gives the data stream the epoch number, so each epoch has its own (seeded) order."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(trainer.current_epoch)
+
+
+class Throughput(pl.Callback):
+    """Logs windows/s per rank and the fraction of step time spent waiting for data."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every = every_n_steps
+        self._batch_end: float | None = None
+        self._wait = self._busy = 0.0
+        self._windows = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._batch_end is not None:
+            self._wait += now - self._batch_end
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self._busy += now - self._start
+        self._windows += int(batch["future"].shape[0])
+        self._batch_end = now
+        if (batch_idx + 1) % self.every == 0:
+            total = self._wait + self._busy
+            pl_module.log_dict(
+                {"perf/windows_per_s_per_rank": self._windows / max(total, 1e-9), "perf/data_wait_fraction": self._wait / max(total, 1e-9)},
+                rank_zero_only=True,
+            )
+            self._wait = self._busy = 0.0
+            self._windows = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._batch_end = None
+
+
+class ProgressLines(pl.Callback):
+    """One plain line per ``every_n_steps`` steps and per validation (rank 0), for logs and
+    terminals where a progress bar is off (batch jobs, ``fsdtrain demo``)."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every = every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and (batch_idx + 1) % self.every == 0:
+            m = trainer.callback_metrics
+            rate = m.get("perf/windows_per_s_per_rank")
+            extra = f", {float(rate) * trainer.world_size:.1f} windows/s" if rate is not None else ""
+            print(
+                f"fsdtrain: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {batch_idx + 1}/{trainer.num_training_batches}"
+                f" loss {float(m.get('train/loss', float('nan'))):.3f}{extra}",
+                flush=True,
+            )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        m = trainer.callback_metrics
+        if trainer.is_global_zero and not trainer.sanity_checking and "val/l2_3s" in m:
+            print(
+                f"fsdtrain: epoch {trainer.current_epoch + 1} val l2_3s {float(m['val/l2_3s']):.3f} m"
+                f" (constant velocity {float(m['val/l2_3s_constant_velocity']):.3f}, ego MLP {float(m['val/l2_3s_ego_mlp']):.3f})",
+                flush=True,
+            )
+
+
+def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
+    """What reviewers and exported weights record about a run: config, data, zones, lineage."""
+    dm = trainer.datamodule
+    manifests = getattr(dm, "manifests", []) if dm is not None else []
+    train_stream = getattr(dm, "train_stream", None)
+    zones = {m.zone for m in train_stream.manifests} if train_stream is not None else set()
+    countries = {m.country for m in train_stream.manifests} if train_stream is not None else set()
+    parent = getattr(module, "parent_metadata", None) or {}
+    zones |= set(parent.get("zones", []))
+    countries |= set(parent.get("countries_trained", []))
+    return {
+        "format": 1,
+        "net": asdict(module.net_config),
+        "cameras": module.cameras,
+        "window": asdict(module.window),
+        "heads": module.net.heads.names,
+        "trained_heads": module.finetune.train_heads or module.net.heads.names,
+        "zones": sorted(zones),
+        "countries_trained": sorted(countries),
+        "manifests": {m.url: m.digest() for m in manifests},
+        "git_sha": git_sha(),
+        "parent": {k: parent.get(k) for k in ("weights", "zones", "manifests", "git_sha")} if parent else None,
+        "global_step": trainer.global_step,
+    }
+
+
+class RunInfo(pl.Callback):
+    """Puts the resolved config, git SHA, data manifest digests and zones into the logger's run config."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.logger is not None:
+            meta = run_metadata(trainer, pl_module)
+            trainer.logger.log_hyperparams({"config": self.config, "git_sha": meta["git_sha"], "manifests": meta["manifests"], "zones": meta["zones"]})
+
+
+class ExportWeights(pl.Callback):
+    """At the end of fit, writes the full model as one safetensors file with run metadata.
+
+    Under ZeRO-3 the parameters are partitioned, so every rank joins the gather; rank 0 writes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        params = list(pl_module.parameters())
+        if any(hasattr(p, "ds_id") for p in params):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        else:
+            state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        if trainer.is_global_zero:
+            meta = run_metadata(trainer, pl_module)
+            meta["weights"] = self.path
+            save_weights(self.path, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            print(f"fsdtrain: weights written to {self.path}", flush=True)

@@ -1,0 +1,168 @@
+import hashlib
+import io
+import json
+import random
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader
+
+from fleet import TINY_WINDOW
+from fsdtrain.data.datamodule import load_manifests
+from fsdtrain.data.manifest import load_manifest, save_manifest
+from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.data.stream import FleetStream, ShardRef, worker_caps
+from fsdtrain.errors import DataError
+from fsdtrain.residency import AuditLog, ResidencyError
+
+
+def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, audit=None, seed=0):
+    return FleetStream(
+        load_manifests(urls, site), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
+        shuffle=shuffle, equalize=equalize, site_zone=site, audit=audit, seed=seed,
+    )  # fmt: skip
+
+
+def window_ids(stream, rank=0, world=1, workers=0):
+    stream.set_distributed(rank, world, workers)
+    ids = []
+    for batch in DataLoader(stream, batch_size=stream.batch_size, num_workers=workers):
+        ids += [f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"])]
+    return ids
+
+
+def test_worker_caps_equalize_uneven_shards():
+    rng = random.Random(0)
+    for _ in range(200):
+        shards = [ShardRef(f"s{i}", "global", "US", 1, "", rng.randint(0, 40)) for i in range(rng.randint(1, 9))]
+        world, workers, batch = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 8)
+        caps = worker_caps(shards, world_size=world, workers=workers, batch_size=batch, equalize=True)
+        per_rank = Counter()
+        for (rank, _), (assigned, cap) in caps.items():
+            assert cap % batch == 0 and cap <= sum(s.windows for s in assigned)
+            per_rank[rank] += cap
+        assert len({per_rank[r] for r in range(world)}) == 1  # every rank: the same number of batches
+        assert sorted(s.url for v, _ in caps.values() for s in v) == sorted(s.url for s in shards)
+
+
+def test_reads_every_window_once(tiny_fleet):
+    urls = [tiny_fleet[c]["train"] for c in ("US", "DE")]
+    stream = make_stream(urls)
+    ids = window_ids(stream)
+    assert len(ids) == len(set(ids)) == len(stream) == 2 * 2 * TINY_WINDOW.count(50, 10.0)
+    batch = next(iter(DataLoader(stream, batch_size=4)))
+    assert tuple(batch["images"].shape) == (4, 6, 2, 3, 48, 64)
+    assert tuple(batch["future"].shape) == (4, 6, 3) and tuple(batch["ego_hist"].shape) == (4, 2, 6)
+
+
+def test_ranks_and_workers_split_disjointly(tiny_fleet):
+    urls = [tiny_fleet[c]["train"] for c in ("US", "DE")]
+    everything = set(window_ids(make_stream(urls)))
+    parts = [window_ids(make_stream(urls), rank=r, world=2, workers=2) for r in range(2)]
+    assert set(parts[0]).isdisjoint(parts[1])
+    assert set(parts[0]) | set(parts[1]) == everything
+
+
+def test_equalized_ranks_get_equal_batches_on_uneven_data(tiny_fleet):
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["val"]]  # 3 shards over 2 ranks
+    counts = [len(window_ids(make_stream(urls, equalize=True, shuffle=True), rank=r, world=2)) for r in range(2)]
+    assert counts[0] == counts[1] > 0 and counts[0] % 4 == 0
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch(tiny_fleet):
+    urls = [tiny_fleet[c]["train"] for c in ("US", "DE")]
+    a, b = make_stream(urls, shuffle=True), make_stream(urls, shuffle=True)
+    first = window_ids(a)
+    assert first == window_ids(b)
+    assert sorted(first) == sorted(window_ids(make_stream(urls)))
+    b.epoch = 1
+    assert window_ids(b) != first
+
+
+def test_residency_refuses_foreign_zone_and_audits(tiny_fleet, tmp_path):
+    with pytest.raises(ResidencyError, match="zone 'cn'"):
+        make_stream([tiny_fleet["CN"]["train"]], site="global")
+    log = tmp_path / "audit.jsonl"
+    stream = make_stream([tiny_fleet["CN"]["train"], tiny_fleet["US"]["train"]], site="cn", audit=AuditLog(log, job="t"))
+    window_ids(stream)
+    records = AuditLog.read(log)
+    assert sorted(r["zone"] for r in records) == ["cn", "cn", "global", "global"]
+    assert all(r["url"].endswith(".tar") and len(r["sha256"]) == 64 for r in records)
+
+
+def copy_split(url: str, dest: Path) -> Path:
+    src = Path(url.removeprefix("file://"))
+    dest.mkdir(parents=True)
+    for f in src.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def rewrite_shard(directory: Path, edit) -> None:
+    """Rewrites shard-000000.tar with ``edit(members) -> members`` and fixes the manifest checksum."""
+    path = directory / "shard-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in edit(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    m = load_manifest(str(directory))
+    m.shards[0].sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
+    m.shards[0].bytes = len(buf.getvalue())
+    save_manifest(str(directory), m)
+
+
+def read_all(directory: Path) -> None:
+    window_ids(make_stream([str(directory)]))
+
+
+def test_corrupt_shard_bytes_fail_checksum(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+    shard = d / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="sha256"):
+        read_all(d)
+
+
+def test_truncated_video_names_clip_and_camera(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+    rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
+    with pytest.raises(DataError, match=r"CAM_FRONT\.mp4.*(frames|decode)"):
+        read_all(d)
+
+
+def test_missing_camera_is_named(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+    rewrite_shard(d, lambda ms: [(n, v) for n, v in ms if not n.endswith("CAM_BACK.mp4")])
+    with pytest.raises(DataError, match="CAM_BACK.mp4 is missing"):
+        read_all(d)
+
+
+def test_wrong_schema_and_bad_member_names(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "a")
+
+    def old_schema(ms):
+        out = []
+        for n, v in ms:
+            if n.endswith("meta.json"):
+                meta = json.loads(v)
+                meta["schema"] = "fsdtrain.clip/0"
+                v = json.dumps(meta).encode()
+            out.append((n, v))
+        return out
+
+    rewrite_shard(d, old_schema)
+    with pytest.raises(DataError, match="schema"):
+        read_all(d)
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "b")
+    rewrite_shard(d, lambda ms: ms + [(ms[0][0].split(".")[0] + ".payload.pickle", b"x")])
+    with pytest.raises(DataError, match="not part of schema"):
+        read_all(d)

@@ -1,0 +1,243 @@
+"""The synthetic fleet: schema, determinism, zones, country behaviour, and what the pixels show."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+
+from fsdtrain.data.manifest import Manifest, load_manifest
+from fsdtrain.data.rig import cam_to_ego, default_rig, intrinsics
+from fsdtrain.data.schema import EGO_FIELDS, SCHEMA, decode_npy, parse_calib, parse_meta, validate_key
+from fsdtrain.data.synth import STYLES, Renderer, clip_seed, country_style, plan_clip, synth_fleet
+from fsdtrain.errors import ConfigError
+from fsdtrain.store import objects
+
+COUNTRIES = ["CN", "US", "DE", "GB", "JP"]
+SMALL = dict(clips=2, clips_per_shard=1, seconds=3.0, width=64, height=48, seed=7)
+CAMERAS = [c.name for c in default_rig()]
+
+
+def _samples(manifest: Manifest) -> list[dict[str, bytes]]:
+    """Every clip of a manifest, read with plain ``tarfile`` (no webdataset involved)."""
+    out = []
+    for shard in manifest.shards:
+        with tarfile.open(fileobj=io.BytesIO(objects.read_bytes(manifest.shard_url(shard)))) as tar:
+            for m in tar.getmembers():
+                key, member = m.name.split(".", 1)
+                if not out or out[-1]["__key__"] != key:
+                    out.append({"__key__": key})
+                out[-1][member] = tar.extractfile(m).read()
+    return out
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])  # [F, H, W, 3]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> dict[str, Manifest]:
+    root = tmp_path_factory.mktemp("synth") / "fleet"
+    messages: list[str] = []
+    manifests = synth_fleet(f"file://{root}", COUNTRIES, progress=messages.append, **SMALL)
+    assert len(messages) == len(COUNTRIES) * SMALL["clips"] and messages[0].startswith("CN: clip 1/2")
+    return {m.country: load_manifest(f"file://{root}/train/{m.country}") for m in manifests}
+
+
+def test_layout_and_manifests(fleet):
+    for country, m in fleet.items():
+        assert m.url.endswith(f"/fleet/train/{country}")
+        assert (m.dataset, m.split, m.schema, m.cameras, m.fps, m.frames) == ("fleet", "train", SCHEMA, CAMERAS, 10.0, 30)
+        assert [s.name for s in m.shards] == ["shard-000000.tar", "shard-000001.tar"] and m.samples == 2
+    assert fleet["CN"].zone == "cn"
+    assert {fleet[c].zone for c in ("US", "DE", "GB", "JP")} == {"global"}
+
+
+def test_clips_follow_the_schema(fleet):
+    for country, m in fleet.items():
+        for i, sample in enumerate(_samples(fleet[country])):
+            key = validate_key(sample["__key__"])
+            assert key == f"synth_{country.lower()}_s7_train_{i:06d}-000000"
+            assert list(sample)[1:] == ["meta.json", "calib.json", "ego.npy"] + [f"{c}.mp4" for c in CAMERAS]
+            meta = parse_meta(sample["meta.json"], key)
+            assert (meta.clip_id, meta.country, meta.zone, meta.frames, meta.cameras) == (key, country, m.zone, 30, CAMERAS)
+            assert meta.tags["synthetic"] is True and meta.tags["drive_side"] == country_style(country).drive_side
+            calib = parse_calib(sample["calib.json"], meta.cameras, key)
+            assert calib["CAM_FRONT"]["size"] == (64, 48)
+            assert np.allclose(calib["CAM_BACK"]["T_cam_to_ego"], cam_to_ego(default_rig()[3]))
+            ego = decode_npy(sample["ego.npy"], key)
+            assert ego.dtype == np.float64 and ego.shape == (30, len(EGO_FIELDS))
+            assert np.array_equal(ego[0, :4], np.zeros(4))
+            assert np.allclose(np.diff(ego[:, 0]), 0.1) and np.all(np.isfinite(ego))
+            assert (ego[:, 4] > 3.0).all() and (ego[:, 4] < 25.0).all()
+            assert np.all(np.diff(ego[:, 1]) > 0)  # a 3 s clip never turns around: x keeps growing
+
+
+def test_every_camera_video_decodes(fleet):
+    for m in fleet.values():
+        for sample in _samples(m):
+            for cam in CAMERAS:
+                frames = _decode(sample[f"{cam}.mp4"])
+                assert frames.shape == (30, 48, 64, 3)
+                assert frames.std() > 10  # sky, road, grass: not a flat image
+
+
+def test_same_arguments_same_bytes(fleet, tmp_path):
+    def shas(out: str, **kw) -> list[str]:
+        args = {**SMALL, **kw}
+        return [s.sha256 for s in synth_fleet(out, ["US"], **args)[0].shards]
+
+    us = [s.sha256 for s in fleet["US"].shards]
+    # US alone, in two worker processes, gives the bytes it gave next to four other countries.
+    assert shas(f"file://{tmp_path}/a", workers=2) == us
+    assert shas(f"file://{tmp_path}/b", seed=8) != us
+    other_split = shas(f"file://{tmp_path}/c", split="test")
+    assert not set(other_split) & set(us)
+
+
+def test_zones_and_bad_arguments(tmp_path):
+    ms = synth_fleet(f"file://{tmp_path}/z", ["us", "CN"], 1, seconds=0.5, width=32, height=32, zone="cn")
+    assert [(m.country, m.zone) for m in ms] == [("US", "cn"), ("CN", "cn")]
+    assert parse_meta(_samples(ms[0])[0]["meta.json"], "x").zone == "cn"
+    with pytest.raises(ConfigError, match="known: CN, DE, GB, JP, US"):
+        synth_fleet(f"file://{tmp_path}/x", ["US", "XX"], 1)
+    assert not (tmp_path / "x").exists()  # nothing written before the arguments are checked
+    for kwargs, match in [
+        (dict(width=63), "even"),
+        (dict(split="a/b"), "split"),
+        (dict(zone="CN!"), "zone"),
+        (dict(seconds=0.1), "2 frames"),
+        (dict(clips_per_shard=0), "clips_per_shard"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            synth_fleet(f"file://{tmp_path}/x", ["US"], 1, **kwargs)
+
+
+def test_country_behaviour_differs():
+    speed, straight, a_lat = {}, {}, {}
+    for country in ("CN", "US", "DE"):
+        plans = [plan_clip(country, seed=clip_seed(0, "train", country, i)) for i in range(12)]
+        v = np.concatenate([p.ego[:, 4] for p in plans])
+        kappa = np.concatenate([np.abs(p.road.curvature(p.s)) for p in plans])
+        speed[country] = v.mean()
+        straight[country] = v[kappa < 1 / 1000].mean()
+        a_lat[country] = np.percentile(v**2 * kappa, 99)  # how hard curves are taken, m/s^2
+    assert speed["CN"] < 0.8 * min(speed["US"], speed["DE"])
+    assert straight["CN"] < 11.0 < straight["US"] < 15.0 < straight["DE"]
+    assert a_lat["CN"] < 0.6 * min(a_lat["US"], a_lat["DE"])
+    for country, value in a_lat.items():
+        assert 0.8 * STYLES[country].a_lat_max < value < 1.15 * STYLES[country].a_lat_max
+    # Keeping left in the lane (CN +0.4 m) vs right (DE -0.2 m), from the ego's stored offset to the road.
+    for country, offset in (("CN", 0.4), ("DE", -0.2)):
+        plan = plan_clip(country, seed=1)
+        lane_centre = -(plan.lane + 0.5) * STYLES[country].lane_width_m
+        assert abs(plan.d.mean() - lane_centre - offset) < 0.15
+
+
+def test_driving_side_in_tags_and_pixels(fleet):
+    for country, sign in (("US", -1), ("GB", 1), ("JP", 1), ("CN", -1)):
+        for sample in _samples(fleet[country]):
+            assert np.sign(json.loads(sample["meta.json"])["tags"]["ego_mean_offset_m"]) == sign
+    # The yellow centre line is left of the ego when driving on the right (US), right of it on the left (JP).
+    renderer = Renderer(default_rig(), 160, 96)
+    for country, left in (("US", True), ("JP", False)):
+        for seed in range(3):
+            front = renderer.render(plan_clip(country, seed=seed, seconds=1.0))[:, 0].astype(np.int16)  # [F, H, W, 3]
+            r, g, b = front[..., 0], front[..., 1], front[..., 2]
+            cols = np.nonzero((r > 150) & (g > 0.65 * r) & (b < 0.5 * g))[2]
+            assert len(cols) > 50
+            assert (np.median(cols) < 80) == left, (country, seed)
+
+
+def test_yaw_rate_follows_road_curvature(fleet):
+    for country in ("CN", "GB"):
+        for i, sample in enumerate(_samples(fleet[country])):
+            plan = plan_clip(country, seed=clip_seed(7, "train", country, i), seconds=3.0)
+            assert np.array_equal(decode_npy(sample["ego.npy"], "x"), plan.ego)  # the shards hold exactly the plan
+    plan = plan_clip("US", seed=3, seconds=10.0)
+    ego = plan.ego
+    kappa = plan.road.curvature(plan.s)
+    expected = kappa / (1 - kappa * plan.d) * ego[:, 4]  # [F] rad/s: the lane's curvature x speed
+    assert np.std(expected) > 0.02  # this clip has curves both ways worth testing
+    assert np.corrcoef(ego[:, 5], expected)[0, 1] > 0.97
+    assert np.abs(ego[:, 5] - expected).mean() < 0.01
+    # and yaw_rate is the derivative of the stored yaw
+    assert np.abs(np.gradient(ego[:, 3], ego[:, 0])[1:-1] - ego[1:-1, 5]).max() < 0.01
+
+
+def test_vehicles_are_rendered():
+    rig = default_rig()
+    renderer = Renderer(rig, 96, 64)
+    K, T = intrinsics(rig[0], 96, 64), cam_to_ego(rig[0])
+    for seed in range(40):
+        plan = plan_clip("DE", seed=seed, seconds=2.0)
+        for veh in plan.vehicles:
+            for k in range(len(plan.s)):
+                xy, _ = plan.road.pose(veh.s[k], veh.d)
+                x, y, yaw = plan.pose_world[k]
+                ego_xy = np.array([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]]) @ (xy - (x, y))
+                if 10 < ego_xy[0] < 35 and abs(ego_xy[1]) < 5:  # in front, close enough to cover pixels
+                    with_cars = renderer.render(plan)[k, 0]
+                    without = renderer.render(dataclasses.replace(plan, vehicles=[]))[k, 0]
+                    cam = np.linalg.inv(T) @ np.array([ego_xy[0], ego_xy[1], veh.size[2] / 2, 1.0])
+                    u, v = (K @ cam[:3])[:2] / cam[2]
+                    assert (with_cars[int(round(v)), int(round(u))] != without[int(round(v)), int(round(u))]).any()
+                    assert 3 <= (with_cars != without).any(axis=-1).sum() < with_cars.shape[0] * with_cars.shape[1] / 4
+                    return
+    pytest.fail("no clip with a vehicle ahead in 40 seeds")
+
+
+def _marking_curvature(ground_xy: np.ndarray, img: np.ndarray) -> float:
+    """Road curvature ahead estimated from lane-marking pixels alone.
+
+    Marking pixels (brighter than the road around them) are back-projected to the ground with
+    the stored calibration; the curve ``y = a_line + b x + kappa x^2 / 2`` that makes the
+    markings' lateral positions collapse into the sharpest lines wins (a small Hough transform).
+    """
+    zone = (ground_xy[..., 0] > 6) & (ground_xy[..., 0] < 35) & (np.abs(ground_xy[..., 1]) < 15)
+    lum, sat = img.mean(-1), img.max(-1) - img.min(-1)
+    road = zone & (sat < 25) & (lum < 140)
+    mark = zone & (lum > np.median(lum[road]) + 35)
+    x, y = ground_xy[mark, 0], ground_xy[mark, 1]
+    slopes, kappas = np.arange(-0.2, 0.201, 0.01), np.arange(-0.04, 0.0401, 0.002)
+    resid = y - slopes[:, None, None] * x - kappas[None, :, None] * x**2 / 2  # [B, K, N]
+    bins = np.floor(resid / 0.3).astype(np.int64)
+    bins -= bins.min()
+    span = int(bins.max()) + 1
+    combo = np.arange(len(slopes) * len(kappas)).reshape(len(slopes), len(kappas), 1)
+    counts = np.bincount((combo * span + bins).ravel(), minlength=combo.size * span).reshape(len(slopes), len(kappas), span)
+    score = (counts.astype(np.int64) ** 2).sum(-1)  # peaky histograms: markings line up
+    return float(kappas[np.unravel_index(score.argmax(), score.shape)[1]])
+
+
+def test_curvature_ahead_is_visible_in_front_camera(tmp_path):
+    width, height = 160, 96
+    (m,) = synth_fleet(f"file://{tmp_path}/curv", ["US"], 3, seconds=8.0, width=width, height=height, clips_per_shard=3)
+    estimated, actual = [], []
+    for sample in _samples(m):
+        ego = decode_npy(sample["ego.npy"], "x")
+        calib = parse_calib(sample["calib.json"], CAMERAS, "x")["CAM_FRONT"]
+        K, T = calib["K"], calib["T_cam_to_ego"]
+        u, v = np.meshgrid(np.arange(width), np.arange(height))
+        rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ T[:3, :3].T  # [H, W, 3] ego frame
+        lam = np.where(rays[..., 2] < 0, -T[2, 3] / np.minimum(rays[..., 2], -1e-9), np.inf)
+        ground_xy = T[:2, 3] + lam[..., None] * rays[..., :2]  # [H, W, 2]
+        frames = _decode(sample["CAM_FRONT.mp4"]).astype(np.float32)
+        travelled = np.cumsum(ego[:, 4]) / m.fps
+        for i in range(0, len(ego), 2):
+            ahead = np.searchsorted(travelled - travelled[i], 30.0)  # the next 30 m of the stored path
+            if ahead >= len(ego):
+                break
+            estimated.append(_marking_curvature(ground_xy, frames[i]))
+            actual.append(np.mean(ego[i:ahead, 5] / ego[i:ahead, 4]))
+    estimated, actual = np.array(estimated), np.array(actual)
+    curved = np.abs(actual) > 1 / 150
+    assert curved.sum() >= 20 and (actual[curved] > 0).any() and (actual[curved] < 0).any()  # curves both ways
+    assert (np.sign(estimated[curved]) == np.sign(actual[curved])).mean() > 0.9
+    assert np.corrcoef(estimated, actual)[0, 1] > 0.8

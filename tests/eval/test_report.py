@@ -1,0 +1,28 @@
+import json
+
+import numpy as np
+
+from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable
+from fsdtrain.eval.report import build_report, format_table, write_report
+
+DESIGN_KEYS = {"ade", "fde", "l2_1s", "l2_2s", "l2_3s", "l2_avg_1s", "l2_avg_2s", "l2_avg_3s", "min_ade_k", "min_fde_k", "miss_rate"}
+
+
+def test_report_has_the_design_layout(tmp_path):
+    table = MetricTable()
+    rows = np.ones((3, len(METRIC_KEYS)))
+    for p in ("model", "constant_velocity", "ego_mlp"):
+        table.add(["CN", "US", "US"], p, rows)
+    table.add(["CN", "US", "US"], "global_head", rows, mask=np.array([True, False, False]))
+    report = build_report(table, {"CN": {"a"}, "US": {"b", "c"}}, checkpoint="w.safetensors", data=["s3://x"])
+    assert report["metric_version"] == 1
+    assert set(report["per_country"]["CN"]) >= {"clips", "model", "constant_velocity", "ego_mlp", "global_head"}
+    assert "global_head" not in report["per_country"]["US"]
+    assert set(report["per_country"]["US"]["model"]) == DESIGN_KEYS
+    assert report["overall"]["clips"] == 3
+    path = tmp_path / "r" / "report.json"
+    write_report(report, path)
+    assert json.loads(path.read_text()) == report
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
+    text = format_table(report)
+    assert "global_head" in text and "overall" in text

@@ -1,0 +1,72 @@
+"""The command line as a user meets it: --help everywhere, one-line errors, exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fsdtrain.cli import main
+
+COMMANDS = [
+    ["--help"], ["store", "serve", "--help"], ["data", "synth", "--help"], ["data", "inspect", "--help"],
+    ["data", "verify", "--help"], ["eval", "--help"], ["demo", "--help"], ["fit", "--help"], ["finetune", "--help"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fsdtrain", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # libraries may log set-up lines first; the error is one line, the last, and the only error
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == [lines[-1]] and lines[-1].startswith("fsdtrain: error:"), proc.stderr
+    for f in fragments:
+        assert f in lines[-1]
+
+
+def test_unknown_country(tmp_path):
+    assert_one_line_error(run_cli("data", "synth", "--out", str(tmp_path / "d"), "--countries", "CN,XX", "--clips", "1"), "XX")
+    assert not any(tmp_path.rglob("*.tar"))
+
+
+def test_wrong_url_scheme():
+    assert_one_line_error(run_cli("data", "inspect", "ftp://host/data"), "ftp")
+
+
+def test_missing_manifest(tmp_path):
+    assert_one_line_error(run_cli("data", "inspect", str(tmp_path)), "manifest")
+
+
+def test_eval_of_a_missing_weights_file(tmp_path):
+    assert_one_line_error(run_cli("eval", "--ckpt", str(tmp_path / "none.safetensors"), "--data", str(tmp_path)), "no weights file")
+
+
+def test_fit_with_a_missing_manifest_and_a_bad_flag(tmp_path):
+    args = ["fit", "--config", "configs/demo.yaml", "--workdir", str(tmp_path / "w"), "--data.train", f"[{tmp_path}/none]", "--trainer.devices", "1"]
+    assert_one_line_error(run_cli(*args), "manifest")
+    assert_one_line_error(run_cli("fit", "--config", "configs/demo.yaml", "--model.net.no_such_field", "3"), "no_such_field")
+
+
+def test_finetune_needs_weights():
+    assert_one_line_error(run_cli("finetune", "--config", "configs/finetune_cn.yaml"), "--from")
+
+
+def test_inspect_and_verify_a_fleet(tiny_fleet):
+    proc = run_cli("data", "inspect", tiny_fleet["CN"]["train"])
+    assert proc.returncode == 0, proc.stderr
+    assert "CN" in proc.stdout and "cn" in proc.stdout
+    proc = run_cli("data", "verify", tiny_fleet["US"]["val"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 problem(s)" in proc.stdout
