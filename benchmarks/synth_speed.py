@@ -55,6 +55,18 @@ def _fleet(root: str, clips: int, workers: int) -> tuple[float, int, int]:
     return wall, frames, sum(m.bytes for m in manifests)
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux: fall back to platform below
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2, help="clips per country (3 countries, 10 s, 6 cameras each)")
@@ -77,8 +89,7 @@ def main() -> None:
             "clips": args.clips * len(COUNTRIES),
             "bytes_per_clip": fleet_bytes // (args.clips * len(COUNTRIES)),
             "renderer_setup_s": round(setup_s, 3),
-            "cpu_count": os.cpu_count(),
-            "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
+            "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
         }
         if args.workers > 1:
             par_s, par_frames, _ = _fleet(os.path.join(tmp, "par"), args.clips, workers=args.workers)

@@ -58,7 +58,7 @@ def _fsdtrain(args: list[str], *, env: dict[str, str], log: Path) -> None:
         for line in proc.stdout:
             f.write(line)
             if line.startswith("fsdtrain") or "Error" in line:
-                print("   " + line.rstrip()[-160:], flush=True)
+                print("   " + line.rstrip(), flush=True)
         code = proc.wait()
     if code != 0:
         raise FsdtrainError(f"`fsdtrain {args[0]}` failed with exit code {code}; see {log}")

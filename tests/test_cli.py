@@ -70,3 +70,13 @@ def test_inspect_and_verify_a_fleet(tiny_fleet):
     proc = run_cli("data", "verify", tiny_fleet["US"]["val"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 problem(s)" in proc.stdout
+
+
+def test_store_serve_on_a_busy_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_one_line_error(run_cli("store", "serve", "--port", str(port)), f"port {port} is in use")

@@ -247,10 +247,11 @@ def _calib_tensors(calib: dict, cameras: list[str], image_size: tuple[int, int] 
     Ks, Ts = [], []
     for c in cameras:
         K = calib[c]["K"].copy()
-        if image_size is not None:
+        if image_size is not None:  # pixel-centre convention: u' = (u + 0.5) * s - 0.5
             w, h = calib[c]["size"]
-            K[0] *= image_size[1] / w
-            K[1] *= image_size[0] / h
+            for row, scale in ((0, image_size[1] / w), (1, image_size[0] / h)):
+                K[row, :2] *= scale
+                K[row, 2] = (K[row, 2] + 0.5) * scale - 0.5
         Ks.append(K)
         Ts.append(calib[c]["T_cam_to_ego"])
     return torch.tensor(np.stack(Ks), dtype=torch.float32), torch.tensor(np.stack(Ts), dtype=torch.float32)

@@ -605,6 +605,7 @@ def make_clip(
     ``calib.json``, ``ego.npy`` and one ``<camera>.mp4`` per camera of :func:`default_rig`.
     """
     style = country_style(country)
+    zone = validate_zone(zone) if zone is not None else style.zone
     plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=seconds)
     renderer = _renderer(width, height)
     frames = renderer.render(plan)  # [F, N_cam, H, W, 3]
@@ -612,7 +613,7 @@ def make_clip(
     key = clip_key(drive_id, 0)
     cameras = [c.name for c in renderer.rig]
     meta = ClipMeta(
-        clip_id=key, drive_id=drive_id, country=style.code, zone=zone or style.zone, timestamp_us=plan.timestamp_us,
+        clip_id=key, drive_id=drive_id, country=style.code, zone=zone, timestamp_us=plan.timestamp_us,
         fps=float(fps), frames=len(plan.ego), cameras=cameras, tags={**plan.tags, "seed": seed, "index": index},
     )
     sample = {
@@ -669,7 +670,7 @@ def synth_fleet(
         width, height: image size, even numbers.
         fps, seconds: frame rate and clip length.
         gop: keyframe interval of the videos, in frames.
-        workers: processes rendering clips in parallel (fork); the output does not depend on it.
+        workers: processes rendering clips in parallel (a fork pool, so Linux/macOS); the output does not depend on it.
         progress: called with a one-line message after each clip.
 
     Returns:

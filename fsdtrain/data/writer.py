@@ -57,8 +57,8 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
 def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: int = 10, crf: int = 23) -> bytes:
     """Encodes RGB frames as an MP4 video, yuv420p, a keyframe every ``gop`` frames, no B-frames.
 
-    Deterministic: the same frames and settings give the same bytes (single-threaded encoder,
-    no scene-cut keyframes). Colours are converted by :func:`rgb_to_yuv420p` (BT.601, limited
+    Deterministic for h264: the same frames and settings give the same bytes (one encoder thread,
+    x264's cpu-independent mode, no scene-cut keyframes). Colours are converted by :func:`rgb_to_yuv420p` (BT.601, limited
     range), which ``VideoFrame.to_ndarray(format="rgb24")`` inverts on decode.
 
     Args:
@@ -85,17 +85,19 @@ def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: in
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(CODECS[codec], rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One encoder thread: with FFmpeg's automatic thread count, x264 output varies from run to run.
+        # One encoder thread, so the bytes do not depend on the machine's core count; the fleet
+        # runs clips in parallel instead.
         stream.codec_context.thread_count = 1
-        stream.codec_context.thread_type = "NONE"
         options = {"crf": str(crf), "g": str(gop), "bf": "0"}
         if codec == "h264":
-            options.update(preset=_X264_PRESET, **{"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"})
+            # cpu-independent ("exact reproducibility across different cpus"): without it x264's
+            # AVX-512 code gave different bytes from run to run on the same machine.
+            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:cpu-independent=1"
+            options.update(preset=_X264_PRESET, **{"x264-params": params})
         elif codec == "hevc":
             options.update(preset=_X264_PRESET, **{"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:pools=1:frame-threads=1:log-level=error"})
         stream.codec_context.options = options
-        # Converting here, not inside encode(), is faster for a whole clip and exactly reproducible:
-        # PyAV's per-frame conversion in encode() gave run-to-run different bytes on a busy machine.
+        # One integer-arithmetic conversion for the whole clip, the same on every machine.
         for i, yuv in enumerate(rgb_to_yuv420p(frames)):
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = i

@@ -77,9 +77,9 @@ def test_encode_decode_round_trip():
 
 def test_encode_is_deterministic_and_gop_changes_size():
     frames = _frames(20)
-    a, b = encode_video(frames, FPS, gop=10), encode_video(frames.copy(), FPS, gop=10)
-    assert a == b
-    assert len(encode_video(frames, FPS, gop=1)) > len(a)
+    outputs = {encode_video(frames.copy(), FPS, gop=10) for _ in range(5)}
+    assert len(outputs) == 1
+    assert len(encode_video(frames, FPS, gop=1)) > len(outputs.pop())
 
 
 def test_encode_rejects_bad_input():
