@@ -21,8 +21,9 @@ import platform
 import tempfile
 import time
 
+from fsdtrain.data.render import Renderer
 from fsdtrain.data.rig import default_rig
-from fsdtrain.data.synth import Renderer, clip_seed, plan_clip, synth_fleet
+from fsdtrain.data.synth import clip_seed, plan_clip, synth_fleet
 
 COUNTRIES = ["CN", "US", "DE"]
 WIDTH, HEIGHT, FPS, SECONDS = 160, 96, 10.0, 10.0

@@ -166,3 +166,16 @@ def test_wrong_schema_and_bad_member_names(tiny_fleet, tmp_path):
     rewrite_shard(d, lambda ms: ms + [(ms[0][0].split(".")[0] + ".payload.pickle", b"x")])
     with pytest.raises(DataError, match="not part of schema"):
         read_all(d)
+
+
+def test_resize_scales_images_and_intrinsics(tiny_fleet):
+    stream = FleetStream(
+        load_manifests([tiny_fleet["US"]["val"]], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=2,
+        shuffle=False, equalize=False, image_size=(24, 32),
+    )  # fmt: skip
+    full = next(iter(DataLoader(make_stream([tiny_fleet["US"]["val"]]), batch_size=2)))
+    small = next(iter(DataLoader(stream, batch_size=2)))
+    assert tuple(small["images"].shape[-2:]) == (24, 32)
+    K, K_full = small["intrinsics"][0, 0], full["intrinsics"][0, 0]
+    assert K[0, 0] == pytest.approx(K_full[0, 0] / 2) and K[1, 1] == pytest.approx(K_full[1, 1] / 2)
+    assert K[0, 2] == pytest.approx((32 - 1) / 2) and K[1, 2] == pytest.approx((24 - 1) / 2)

@@ -1,8 +1,7 @@
-"""The synthetic fleet: schema, determinism, zones, country behaviour, and what the pixels show."""
+"""The synthetic fleet: schema, determinism, zones, country behaviour, and what the videos show."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 
 from fsdtrain.data.manifest import Manifest, load_manifest
-from fsdtrain.data.rig import cam_to_ego, default_rig, intrinsics
+from fsdtrain.data.rig import cam_to_ego, default_rig
 from fsdtrain.data.schema import EGO_FIELDS, SCHEMA, decode_npy, parse_calib, parse_meta, validate_key
-from fsdtrain.data.synth import STYLES, Renderer, clip_seed, country_style, plan_clip, synth_fleet
+from fsdtrain.data.synth import STYLES, clip_seed, country_style, plan_clip, synth_fleet
 from fsdtrain.errors import ConfigError
 from fsdtrain.store import objects
 
@@ -140,19 +139,10 @@ def test_country_behaviour_differs():
         assert abs(plan.d.mean() - lane_centre - offset) < 0.15
 
 
-def test_driving_side_in_tags_and_pixels(fleet):
+def test_driving_side_in_tags(fleet):
     for country, sign in (("US", -1), ("GB", 1), ("JP", 1), ("CN", -1)):
         for sample in _samples(fleet[country]):
             assert np.sign(json.loads(sample["meta.json"])["tags"]["ego_mean_offset_m"]) == sign
-    # The yellow centre line is left of the ego when driving on the right (US), right of it on the left (JP).
-    renderer = Renderer(default_rig(), 160, 96)
-    for country, left in (("US", True), ("JP", False)):
-        for seed in range(3):
-            front = renderer.render(plan_clip(country, seed=seed, seconds=1.0))[:, 0].astype(np.int16)  # [F, H, W, 3]
-            r, g, b = front[..., 0], front[..., 1], front[..., 2]
-            cols = np.nonzero((r > 150) & (g > 0.65 * r) & (b < 0.5 * g))[2]
-            assert len(cols) > 50
-            assert (np.median(cols) < 80) == left, (country, seed)
 
 
 def test_yaw_rate_follows_road_curvature(fleet):
@@ -169,28 +159,6 @@ def test_yaw_rate_follows_road_curvature(fleet):
     assert np.abs(ego[:, 5] - expected).mean() < 0.01
     # and yaw_rate is the derivative of the stored yaw
     assert np.abs(np.gradient(ego[:, 3], ego[:, 0])[1:-1] - ego[1:-1, 5]).max() < 0.01
-
-
-def test_vehicles_are_rendered():
-    rig = default_rig()
-    renderer = Renderer(rig, 96, 64)
-    K, T = intrinsics(rig[0], 96, 64), cam_to_ego(rig[0])
-    for seed in range(40):
-        plan = plan_clip("DE", seed=seed, seconds=2.0)
-        for veh in plan.vehicles:
-            for k in range(len(plan.s)):
-                xy, _ = plan.road.pose(veh.s[k], veh.d)
-                x, y, yaw = plan.pose_world[k]
-                ego_xy = np.array([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]]) @ (xy - (x, y))
-                if 10 < ego_xy[0] < 35 and abs(ego_xy[1]) < 5:  # in front, close enough to cover pixels
-                    with_cars = renderer.render(plan)[k, 0]
-                    without = renderer.render(dataclasses.replace(plan, vehicles=[]))[k, 0]
-                    cam = np.linalg.inv(T) @ np.array([ego_xy[0], ego_xy[1], veh.size[2] / 2, 1.0])
-                    u, v = (K @ cam[:3])[:2] / cam[2]
-                    assert (with_cars[int(round(v)), int(round(u))] != without[int(round(v)), int(round(u))]).any()
-                    assert 3 <= (with_cars != without).any(axis=-1).sum() < with_cars.shape[0] * with_cars.shape[1] / 4
-                    return
-    pytest.fail("no clip with a vehicle ahead in 40 seeds")
 
 
 def _marking_curvature(ground_xy: np.ndarray, img: np.ndarray) -> float:
