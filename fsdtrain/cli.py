@@ -155,12 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsdtrain: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        # jsonargparse reports bad flags and config values this way (exit_on_error=False)
-        if type(exc).__name__ == "ArgumentError" and type(exc).__module__.startswith(("jsonargparse", "argparse")):
-            print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
-            return 2
-        raise
+    except argparse.ArgumentError as exc:
+        # LightningCLI (jsonargparse, exit_on_error=False) reports bad flags and config values this way
+        print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DATASET = "demo"
 BUCKETS = {"global": "fleet-global", "cn": "fleet-cn"}
 COUNTRIES = {"US": "global", "DE": "global", "CN": "cn"}
 SPLITS = {"train": 24, "val": 4, "test": 8}  # clips per country
-CLIPS_PER_SHARD = {"train": 4, "val": 1, "test": 2}
+CLIPS_PER_SHARD = {"val": 1, "test": 2}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -83,8 +83,9 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
         _step(2, "synthesizing CN, US and DE clips: " + ", ".join(f"{n} {s}" for s, n in splits.items()) + " per country")
         for country in COUNTRIES:
             for split, clips in splits.items():
+                per_shard = max(1, clips // 6) if split == "train" else CLIPS_PER_SHARD[split]  # several shards per rank
                 synth_fleet(
-                    dataset_url(country), [country], clips, clips_per_shard=CLIPS_PER_SHARD[split], split=split,
+                    dataset_url(country), [country], clips, clips_per_shard=per_shard, split=split,
                     seed=SPLIT_SEEDS[split], workers=2,
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)

@@ -196,7 +196,7 @@ def exists(url: str) -> bool:
     u = parse_url(url)
     if u.scheme == "file":
         return Path(u.key).is_file()
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         _s3().head_object(Bucket=u.bucket, Key=u.key)
@@ -205,12 +205,8 @@ def exists(url: str) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise _s3_error(exc, u, "check") from None
-    except Exception as exc:  # botocore connection errors: report them as store errors
-        from botocore.exceptions import BotoCoreError
-
-        if isinstance(exc, BotoCoreError):
-            raise _s3_error(exc, u, "check") from None
-        raise
+    except BotoCoreError as exc:
+        raise _s3_error(exc, u, "check") from None
 
 
 def list_keys(url: str) -> Iterator[str]:
@@ -251,7 +247,7 @@ def ensure_bucket(url: str) -> None:
     u = parse_url(url)
     if u.scheme != "s3":
         return
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     client = _s3()
     try:
@@ -260,10 +256,6 @@ def ensure_bucket(url: str) -> None:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
             raise _s3_error(exc, u, "open bucket of") from None
-    except Exception as exc:
-        from botocore.exceptions import BotoCoreError
-
-        if isinstance(exc, BotoCoreError):
-            raise _s3_error(exc, u, "open bucket of") from None
-        raise
+    except BotoCoreError as exc:
+        raise _s3_error(exc, u, "open bucket of") from None
     _s3_call(u, "create bucket for", client.create_bucket, Bucket=u.bucket)
