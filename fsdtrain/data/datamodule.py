@@ -42,6 +42,8 @@ class FleetDataModule(pl.LightningDataModule):
         image_size: ``[H, W]`` to resize frames to; empty keeps the stored size.
         site_zone: zone this job runs in; empty means ``$FSDTRAIN_SITE_ZONE`` or ``global``.
         audit_log: JSONL file that records every shard opened; empty disables it.
+        on_error: what a corrupt or invalid clip does: ``fail`` the run, or ``skip`` it (logged and counted).
+        max_skip_fraction: with ``skip``, the run still fails once more than this fraction of clips was skipped.
     """
 
     def __init__(
@@ -58,6 +60,8 @@ class FleetDataModule(pl.LightningDataModule):
         image_size: list[int] | None = None,
         site_zone: str | None = None,
         audit_log: str | None = None,
+        on_error: str = "fail",
+        max_skip_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -75,6 +79,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.image_size = tuple(image_size) if image_size else None
         self.site_zone = resolve_site_zone(site_zone)
         self.audit_log = audit_log
+        self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
 
@@ -98,6 +103,8 @@ class FleetDataModule(pl.LightningDataModule):
             site_zone=self.site_zone,
             audit=AuditLog(self.audit_log, job=job, rank=rank) if self.audit_log else None,
             image_size=self.image_size,
+            on_error=self.on_error,
+            max_skip_fraction=self.max_skip_fraction,
         )
         stream.set_distributed(rank, world, self.num_workers)
         if len(stream) == 0:

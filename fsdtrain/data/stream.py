@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import random
 import tarfile
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.residency import AuditLog, check_zone
 from fsdtrain.store import objects
 
-__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps"]
+__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps", "ERROR_POLICIES"]
+
+ERROR_POLICIES = ("fail", "skip")
+log = logging.getLogger("fsdtrain.data")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class FleetStream(IterableDataset):
         site_zone: the zone this job runs in.
         audit: where opened shards are recorded.
         image_size: ``(H, W)`` to resize frames to, or None for the stored size.
+        on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; equalized
+            streams repeat recent windows so every rank keeps its batch count).
+        max_skip_fraction: with ``skip``, fail once more than this fraction of a worker's clips was skipped.
     """
 
     def __init__(
@@ -122,8 +129,12 @@ class FleetStream(IterableDataset):
         site_zone: str = "global",
         audit: AuditLog | None = None,
         image_size: tuple[int, int] | None = None,
+        on_error: str = "fail",
+        max_skip_fraction: float = 0.01,
     ) -> None:
         super().__init__()
+        if on_error not in ERROR_POLICIES:
+            raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
         if not manifests:
             raise ConfigError("no data: give at least one shard directory URL")
         for m in manifests:
@@ -142,6 +153,7 @@ class FleetStream(IterableDataset):
         self.site_zone = site_zone
         self.audit = audit
         self.image_size = tuple(image_size) if image_size else None
+        self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
@@ -168,20 +180,44 @@ class FleetStream(IterableDataset):
         if info is not None and info.num_workers != self.num_workers:
             raise ConfigError(f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}")
         shards, cap = self._caps()[(self.rank, worker)]
-        windows = self._windows(shards)
+        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=sum(s.samples for s in shards))
+        windows = self._windows(shards, skips)
         if self.shuffle:
             windows = _shuffled(windows, self.shuffle_buffer, random.Random(hash_seed(self.seed, self.epoch, self.rank, worker)))
-        for n, window in enumerate(windows):
+        recent: list[dict] = []
+        n = 0
+        for window in windows:
             if cap is not None and n >= cap:
-                break
+                return
             yield window
+            n += 1
+            if skips.skipped:
+                recent = (recent + [window])[-self.shuffle_buffer :]
+        if cap is not None and n < cap:
+            # skipped clips left this worker short: repeat recent windows so that every rank still
+            # yields the same number of batches (a short rank would hang the others' collectives)
+            if not recent:
+                raise DataError(f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})")
+            log.warning("rank %d worker %d: %d windows repeated to make up for skipped clips", self.rank, worker, cap - n)
+            for i in range(cap - n):
+                yield recent[i % len(recent)]
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def _windows(self, shards: list[ShardRef]) -> Iterator[dict]:
+    def _windows(self, shards: list[ShardRef], skips: _SkipBudget) -> Iterator[dict]:
         for ref in shards:
-            for sample in self._samples(ref):
-                yield from self._clip_windows(ref, sample)
+            try:
+                samples = list(self._samples(ref))  # the shard is in memory already; this checks all of it
+            except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
+                skips.skip(exc, clips=ref.samples)
+                continue
+            for sample in samples:
+                try:
+                    windows = list(self._clip_windows(ref, sample))
+                except DataError as exc:
+                    skips.skip(exc, clips=1)
+                    continue
+                yield from windows
 
     def _samples(self, ref: ShardRef) -> Iterator[dict]:
         check_zone(ref.url, ref.zone, self.site_zone)  # before the first byte is requested
@@ -218,16 +254,17 @@ class FleetStream(IterableDataset):
         currents = self.spec.current_frames(meta.frames, meta.fps)
         if len(currents) == 0:
             return
-        last = int(currents[-1])
+        needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
+        slot = {f: i for i, f in enumerate(needed)}  # frame index -> row of the decoded arrays
         videos = [
-            decode_video(sample[f"{c}.mp4"], frames=last + 1, where=f"{where}/{c}.mp4", size=self.image_size)
+            decode_video(sample[f"{c}.mp4"], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size)
             for c in self.cameras
-        ]
+        ]  # each [len(needed), H, W, 3]
         intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
         for current in currents:
             current = int(current)
-            hist = window_frames(self.spec, current)
-            images = np.stack([v[hist] for v in videos])  # [N_cam, T, H, W, 3]
+            rows = [slot[int(f)] for f in window_frames(self.spec, current)]
+            images = np.stack([v[rows] for v in videos])  # [N_cam, T, H, W, 3]
             ego_hist, future = ego_window(self.spec, ego, current, meta.fps)
             yield {
                 "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),  # [N_cam, T, 3, H, W]
@@ -241,6 +278,28 @@ class FleetStream(IterableDataset):
                 "clip_id": meta.clip_id,
                 "frame": current,
             }
+
+
+class _SkipBudget:
+    """Applies the bad-sample policy: ``fail`` raises at once; ``skip`` logs and counts, and raises
+    once more than ``fraction`` of the worker's clips were skipped."""
+
+    def __init__(self, policy: str, fraction: float, *, clips: int) -> None:
+        self.policy, self.fraction, self.clips = policy, fraction, clips
+        self.skipped = 0
+        self.first: str | None = None
+
+    def skip(self, exc: DataError, *, clips: int) -> None:
+        if self.policy == "fail":
+            raise exc
+        self.skipped += clips
+        self.first = self.first or str(exc)
+        log.warning("skipped %d clip(s): %s", clips, exc)
+        if self.skipped > self.fraction * self.clips:
+            raise DataError(f"{self.summary()}, more than data.max_skip_fraction={self.fraction}; first: {self.first}")
+
+    def summary(self) -> str:
+        return f"skipped {self.skipped} of {self.clips} clips"
 
 
 def _calib_tensors(calib: dict, cameras: list[str], image_size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:

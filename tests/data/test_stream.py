@@ -179,3 +179,31 @@ def test_resize_scales_images_and_intrinsics(tiny_fleet):
     K, K_full = small["intrinsics"][0, 0], full["intrinsics"][0, 0]
     assert K[0, 0] == pytest.approx(K_full[0, 0] / 2) and K[1, 1] == pytest.approx(K_full[1, 1] / 2)
     assert K[0, 2] == pytest.approx((32 - 1) / 2) and K[1, 2] == pytest.approx((24 - 1) / 2)
+
+
+def skip_stream(directory, *, fraction, equalize):
+    return FleetStream(
+        load_manifests([str(directory)], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=4,
+        shuffle=False, equalize=equalize, on_error="skip", max_skip_fraction=fraction,
+    )  # fmt: skip
+
+
+def test_skip_policy_skips_bad_clips_and_keeps_batch_counts(tiny_fleet, tmp_path, caplog):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip
+    rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
+    ids = window_ids(skip_stream(d, fraction=0.5, equalize=False))
+    assert len(ids) == TINY_WINDOW.count(50, 10.0) and len({i.split("@")[0] for i in ids}) == 1
+    assert "skipped 1 clip(s)" in caplog.text and "CAM_FRONT.mp4" in caplog.text
+    equal = window_ids(skip_stream(d, fraction=0.5, equalize=True))
+    assert len(equal) == 2 * TINY_WINDOW.count(50, 10.0)  # the planned count: repeats fill the gap
+    assert set(equal) == set(ids)
+    with pytest.raises(DataError, match=r"skipped 1 of 2 clips, more than data.max_skip_fraction=0.4"):
+        window_ids(skip_stream(d, fraction=0.4, equalize=False))
+
+
+def test_skip_policy_drops_a_corrupt_shard_whole(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+    shard = d / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    ids = window_ids(skip_stream(d, fraction=0.5, equalize=False))
+    assert len(ids) == TINY_WINDOW.count(50, 10.0)

@@ -1,0 +1,118 @@
+"""Loader throughput vs a raw PyAV decode of exactly the frames the windows need (DESIGN.md §10).
+
+Builds a small synthetic fleet (US, 160x96, 6 cameras) on file:// and copies it into a local
+SeaweedFS store, then measures, in one run and with the same number of processes (one loader
+worker / one decode process):
+
+- ``loader_windows_per_s``: ``FleetStream`` through a DataLoader (read, checksum, untar, validate,
+  decode the needed frames, cut windows, collate), file:// and s3://;
+- ``raw_windows_per_s``: the same shards read from disk, untarred, and only the frames those windows
+  need decoded with PyAV — the floor any loader must pay;
+- ``ratio`` = loader / raw on file://, ``s3_vs_file`` = loader on s3 / loader on file, and
+  ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding up to the
+  last needed frame).
+
+    python benchmarks/data_throughput.py [--clips 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import av
+from torch.utils.data import DataLoader
+
+from fsdtrain.data.datamodule import load_manifests
+from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.synth import synth_fleet
+from fsdtrain.data.windows import WindowSpec, window_frames
+from fsdtrain.store import objects
+from fsdtrain.store.seaweed import LocalStore
+
+SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
+
+
+def loader_rate(url: str) -> tuple[float, int]:
+    stream = FleetStream(
+        load_manifests([url], "global"), SPEC, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True, equalize=False
+    )
+    stream.set_distributed(0, 1, 1)
+    t0, n = time.perf_counter(), 0
+    for batch in DataLoader(stream, batch_size=8, num_workers=1):
+        n += batch["future"].shape[0]
+    return n / (time.perf_counter() - t0), n
+
+
+def _raw_decode(paths: list[str]) -> tuple[int, int, int, float]:
+    """Windows, frames decoded, frames used and seconds, for a plain PyAV pass over the shards."""
+    t0 = time.perf_counter()
+    windows = decoded = used = 0
+    for path in paths:
+        with tarfile.open(path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        keys = sorted({name.split(".", 1)[0] for name in members})
+        for key in keys:
+            meta = json.loads(members[f"{key}.meta.json"])
+            currents = SPEC.current_frames(meta["frames"], meta["fps"])
+            needed = sorted({int(f) for c in currents for f in window_frames(SPEC, int(c))})
+            windows += len(currents)
+            for cam in DEFAULT_CAMERAS:
+                with av.open(io.BytesIO(members[f"{key}.{cam}.mp4"])) as container:
+                    for i, frame in enumerate(container.decode(container.streams.video[0])):
+                        decoded += 1
+                        if i in needed:
+                            frame.to_ndarray(format="rgb24")
+                            used += 1
+                        if i >= needed[-1]:
+                            break
+    return windows, decoded, used, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=12)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "bench"
+        (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=3, workers=min(2, os.cpu_count() or 1))
+        url = f"file://{root}/train/US"
+        paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
+        with mp.get_context("fork").Pool(1) as pool:  # one process, like one loader worker
+            windows, decoded, used, seconds = pool.apply(_raw_decode, (paths,))
+        raw_rate = windows / seconds
+        file_rate, n = loader_rate(url)
+        assert n == windows, f"loader read {n} windows, raw pass {windows}"
+        with LocalStore(Path(tmp) / "store") as store:
+            store.apply_env()
+            objects.ensure_bucket("s3://bench")
+            for f in sorted((root / "train" / "US").iterdir()):
+                objects.write_bytes(f"s3://bench/train/US/{f.name}", f.read_bytes())
+            s3_rate, _ = loader_rate("s3://bench/train/US")
+    result = {
+        "ratio": round(file_rate / raw_rate, 3),
+        "s3_vs_file": round(s3_rate / file_rate, 3),
+        "decoded_per_used": round(decoded / used, 3),
+        "loader_windows_per_s": round(file_rate, 1),
+        "loader_s3_windows_per_s": round(s3_rate, 1),
+        "raw_windows_per_s": round(raw_rate, 1),
+        "windows": windows,
+        "clips": args.clips,
+        "size": "160x96x6cam",
+        "window": {"history": SPEC.history, "frame_stride": SPEC.frame_stride, "window_stride": SPEC.window_stride},
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
