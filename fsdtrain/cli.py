@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = store.add_parser("serve", help="run a SeaweedFS S3 endpoint on loopback; prints the export AWS_... lines")
     serve.add_argument("--dir", default=None, help="data directory (default: a temporary one, removed on exit)")
     serve.add_argument("--port", type=int, default=None, help="S3 port (default: a free one)")
+    serve.add_argument("--zones", default=None, help="zone=bucket,... e.g. global=fleet-global,cn=fleet-cn: one key per zone, alone allowed on its bucket")
 
-    data = sub.add_parser("data", help="fleet data: synthesize, inspect, verify").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data = sub.add_parser("data", help="fleet data: synthesize, ingest raw drives, inspect, verify").add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data.add_parser("synth", help="write a seeded synthetic fleet of clips")
     synth.add_argument("--out", required=True, help="dataset URL: s3://bucket/dataset or file:///path/dataset")
     synth.add_argument("--countries", required=True, type=_countries, help="comma-separated ISO codes, e.g. CN,US,DE")
@@ -39,11 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--zone", default=None, help="residency zone for all countries (default: cn for CN, global otherwise)")
     synth.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    synth.add_argument("--fps", type=float, default=10.0, help="frame rate")
+    synth.add_argument("--width", type=int, default=160, help="image width, pixels (even)")
+    synth.add_argument("--height", type=int, default=96, help="image height, pixels (even)")
+    synth.add_argument("--rig", default="surround6", help="camera rig: surround6 (nuScenes-like) or surround8 (+ CAM_LEFT, CAM_RIGHT)")
+    synth.add_argument("--conditions", default=None, help="weights of day, night and rain clips, e.g. day=3,night=1,rain=1 (default: day)")
+    synth.add_argument("--vehicles", default="0-4", help="other vehicles per clip, MIN-MAX or N")
+    synth.add_argument("--lane-change", type=float, default=0.0, help="fraction of clips in which the ego changes lanes, 0..1")
     synth.add_argument("--workers", type=int, default=1, help="processes rendering clips")
+    synth.add_argument("--raw", action="store_true", help="write raw drives (docs/data-format.md) to the local folder --out; --clips is drives per country")
+    write = data.add_parser("write", help="ingest raw drives (docs/data-format.md) into shards per country")
+    write.add_argument("--raw", required=True, help="local folder of drive folders (or one drive folder)")
+    write.add_argument("--out", required=True, help="dataset URL: s3://bucket/dataset or file:///path/dataset")
+    write.add_argument("--clip-seconds", type=float, default=10.0, help="clip length")
+    write.add_argument("--fps", type=float, default=10.0, help="output frame rate")
+    write.add_argument("--gop", type=int, default=10, help="keyframe interval of the encoded videos, frames")
+    write.add_argument("--shard-bytes", type=int, default=256 * 2**20, help="target shard size in bytes (default 256 MiB)")
+    write.add_argument("--workers", type=int, default=1, help="processes checking and encoding drives")
+    write.add_argument("--skip-bad", action="store_true", help="skip bad drives and list them instead of stopping at the first")
+    write.add_argument("--split", default="train")
+    write.add_argument("--max-pose-gap", type=float, default=0.5, help="largest gap between poses, seconds")
     inspect = data.add_parser("inspect", help="clips, hours and bytes per country, zone and split")
     inspect.add_argument("url")
     verify = data.add_parser("verify", help="check manifests, checksums, schema, and that every video decodes")
     verify.add_argument("url")
+    verify.add_argument("--fast", action="store_true", help="skip decoding videos (checksums, structure and schema only)")
 
     for name in _LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (fsdtrain {name} --help for all options)", add_help=False)
@@ -78,14 +99,31 @@ def _run(argv: list[str]) -> int:
     if args.command == "store":
         from fsdtrain.store.seaweed import serve
 
-        return serve(args.dir, args.port)
+        return serve(args.dir, args.port, zones=args.zones)
     if args.command == "data":
+        if args.data_command == "synth" and args.raw:
+            from fsdtrain.data.synth_raw import synth_raw_drives
+
+            synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, zone=args.zone, progress=print)
+            return 0
+        if args.data_command == "write":
+            from fsdtrain.data.ingest import write_drives
+            from fsdtrain.data.raw import RawLimits
+
+            summary = write_drives(
+                args.raw, args.out, clip_seconds=args.clip_seconds, fps=args.fps, gop=args.gop, shard_bytes=args.shard_bytes,
+                workers=args.workers, skip_bad=args.skip_bad, split=args.split, limits=RawLimits(max_pose_gap_s=args.max_pose_gap),
+                progress=print,
+            )  # fmt: skip
+            print(summary.format())
+            return 0
         if args.data_command == "synth":
             from fsdtrain.data.synth import synth_fleet
 
             synth_fleet(
                 args.out, args.countries, args.clips, clips_per_shard=args.clips_per_shard, split=args.split, seed=args.seed,
-                zone=args.zone, seconds=args.seconds, workers=args.workers, progress=print,
+                zone=args.zone, seconds=args.seconds, workers=args.workers, progress=print, fps=args.fps, width=args.width,
+                height=args.height, rig=args.rig, conditions=args.conditions, vehicles=args.vehicles, lane_change=args.lane_change,
             )  # fmt: skip
             return 0
         from fsdtrain.data import inspect as inspect_mod
@@ -93,7 +131,7 @@ def _run(argv: list[str]) -> int:
         if args.data_command == "inspect":
             print(inspect_mod.format_inspect(inspect_mod.inspect(args.url)))
             return 0
-        problems = inspect_mod.verify(args.url, progress=print)
+        problems = inspect_mod.verify(args.url, fast=args.fast, progress=print)
         for line in problems:
             print(f"PROBLEM {line}")
         print(f"{len(problems)} problem(s)")

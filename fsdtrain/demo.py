@@ -19,7 +19,6 @@ from pathlib import Path
 from fsdtrain.errors import ConfigError, FsdtrainError
 from fsdtrain.eval.evaluate import evaluate
 from fsdtrain.eval.report import format_table, write_report
-from fsdtrain.store import objects
 from fsdtrain.store.seaweed import LocalStore
 
 __all__ = ["run_demo", "config_path"]
@@ -74,11 +73,9 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
     report_path.unlink(missing_ok=True)  # never leave an old report looking like this run's
     splits = dict(SPLITS, train=train_clips or SPLITS["train"])
     _step(1, f"starting a local SeaweedFS store in {root / 'store'}")
-    with LocalStore(root / "store") as store:
+    with LocalStore(root / "store", zones=BUCKETS) as store:
         store.apply_env()
-        print(f"   S3 endpoint {store.endpoint}", flush=True)
-        for bucket in BUCKETS.values():
-            objects.ensure_bucket(f"s3://{bucket}")
+        print(f"   S3 endpoint {store.endpoint}; buckets {', '.join(BUCKETS.values())}, one key per zone", flush=True)
 
         _step(2, "synthesizing CN, US and DE clips: " + ", ".join(f"{n} {s}" for s, n in splits.items()) + " per country")
         for country in COUNTRIES:
@@ -90,23 +87,25 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)
 
-        env = {**os.environ, **store.env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "FSDTRAIN_JOB": "demo"}
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "FSDTRAIN_JOB": "demo"}
+        # each site holds only its own zone's key: the store refuses the global job any CN object
+        global_site, cn_site = {**env, **store.zone_env("global")}, {**env, **store.zone_env("cn")}
         pretrain_dir, finetune_dir = root / "pretrain", root / "finetune-cn"
         _step(3, "pretraining the global model on US + DE (site zone global, DeepSpeed ZeRO-2, 2 CPU ranks)")
         _fsdtrain(
             ["fit", "--config", str(config_path("demo.yaml")), "--workdir", str(pretrain_dir), "--site.zone", "global",
              "--trainer.enable_progress_bar", "false"],
-            env=env, log=root / "pretrain.log",
+            env=global_site, log=root / "pretrain.log",
         )  # fmt: skip
 
         _step(4, "fine-tuning the CN head on CN clips (site zone cn, backbone frozen)")
         _fsdtrain(
             ["finetune", "--config", str(config_path("finetune_cn.yaml")), "--from", str(pretrain_dir / "model.safetensors"),
              "--workdir", str(finetune_dir), "--site.zone", "cn", "--trainer.enable_progress_bar", "false"],
-            env=env, log=root / "finetune-cn.log",
+            env=cn_site, log=root / "finetune-cn.log",
         )  # fmt: skip
 
-        _step(5, "evaluating on held-out clips of every country (site zone cn)")
+        _step(5, "evaluating on held-out clips of every country (site zone cn, reviewer key for both buckets)")
         test_urls = [f"{dataset_url(c)}/test/{c}" for c in COUNTRIES]
         report = evaluate(str(finetune_dir / "model.safetensors"), test_urls, site_zone="cn", audit_log=str(root / "eval-audit.jsonl"))
         _step(6, "stopping the store")

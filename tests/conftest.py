@@ -1,14 +1,15 @@
 """Shared pytest fixtures.
 
 The object store fixtures run a real SeaweedFS S3 server on loopback (``weed mini``), one per test
-session; tests that need ``s3://`` take ``s3_env`` (AWS variables point at it) or ``s3_bucket``
-(a fresh, empty bucket of their own). ``tiny_fleet`` is a small synthetic CN/US/DE fleet on file://.
+session, with per-zone buckets and keys (``STORE_ZONES``); tests that need ``s3://`` take ``s3_env``
+(AWS variables point at it with the admin key), ``s3_bucket`` (a fresh, empty bucket of their own)
+or ``use_zone_key`` (switch the AWS variables to one zone's key). ``tiny_fleet`` is a small synthetic CN/US/DE fleet on file://.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ from fsdtrain.store.seaweed import CONFLICTING_AWS_ENV, LocalStore
 # tiny synthetic fleets (tests/fleet.py): the `tiny_fleet` fixture
 pytest_plugins = ["fleet"]
 
+#: zone -> bucket of the session store; each zone's key may read, write and list its bucket only.
+STORE_ZONES = {"global": "fleet-global", "cn": "fleet-cn", "us": "fleet-us"}
+
 
 @pytest.fixture(scope="session")
 def local_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStore]:
@@ -26,7 +30,7 @@ def local_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStore
     session's temp dir for post-mortems. Tests must not change its process environment: use
     ``s3_env``."""
     data_dir: Path = tmp_path_factory.mktemp("seaweedfs")
-    store = LocalStore(data_dir)
+    store = LocalStore(data_dir, zones=STORE_ZONES)
     store.start()
     try:
         yield store
@@ -52,3 +56,18 @@ def s3_bucket(s3_env: LocalStore) -> str:
     url = f"s3://test-{uuid.uuid4().hex}"
     objects.ensure_bucket(url)
     return url
+
+
+@pytest.fixture
+def use_zone_key(s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], dict[str, str]]:
+    """``use_zone_key("cn")`` points the AWS variables at the session store with the ``cn`` key
+    (fresh S3 clients) and returns that environment; the test's end restores the admin key."""
+
+    def use(zone: str) -> dict[str, str]:
+        env = s3_env.zone_env(zone)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        objects.reset_clients()
+        return env
+
+    return use

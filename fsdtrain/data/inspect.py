@@ -1,4 +1,22 @@
-"""``fsdtrain data inspect`` and ``fsdtrain data verify``: what a dataset holds, and whether it is intact."""
+"""``fsdtrain data inspect`` and ``fsdtrain data verify``: what a dataset holds, and whether it is intact.
+
+:func:`verify` compares every manifest with the store and the shards with the clip schema. Each
+problem is one line naming the object (shard, index or stray file) and, for sample-level problems,
+the sample as ``<shard url>:<sample key>``:
+
+- objects: a shard (or its index) listed in the manifest but missing from the store; an object in
+  the shard directory that the manifest does not list; size or sha256 differing from the manifest;
+- the per-shard index (:mod:`fsdtrain.data.index`, when the manifest lists one): it must describe
+  this shard, and every member's bytes must match their sha256 in it, which names the sample
+  (and member) a corrupt byte lies in;
+- tar structure: truncated or corrupt archives (naming the sample they end in), members that are
+  not plain files, samples split across the archive, a sample count differing from the manifest;
+- samples: keys, member names, ``meta.json`` against the manifest (country, zone, cameras, fps,
+  frames), ``calib.json``, ``ego.npy`` dtype and shape, and (unless ``fast``) that every video decodes
+  to its declared frames at its calibrated size.
+
+Sample checks run even when a shard's checksum fails, so the damaged sample is named where it can be.
+"""
 
 from __future__ import annotations
 
@@ -6,112 +24,288 @@ import hashlib
 import io
 import tarfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from fsdtrain.data import schema
 from fsdtrain.data.decode import decode_video
-from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, load_manifest
+from fsdtrain.data.index import ShardIndex, parse_index
+from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
 from fsdtrain.errors import DataError
 from fsdtrain.store import objects
 
-__all__ = ["find_manifests", "inspect", "format_inspect", "verify"]
+__all__ = ["find_manifests", "inspect", "format_inspect", "verify", "verify_manifest"]
+
+_BLOCK = 512  # tar block size; an archive ends with two zero blocks
+
+
+def _manifest_dirs(url: str) -> list[str]:
+    """Shard directory URLs with a manifest: ``url`` itself, or every one below it."""
+    if objects.exists(objects.join_url(url, MANIFEST_NAME)):
+        return [url.rstrip("/")]
+    found = [k[: -len(MANIFEST_NAME) - 1] for k in objects.list_keys(url) if k.endswith("/" + MANIFEST_NAME)]
+    if not found:
+        raise DataError(f"no manifest.json at or below {url}: is it a dataset written by `fsdtrain data synth`/`data write`?")
+    return found
 
 
 def find_manifests(url: str) -> list[Manifest]:
     """Manifests at ``url`` (a shard directory) or anywhere below it (a dataset root)."""
-    if objects.exists(objects.join_url(url, MANIFEST_NAME)):
-        return [load_manifest(url)]
-    found = [k[: -len(MANIFEST_NAME) - 1] for k in objects.list_keys(url) if k.endswith("/" + MANIFEST_NAME)]
-    if not found:
-        raise DataError(f"no manifest.json at or below {url}: is it a dataset written by `fsdtrain data synth`/`data write`?")
-    return [load_manifest(u) for u in found]
+    return [load_manifest(u) for u in _manifest_dirs(url)]
+
+
+# --- inspect -------------------------------------------------------------------------------------
 
 
 def inspect(url: str) -> list[dict]:
-    """One row per manifest: dataset, split, country, zone, clips, hours, bytes, cameras, fps."""
+    """One row per manifest: url, dataset, split, country, zone, clips, hours, bytes, shards,
+    cameras (count), camera_names, fps."""
     rows = []
     for m in find_manifests(url):
         rows.append({
             "url": m.url, "dataset": m.dataset, "split": m.split, "country": m.country, "zone": m.zone,
             "clips": m.samples, "hours": m.samples * m.frames / m.fps / 3600, "bytes": m.bytes, "shards": len(m.shards),
-            "cameras": len(m.cameras), "fps": m.fps,
+            "cameras": len(m.cameras), "camera_names": list(m.cameras), "fps": m.fps,
         })  # fmt: skip
     return rows
 
 
 def format_inspect(rows: list[dict]) -> str:
+    """A table of :func:`inspect` rows, then totals by zone, country and split, then the camera rigs."""
     head = f"{'dataset':<12} {'split':<8} {'country':<7} {'zone':<8} {'clips':>6} {'hours':>8} {'MB':>9} {'shards':>6} {'cams':>4} {'fps':>5}"
     lines = [head, "-" * len(head)]
-    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     for r in rows:
         lines.append(
             f"{r['dataset']:<12} {r['split']:<8} {r['country']:<7} {r['zone']:<8} {r['clips']:>6} {r['hours']:>8.3f} "
             f"{r['bytes'] / 1e6:>9.1f} {r['shards']:>6} {r['cameras']:>4} {r['fps']:>5g}"
         )
-        t = totals[r["zone"]]
-        t[0] += r["clips"]
-        t[1] += r["hours"]
-        t[2] += r["bytes"]
-    for zone, (clips, hours, size) in sorted(totals.items()):
-        lines.append(f"{'total':<12} {'':<8} {'':<7} {zone:<8} {int(clips):>6} {hours:>8.3f} {size / 1e6:>9.1f}")
+    for by in ("zone", "country", "split"):
+        totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+        for r in rows:
+            t = totals[r[by]]
+            t[0] += r["clips"]
+            t[1] += r["hours"]
+            t[2] += r["bytes"]
+        lines.append("")
+        for value, (clips, hours, size) in sorted(totals.items()):
+            label = f"total {by}"
+            lines.append(f"{label:<29} {value:<8} {int(clips):>6} {hours:>8.3f} {size / 1e6:>9.1f}")
+    rigs: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for r in rows:
+        rigs[tuple(r.get("camera_names", ()))].append(f"{r['split']}/{r['country']}")
+    lines.append("")
+    for cams, where in rigs.items():
+        lines.append(f"cameras ({len(cams)}): {', '.join(cams)}  [{', '.join(where)}]")
     return "\n".join(lines)
 
 
-def _check_sample(sample: dict, m: Manifest, where: str) -> None:
-    key = schema.validate_key(sample["__key__"])
-    for suffix in sample:
-        if not suffix.startswith("__"):
+# --- verify --------------------------------------------------------------------------------------
+
+
+def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Every problem found under ``url`` (a shard directory or a dataset root), one line each.
+
+    Args:
+        url: ``s3://`` or ``file://`` URL of a shard directory or of a root with manifests below it.
+        fast: skip video decoding (objects, checksums, tar structure and schema are still checked).
+        progress: called with one line per checked shard.
+
+    Returns:
+        Problem lines (empty when intact); a manifest that does not load is one problem.
+
+    Raises:
+        DataError: there is no manifest at or below ``url``.
+        StoreError: the store cannot be read (unreachable, access denied).
+    """
+    problems: list[str] = []
+    for murl in _manifest_dirs(url):
+        try:
+            m = load_manifest(murl)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        problems += verify_manifest(m, fast=fast, progress=progress)
+    return problems
+
+
+def verify_manifest(m: Manifest, *, fast: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+    """The problems of one loaded manifest's shard directory; see :func:`verify`."""
+    listed = _listing(m.url)
+    expected = {MANIFEST_NAME}
+    for shard in m.shards:
+        expected.add(shard.name)
+        if _index_name(shard):
+            expected.add(_index_name(shard))
+    problems = [f"{objects.join_url(m.url, name)}: in the store but not in the manifest" for name in sorted(listed - expected)]
+    seen_keys: dict[str, str] = {}
+    for shard in m.shards:
+        found, count = _verify_shard(m, shard, listed, fast, seen_keys)
+        problems += found
+        if progress:
+            progress(f"checked {m.shard_url(shard)} ({count} clips, {len(found)} problem(s))")
+    return problems
+
+
+def _listing(url: str) -> set[str]:
+    """Names of the objects in a shard directory, relative to it; sub-directories that hold their
+    own manifest are other datasets and left out."""
+    prefix = str(objects.parse_url(url)).rstrip("/") + "/"  # a plain path lists as file:// URLs
+    names = {k[len(prefix) :] for k in objects.list_keys(url) if k.startswith(prefix)}
+    nested = {n[: -len(MANIFEST_NAME)] for n in names if n.endswith("/" + MANIFEST_NAME)}
+    return {n for n in names if not any(n.startswith(d) for d in nested)}
+
+
+def _index_name(shard: ShardInfo) -> str | None:
+    """The shard's index file (``shard-NNNNNN.index.json``) when the manifest lists one (manifests
+    written before indexes existed list none)."""
+    name = getattr(shard, "index", None)
+    return name if isinstance(name, str) and name else None
+
+
+def _load_index(m: Manifest, shard: ShardInfo, listed: set[str], problems: list[str]) -> ShardIndex | None:
+    """The shard's index when the manifest lists one and it is present, parses and describes this
+    shard; otherwise None, with the reason appended to ``problems``."""
+    name = _index_name(shard)
+    if name is None:
+        return None
+    iurl = objects.join_url(m.url, name)
+    if name not in listed:
+        problems.append(f"{iurl}: index missing from the store")
+        return None
+    data = objects.read_bytes(iurl)
+    want = getattr(shard, "index_sha256", None)
+    if want and hashlib.sha256(data).hexdigest() != want:
+        problems.append(f"{iurl}: sha256 does not match the manifest")
+        return None
+    try:
+        index = parse_index(data, iurl)
+    except DataError as exc:
+        problems.append(str(exc))
+        return None
+    if (index.shard, index.bytes, index.sha256) != (shard.name, shard.bytes, shard.sha256):
+        problems.append(f"{iurl}: describes {index.shard} of {index.bytes} bytes, not the manifest's {shard.name} of {shard.bytes} bytes")
+        return None
+    return index
+
+
+def _check_index_spans(index: ShardIndex, data: bytes, surl: str, tar_keys: set[str]) -> list[str]:
+    """Each indexed member's bytes against its sha256 in the index: names the sample (and members)
+    a corrupt byte lies in, which the shard's own checksum cannot."""
+    problems = []
+    for s in index.samples:
+        where = f"{surl}:{s.key}"
+        if s.offset + s.size > len(data):
+            problems.append(f"{where}: cut off: the index puts it at bytes [{s.offset}, {s.offset + s.size}), the shard has {len(data)}")
+            continue
+        bad = [name for name, span in s.members.items() if hashlib.sha256(data[span.offset : span.end]).hexdigest() != span.sha256]
+        if bad:
+            problems.append(f"{where}: corrupt bytes in {', '.join(bad)} (sha256 differs from the index)")
+        if s.key not in tar_keys:
+            problems.append(f"{where}: in the index but not in the tar")
+    problems += [f"{surl}:{key}: in the tar but not in the index" for key in sorted(tar_keys - {s.key for s in index.samples})]
+    return problems
+
+
+def _verify_shard(
+    m: Manifest, shard: ShardInfo, listed: set[str], fast: bool, seen_keys: dict[str, str]
+) -> tuple[list[str], int]:
+    """Problems of one shard (and its index), and how many samples it holds."""
+    surl = m.shard_url(shard)
+    problems: list[str] = []
+    index = _load_index(m, shard, listed, problems)
+    if shard.name not in listed:
+        problems.append(f"{surl}: missing from the store")
+        return problems, 0
+    data = objects.read_bytes(surl)
+    if len(data) != shard.bytes:
+        problems.append(f"{surl}: {len(data)} bytes, the manifest says {shard.bytes}")
+    elif hashlib.sha256(data).hexdigest() != shard.sha256:
+        problems.append(f"{surl}: sha256 does not match the manifest")
+    count, unreadable, tar_keys = 0, False, set()
+    for key, sample, broken in _samples(data):
+        count += 1
+        tar_keys.add(key)
+        where = f"{surl}:{key}"
+        if key in seen_keys:
+            problems.append(f"{where}: sample key appears more than once (also in {seen_keys[key]})")
+        seen_keys.setdefault(key, surl)
+        if broken:
+            problems.append(f"{where}: {broken}")
+            unreadable = unreadable or not sample
+            continue
+        try:
+            _check_sample(key, sample, m, where, decode=not fast)
+        except DataError as exc:
+            problems.append(str(exc))
+    if count != shard.samples:
+        problems.append(f"{surl}: {count} samples, the manifest says {shard.samples}")
+    if not unreadable and (len(data) % _BLOCK or data[-2 * _BLOCK :] != bytes(2 * _BLOCK)):
+        # tarfile reads an archive cut between two members as complete; the missing end says otherwise
+        problems.append(f"{surl}: truncated: the tar does not end with its end-of-archive blocks")
+    if index is not None:
+        problems += _check_index_spans(index, data, surl, tar_keys - {"(start)"})
+    return problems, count
+
+
+def _samples(data: bytes) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
+    """``(key, members, problem)`` per sample of a tar, in order; ``problem`` is None for a sample
+    read whole. The key is a member's name up to its first dot, and consecutive members with one
+    key form a sample (webdataset's grouping rule). An unreadable archive ends the iteration with a
+    problem naming the sample it broke in."""
+    key: str | None = None
+    sample: dict[str, bytes] = {}
+    issues: list[str] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                base, dot, suffix = info.name.partition(".")
+                if base != key:
+                    if key is not None:
+                        yield key, sample, "; ".join(issues) or None
+                    key, sample, issues = base, {}, []
+                if not info.isfile():
+                    issues.append(f"member {info.name} is not a regular file")
+                    continue
+                f = tar.extractfile(info)
+                assert f is not None  # regular files always have data
+                sample[suffix if dot else ""] = f.read()
+    except tarfile.TarError as exc:
+        where = f"in sample {key}" if key else "at its start"
+        yield key or "(start)", {}, f"tar unreadable {where} ({exc}): truncated or corrupt"
+        return
+    if key is not None:
+        yield key, sample, "; ".join(issues) or None
+
+
+def _check_sample(key: str, sample: dict[str, bytes], m: Manifest, where: str, *, decode: bool) -> None:
+    """Raises DataError (naming ``where``) at the first way ``sample`` breaks the clip schema."""
+    try:
+        schema.validate_key(key)
+        for suffix in sample:
             schema.validate_member(key, suffix, m.cameras)
-    for member in schema.FIXED_MEMBERS + tuple(f"{c}.mp4" for c in m.cameras):
-        if member not in sample:
-            raise DataError(f"{where}: member {member} is missing")
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    missing = [mb for mb in schema.FIXED_MEMBERS + tuple(f"{c}.mp4" for c in m.cameras) if mb not in sample]
+    if missing:
+        raise DataError(f"{where}: member(s) {', '.join(missing)} missing")
     meta = schema.parse_meta(sample["meta.json"], where)
-    if meta.zone != m.zone or meta.country != m.country:
-        raise DataError(f"{where}: clip says {meta.country}/{meta.zone}, manifest says {m.country}/{m.zone}")
-    schema.parse_calib(sample["calib.json"], m.cameras, where)
+    for field, got, want in (
+        ("country/zone", f"{meta.country}/{meta.zone}", f"{m.country}/{m.zone}"),
+        ("cameras", list(meta.cameras), list(m.cameras)),
+        ("fps", float(meta.fps), float(m.fps)),
+        ("frames", int(meta.frames), int(m.frames)),
+    ):
+        if got != want:
+            raise DataError(f"{where}: meta.json {field} is {got}, the manifest says {want}")
+    calib = schema.parse_calib(sample["calib.json"], m.cameras, where)
     ego = schema.decode_npy(sample["ego.npy"], f"{where}/ego.npy")
     if ego.shape != (meta.frames, len(schema.EGO_FIELDS)) or ego.dtype != np.float64:
         raise DataError(f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]")
+    if not decode:
+        return
     for cam in m.cameras:
-        decode_video(sample[f"{cam}.mp4"], frames=meta.frames, where=f"{where}/{cam}.mp4")
-
-
-def verify(url: str, *, progress: Callable[[str], None] | None = None) -> list[str]:
-    """Every problem found, one line each naming shard (and sample): missing/extra shards, size and
-    sha256 mismatches, schema violations, videos that do not decode to their declared frames."""
-    problems: list[str] = []
-    for m in find_manifests(url):
-        listed = {k.rsplit("/", 1)[-1] for k in objects.list_keys(m.url)}
-        expected = {s.name for s in m.shards}
-        problems += [f"{objects.join_url(m.url, n)}: shard in the store but not in the manifest" for n in sorted(listed - expected - {MANIFEST_NAME}) if n.endswith(".tar")]
-        for shard in m.shards:
-            surl = m.shard_url(shard)
-            if shard.name not in listed:
-                problems.append(f"{surl}: missing from the store")
-                continue
-            data = objects.read_bytes(surl)
-            if len(data) != shard.bytes:
-                problems.append(f"{surl}: {len(data)} bytes, the manifest says {shard.bytes}")
-                continue
-            if hashlib.sha256(data).hexdigest() != shard.sha256:
-                problems.append(f"{surl}: sha256 does not match the manifest")
-                continue
-            count = 0
-            try:
-                for sample in group_by_keys(tar_file_expander([{"url": surl, "stream": io.BytesIO(data)}]), lcase=False):
-                    count += 1
-                    try:
-                        _check_sample(sample, m, f"{surl}:{sample['__key__']}")
-                    except DataError as exc:
-                        problems.append(str(exc))
-            except (tarfile.TarError, ValueError) as exc:
-                problems.append(f"{surl}: not a readable tar ({type(exc).__name__})")
-                continue
-            if count != shard.samples:
-                problems.append(f"{surl}: {count} samples, the manifest says {shard.samples}")
-            if progress:
-                progress(f"checked {surl} ({count} clips)")
-    return problems
+        frames = decode_video(sample[f"{cam}.mp4"], frames=meta.frames, where=f"{where}/{cam}.mp4")  # [F, H, W, 3]
+        width, height = calib[cam]["size"]
+        if frames.shape[1:3] != (height, width):
+            raise DataError(f"{where}/{cam}.mp4: frames are {frames.shape[2]}x{frames.shape[1]}, calib.json says {width}x{height}")

@@ -1,8 +1,10 @@
 """``manifest.json``: what a ``<root>/<dataset>/<split>/<country>/`` directory of shards holds.
 
 Fields: ``dataset``, ``split``, ``country``, ``zone``, ``schema``, ``cameras``, ``fps``, ``frames``
-(frames per clip), and per shard ``name``, ``samples``, ``bytes``, ``sha256``. The manifest is
-written last, so a directory with a manifest is complete (DESIGN.md §3).
+(frames per clip), and per shard ``name``, ``samples``, ``bytes``, ``sha256``, plus ``index`` and
+``index_sha256`` (the shard's range-read index, :mod:`fsdtrain.data.index`; absent in manifests
+written before indexes existed, which still load). The manifest is written last, so a directory
+with a manifest is complete (DESIGN.md §3).
 """
 
 from __future__ import annotations
@@ -21,14 +23,21 @@ __all__ = ["MANIFEST_NAME", "ShardInfo", "Manifest", "load_manifest", "save_mani
 
 MANIFEST_NAME = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
+_INDEX_RE = re.compile(r"^shard-\d{6}\.index\.json$")
 
 
 @dataclass
 class ShardInfo:
+    """One shard of a manifest: its file name, clip count, size, checksum, and its index file."""
+
     name: str
     samples: int
     bytes: int
     sha256: str
+    index: str | None = None
+    """``shard-NNNNNN.index.json`` next to the shard, or None (manifests from before indexes)."""
+    index_sha256: str | None = None
+    """sha256 of the index file."""
 
 
 @dataclass
@@ -87,6 +96,8 @@ def load_manifest(url: str) -> Manifest:
     for s in m.shards:
         if not _SHARD_RE.match(s.name):
             raise DataError(f"{murl}: shard name {s.name!r} is not shard-NNNNNN.tar")
+        if s.index is not None and not _INDEX_RE.match(s.index):
+            raise DataError(f"{murl}: index name {s.index!r} of {s.name} is not shard-NNNNNN.index.json")
     m.url = url.rstrip("/")
     return m
 

@@ -15,6 +15,7 @@ clip agree exactly with its calibration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ from fsdtrain.errors import ConfigError
 
 __all__ = [
     "CameraSpec",
+    "RIGS",
+    "DEFAULT_RIG",
+    "make_rig",
+    "surround6",
+    "surround8",
     "default_rig",
     "intrinsics",
     "cam_to_ego",
@@ -62,7 +68,7 @@ class CameraSpec:
             raise ConfigError(f"camera {self.name}: z={self.z} must be above the road (z > 0 metres)")
 
 
-def default_rig() -> list[CameraSpec]:
+def surround6() -> list[CameraSpec]:
     """Six surround cameras named as in nuScenes, on the roof of a mid-size car (1.6 m high)."""
     return [
         CameraSpec(name="CAM_FRONT", yaw_deg=0.0, x=1.7, y=0.0, z=1.6, pitch_deg=4.0, hfov_deg=70.0),
@@ -72,6 +78,38 @@ def default_rig() -> list[CameraSpec]:
         CameraSpec(name="CAM_BACK_LEFT", yaw_deg=110.0, x=0.5, y=0.6, z=1.6, pitch_deg=5.0, hfov_deg=70.0),
         CameraSpec(name="CAM_BACK_RIGHT", yaw_deg=-110.0, x=0.5, y=-0.6, z=1.6, pitch_deg=5.0, hfov_deg=70.0),
     ]
+
+
+def surround8() -> list[CameraSpec]:
+    """:func:`surround6` plus two wide side cameras under the mirrors, looking down at the neighbouring lanes.
+
+    The first six cameras are exactly those of ``surround6``, in the same order, so a model's
+    camera embeddings for them carry over; ``CAM_LEFT`` and ``CAM_RIGHT`` come last.
+    """
+    return surround6() + [
+        CameraSpec(name="CAM_LEFT", yaw_deg=90.0, x=2.0, y=1.0, z=1.1, pitch_deg=20.0, hfov_deg=110.0),
+        CameraSpec(name="CAM_RIGHT", yaw_deg=-90.0, x=2.0, y=-1.0, z=1.1, pitch_deg=20.0, hfov_deg=110.0),
+    ]
+
+
+RIGS: dict[str, Callable[[], list[CameraSpec]]] = {"surround6": surround6, "surround8": surround8}
+"""Built-in camera rigs by name; each entry builds the rig's cameras in output order."""
+
+DEFAULT_RIG = "surround6"
+"""The rig used when none is named."""
+
+
+def make_rig(name: str) -> list[CameraSpec]:
+    """The cameras of the built-in rig ``name``; unknown names fail with the known ones."""
+    build = RIGS.get(name)
+    if build is None:
+        raise ConfigError(f"unknown camera rig {name!r}; known: {', '.join(sorted(RIGS))}")
+    return build()
+
+
+def default_rig() -> list[CameraSpec]:
+    """The cameras of :data:`DEFAULT_RIG` (six surround cameras, :func:`surround6`)."""
+    return make_rig(DEFAULT_RIG)
 
 
 def _check_size(width: int, height: int) -> None:

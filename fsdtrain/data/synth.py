@@ -8,6 +8,8 @@ depend on which other countries were asked for.
 A clip is planned (:func:`plan_clip`: road, ego motion, other vehicles), rendered
 (:class:`~fsdtrain.data.render.Renderer`: a lookup of each camera's ground points in a top-down
 raster of the road, plus a ray test against the vehicles' boxes) and encoded (:func:`make_clip`).
+A :class:`Scenario` sets what varies between clips besides the country: day, night or rain, how
+many other vehicles, and how often the ego changes lanes; the camera rig is chosen by name.
 
 Country styles change what the right trajectory is, not only the look: driving side, lane width,
 cruise speed, how hard curves are taken (max lateral acceleration, anticipation, braking) and the
@@ -23,15 +25,15 @@ import json
 import math
 import multiprocessing
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from fsdtrain.data.manifest import Manifest
-from fsdtrain.data.render import WHITE, Renderer
-from fsdtrain.data.rig import calib_json, default_rig
+from fsdtrain.data.render import CONDITIONS, WHITE, Renderer
+from fsdtrain.data.rig import DEFAULT_RIG, calib_json, make_rig
 from fsdtrain.data.schema import ClipMeta, clip_key, encode_npy
 from fsdtrain.data.writer import encode_video, write_shards
 from fsdtrain.errors import ConfigError
@@ -39,18 +41,8 @@ from fsdtrain.residency import GLOBAL_ZONE, validate_zone
 from fsdtrain.store import objects
 
 __all__ = [
-    "CountryStyle",
-    "STYLES",
-    "country_style",
-    "clip_seed",
-    "Road",
-    "make_road",
-    "speed_profile",
-    "Vehicle",
-    "ClipPlan",
-    "plan_clip",
-    "make_clip",
-    "synth_fleet",
+    "CountryStyle", "STYLES", "country_style", "clip_seed", "Road", "make_road", "speed_profile", "Vehicle",
+    "Scenario", "ClipPlan", "plan_clip", "make_clip", "synth_fleet",
 ]
 
 RGB = tuple[int, int, int]
@@ -261,6 +253,56 @@ class Vehicle:
     color: RGB
 
 
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """What varies between clips besides the country: light and weather, traffic, lane changes.
+
+    A clip draws its condition and lane change at fixed positions of a generator apart from the road's:
+    lane changes never change a clip's weather, and defaults give version 1's clips (cars no longer overlap).
+    """
+
+    conditions: Mapping[str, float] | str = field(default_factory=lambda: {"day": 1.0})
+    """Relative weights of the conditions (:data:`~fsdtrain.data.render.CONDITIONS`) clips are drawn from, e.g.
+    ``{"day": 3, "night": 1, "rain": 1}``; also as text, ``"day=3,night=1,rain=1"`` or ``"night"``."""
+    vehicles: tuple[int, int] | str = (0, 4)
+    """Other vehicles per clip, drawn uniformly from ``[min, max]`` (text: ``"2-10"`` or ``"6"``). A vehicle
+    that would overlap another one or the ego is placed again, or left out."""
+    lane_change: float = 0.0
+    """Fraction of clips in which the ego moves smoothly one lane over, staying on its side of the road."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", _condition_weights(self.conditions))
+        object.__setattr__(self, "vehicles", _vehicle_range(self.vehicles))
+        if not 0.0 <= self.lane_change <= 1.0:
+            raise ConfigError(f"lane_change={self.lane_change} is the fraction of clips with a lane change: use 0..1")
+
+
+def _condition_weights(value: Mapping[str, float] | str) -> dict[str, float]:
+    """Positive weights by condition, in :data:`CONDITIONS` order, from a mapping or ``"day=3,night=1,rain"``."""
+    hint = f"conditions {value!r}: use NAME or NAME=WEIGHT of {', '.join(CONDITIONS)}, non-negative with a positive sum, e.g. day=3,night=1,rain=1"
+    try:
+        if isinstance(value, str):
+            value = {name: float(w) if w else 1.0 for name, _, w in (p.partition("=") for p in value.replace(" ", "").lower().split(",") if p)}
+        weights = {str(name): float(w) for name, w in value.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(hint) from None
+    if set(weights) - set(CONDITIONS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ConfigError(hint)
+    return {c: weights[c] for c in CONDITIONS if weights.get(c, 0.0) > 0}
+
+
+def _vehicle_range(value: tuple[int, int] | str | int) -> tuple[int, int]:
+    """``(min, max)`` vehicles per clip from a pair, ``"MIN-MAX"``, ``"N"`` or ``N``."""
+    try:
+        parts = str(value).split("-") if isinstance(value, (str, int)) else list(value)
+        lo, hi = (int(v) for v in (parts * 2 if len(parts) == 1 else parts))
+    except (TypeError, ValueError):
+        raise ConfigError(f"vehicles={value!r}: use MIN-MAX or N vehicles per clip, e.g. 2-10") from None
+    if not 0 <= lo <= hi <= 40:
+        raise ConfigError(f"vehicles={value!r}: give min and max vehicles per clip, 0 <= min <= max <= 40, e.g. 2-10")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class ClipPlan:
     """Everything a clip shows, before rendering: road, ego motion, vehicles, appearance."""
@@ -273,24 +315,38 @@ class ClipPlan:
     pose_world: np.ndarray  # [F, 3] ego x, y, yaw in the world frame
     ego: np.ndarray  # [F, 6] t, x, y, yaw, speed, yaw_rate in the first frame's ego frame (ego.npy)
     vehicles: list[Vehicle]
-    lane: int  # ego lane, 0 = next to the centre line
+    lane: int  # ego lane at the start, 0 = next to the centre line
     cruise_mps: float
     brightness: float
     appearance_seed: int
     timestamp_us: int
     tags: dict = field(default_factory=dict)
+    condition: str = "day"  # one of render.CONDITIONS
+    lane_end: int | None = None  # ego lane at the end; None: same as ``lane``
 
 
 _CAR_COLORS: list[RGB] = [(170, 30, 30), (30, 60, 150), (40, 40, 45), (150, 150, 155), (200, 120, 20), (30, 110, 60), (110, 20, 90)]
+_EGO_LENGTH, _EGO_CENTRE = 4.8, 1.4  # ego box length, and its centre ahead of the ego origin (rear axle), m
 
 
-def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10.0) -> ClipPlan:
-    """Plans one clip of ``country`` from ``seed`` (use :func:`clip_seed` for fleet clips)."""
+def _clear(s_v: np.ndarray, d_v: float, length: float, placed: list[Vehicle], s_ego: np.ndarray, d_ego: np.ndarray) -> bool:
+    """Whether a vehicle driving ``s_v`` [F] at offset ``d_v`` keeps its distance to the placed ones and the ego."""
+    if any(abs(o.d - d_v) < 1.0 and np.abs(o.s - s_v).min() < (o.size[0] + length) / 2 + 3.0 for o in placed):
+        return False
+    beside = np.abs(d_ego - d_v) < 2.6  # [F] frames in which the ego is (partly) in this lane
+    return not (beside & (np.abs(s_v - s_ego - _EGO_CENTRE) < (_EGO_LENGTH + length) / 2 + 4.0)).any()
+
+
+def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10.0, scenario: Scenario | None = None) -> ClipPlan:
+    """Plans one clip of ``country`` from ``seed`` (see :func:`clip_seed`) under ``scenario`` (default: day, 0-4 cars)."""
     style = country_style(country)
+    scenario = scenario or Scenario()
     frames = int(round(seconds * fps))
     if frames < 2:
         raise ConfigError(f"seconds={seconds} at fps={fps} gives {frames} frames; a clip needs at least 2")
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])  # draws added after version 1, so version 1's draws stay where they were
+    u_condition, u_change, u_start, u_duration = extra.random(4)
     cruise = style.cruise_mps * float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1))
     road = make_road(rng, -130.0, 1.1 * 1.04 * cruise * seconds + 140.0)
     side = -1.0 if style.drive_side == "right" else 1.0  # own lanes are on this side of the centre line
@@ -304,6 +360,17 @@ def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10
     t_fine = np.arange(-2, frames * sub + 2) / (fps * sub)
     s_fine = np.interp(t_fine, t_road, road.s)
     d_fine = d_ego + 0.12 * _smooth_noise(rng, t_fine, 4.0, 12.0)
+    lane_end, change = lane, {"lane_change": "none"}
+    if n > 1 and u_change < scenario.lane_change:
+        # One lane over (inwards from the outermost lane, outwards from the innermost), 3-5 s, inside the clip.
+        lane_end = lane + 1 if lane == 0 else lane - 1 if lane == n - 1 or u_change < scenario.lane_change / 2 else lane + 1
+        duration = min(3.0 + 2.0 * u_duration, 0.7 * seconds)
+        start = 0.1 * seconds + u_start * (0.8 * seconds - duration)
+        x = np.clip((t_fine - start) / duration, 0.0, 1.0)  # quintic: no lateral speed or acceleration at either end
+        d_fine = d_fine + side * (lane_end - lane) * w * x**3 * (10.0 - 15.0 * x + 6.0 * x**2)
+        left = side * (lane_end - lane) > 0
+        change = {"lane_change": "left" if left else "right", "lane_change_start_s": round(float(start), 3),
+                  "lane_change_duration_s": round(float(duration), 3)}  # fmt: skip
     xy_fine, _ = road.pose(s_fine, d_fine)
     vel = np.gradient(xy_fine, t_fine, axis=0)  # [T_fine, 2]
     yaw_fine = np.unwrap(np.arctan2(vel[:, 1], vel[:, 0]))
@@ -317,49 +384,61 @@ def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10
     assert road.s[-1] - s_fine[-1] > 100.0, "road too short for the rendering range"
 
     times = np.arange(frames) / fps
+    s_frames, d_frames = np.interp(times, t_road, road.s), d_fine[pick]
     vehicles, lane_speed = [], {}
-    for _ in range(int(rng.integers(0, 5))):
+    count = int(rng.integers(scenario.vehicles[0], scenario.vehicles[1] + 1))
+    reach = 70.0 + 12.0 * max(0, count - 4)  # room ahead for dense traffic
+    for _ in range(count):
         oncoming = n == 1 or bool(rng.random() < 0.5)
         if oncoming:
             d_v = -side * (int(rng.integers(0, n)) + 0.5) * w
-            s_start = float(rng.uniform(30.0, road.s[-1] - 30.0))
+            s_range = (30.0, road.s[-1] - 30.0)
+            s_start = float(rng.uniform(*s_range))
             rate = float(rng.uniform(0.85, 1.1)) * _lane_rate(road, style, style.cruise_mps, d_v, backwards=True)
-            # Driving towards decreasing s: arrival times along the reversed road.
-            s_v = -np.interp(times, _arrival_times(-road.s[::-1], rate[::-1], -s_start), -road.s[::-1])
         else:
             other = int(rng.choice([k for k in range(n) if k != lane]))
             d_v = side * (other + 0.5) * w
             factor = lane_speed.setdefault(other, float(rng.uniform(0.8, 1.15)))
-            s_start = float(rng.uniform(-25.0, 70.0))
+            s_range = (-25.0, reach)
+            s_start = float(rng.uniform(*s_range))
             rate = factor * _lane_rate(road, style, style.cruise_mps, d_v)
-            s_v = np.interp(times, _arrival_times(road.s, rate, s_start), road.s)
-        big = bool(rng.random() < 0.25)
-        size = (5.6, 2.1, 2.3) if big else (4.5, 1.8, 1.45)
+        size = (5.6, 2.1, 2.3) if rng.random() < 0.25 else (4.5, 1.8, 1.45)  # a van or truck, or a car
         color = _CAR_COLORS[int(rng.integers(0, len(_CAR_COLORS)))]
-        vehicles.append(Vehicle(s=s_v, d=float(d_v), oncoming=oncoming, size=size, color=color))
+        for _attempt in range(12):
+            if oncoming:  # driving towards decreasing s: arrival times along the reversed road
+                s_v = -np.interp(times, _arrival_times(-road.s[::-1], rate[::-1], -s_start), -road.s[::-1])
+            else:
+                s_v = np.interp(times, _arrival_times(road.s, rate, s_start), road.s)
+            if _clear(s_v, d_v, size[0], vehicles, s_frames, d_frames):
+                vehicles.append(Vehicle(s=s_v, d=float(d_v), oncoming=oncoming, size=size, color=color))
+                break
+            s_start = float(extra.uniform(*s_range))
 
-    s_frames = np.interp(times, t_road, road.s)
-    d_frames = d_fine[pick]
     span = (road.s >= s_frames[0]) & (road.s <= s_frames[-1] + 50.0)
+    names, cumulative = list(scenario.conditions), np.cumsum(list(scenario.conditions.values()))
+    condition = names[min(int(np.searchsorted(cumulative / cumulative[-1], u_condition, side="right")), len(names) - 1)]
     tags = {
         "synthetic": True,
-        "generator": "fsdtrain.synth/1",
+        "generator": "fsdtrain.synth/2",
         "drive_side": style.drive_side,
         "lanes_per_direction": n,
         "lane_width_m": w,
         "ego_lane": lane,
+        "ego_lane_end": lane_end,
+        **change,
         "lane_offset_m": style.lane_offset_m,
         "ego_mean_offset_m": round(float(d_frames.mean()), 3),
         "cruise_mps": round(cruise, 3),
         "a_lat_max": style.a_lat_max,
         "max_abs_curvature": round(float(np.abs(road.kappa[span]).max()), 5),
         "vehicles": len(vehicles),
+        "condition": condition,
     }
     return ClipPlan(
         style=style, road=road, fps=float(fps), s=s_frames, d=d_frames, pose_world=np.column_stack([xy, yaw]), ego=ego,
         vehicles=vehicles, lane=lane, cruise_mps=cruise, brightness=float(rng.uniform(0.85, 1.1)),
         appearance_seed=int(rng.integers(0, 2**31)), timestamp_us=1_704_067_200_000_000 + int(rng.integers(0, 3 * 10**7)) * 10**6,
-        tags=tags,
+        tags=tags, condition=condition, lane_end=lane_end,
     )
 
 
@@ -367,9 +446,9 @@ def plan_clip(country: str, *, seed: int, fps: float = 10.0, seconds: float = 10
 
 
 @lru_cache(maxsize=4)
-def _renderer(width: int, height: int) -> Renderer:
-    """One renderer per process and size: its per-camera lookup tables are reused for every clip."""
-    return Renderer(default_rig(), width, height)
+def _renderer(rig: str, width: int, height: int) -> Renderer:
+    """One renderer per process, rig and size: its per-camera lookup tables are reused for every clip."""
+    return Renderer(make_rig(rig), width, height)
 
 
 def make_clip(
@@ -384,23 +463,25 @@ def make_clip(
     fps: float = 10.0,
     seconds: float = 10.0,
     gop: int = 10,
+    rig: str = DEFAULT_RIG,
+    scenario: Scenario | None = None,
 ) -> dict[str, bytes]:
     """Plans, renders and encodes clip ``index`` of a fleet; returns its webdataset sample (DESIGN.md §3).
 
     The sample has ``__key__`` (``synth_<cc>_s<seed>_<split>_<index:06d>-000000``), ``meta.json``,
-    ``calib.json``, ``ego.npy`` and one ``<camera>.mp4`` per camera of :func:`default_rig`.
+    ``calib.json``, ``ego.npy`` and one ``<camera>.mp4`` per camera of the rig (:data:`~fsdtrain.data.rig.RIGS`).
     """
     style = country_style(country)
     zone = validate_zone(zone) if zone is not None else style.zone
-    plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=seconds)
-    renderer = _renderer(width, height)
+    plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=seconds, scenario=scenario)
+    renderer = _renderer(rig, width, height)
     frames = renderer.render(plan)  # [F, N_cam, H, W, 3]
     drive_id = f"synth_{style.code.lower()}_s{seed}_{split}_{index:06d}"
     key = clip_key(drive_id, 0)
     cameras = [c.name for c in renderer.rig]
     meta = ClipMeta(
         clip_id=key, drive_id=drive_id, country=style.code, zone=zone, timestamp_us=plan.timestamp_us,
-        fps=float(fps), frames=len(plan.ego), cameras=cameras, tags={**plan.tags, "seed": seed, "index": index},
+        fps=float(fps), frames=len(plan.ego), cameras=cameras, tags={**plan.tags, "rig": rig, "seed": seed, "index": index},
     )
     sample = {
         "__key__": key,
@@ -440,6 +521,10 @@ def synth_fleet(
     fps: float = 10.0,
     seconds: float = 10.0,
     gop: int = 10,
+    rig: str = DEFAULT_RIG,
+    conditions: Mapping[str, float] | str | None = None,
+    vehicles: tuple[int, int] | str = (0, 4),
+    lane_change: float = 0.0,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> list[Manifest]:
@@ -456,6 +541,10 @@ def synth_fleet(
         width, height: image size, even numbers.
         fps, seconds: frame rate and clip length.
         gop: keyframe interval of the videos, in frames.
+        rig: camera rig name, see :data:`~fsdtrain.data.rig.RIGS` (``surround6``, ``surround8``).
+        conditions: weights of day, night and rain clips, see :attr:`Scenario.conditions`; default: all day.
+        vehicles: other vehicles per clip, ``(min, max)`` or ``"min-max"``.
+        lane_change: fraction of clips in which the ego changes lanes.
         workers: processes rendering clips in parallel (a fork pool, so Linux/macOS); the output does not depend on it.
         progress: called with a one-line message after each clip.
 
@@ -475,18 +564,21 @@ def synth_fleet(
         raise ConfigError(f"countries {countries} list a country twice")
     if zone is not None:
         validate_zone(zone)
-    if fps <= 0 or int(round(seconds * fps)) < 2:
+    if not fps > 0 or int(round(seconds * fps)) < 2:
         raise ConfigError(f"seconds={seconds} at fps={fps} gives fewer than 2 frames per clip; use a longer clip")
     if gop < 1:
         raise ConfigError(f"gop={gop} must be at least 1 frame")
-    dataset, cameras = _dataset_name(out), [c.name for c in default_rig()]
+    cameras = [c.name for c in make_rig(rig)]
+    scenario = Scenario(conditions={"day": 1.0} if conditions is None else conditions, vehicles=vehicles, lane_change=lane_change)
+    dataset = _dataset_name(out)
     ctx = multiprocessing.get_context("fork")
     pool_cm = ctx.Pool(workers) if workers > 1 else contextlib.nullcontext()
     manifests = []
     with pool_cm as pool:
         for style in styles:
             clip_zone = zone or style.zone
-            common = dict(seed=seed, split=split, zone=clip_zone, width=width, height=height, fps=fps, seconds=seconds, gop=gop)
+            common = dict(seed=seed, split=split, zone=clip_zone, width=width, height=height, fps=fps, seconds=seconds, gop=gop,
+                          rig=rig, scenario=scenario)  # fmt: skip
             tasks = [dict(country=style.code, index=i, **common) for i in range(clips)]
             samples: Iterator[dict[str, bytes]] = pool.imap(_make_clip_kw, tasks) if pool is not None else map(_make_clip_kw, tasks)
             manifests.append(

@@ -1,8 +1,8 @@
-"""Clips -> webdataset tar shards + ``manifest.json`` (DESIGN.md §3), and the video encoder.
+"""Clips -> webdataset tar shards + per-shard indexes + ``manifest.json`` (DESIGN.md §3), and the video encoder.
 
 A shard is built whole in memory, then uploaded with one atomic write, so readers never see a
-partial shard. The manifest is saved only after every shard is written: a directory with a
-manifest is complete. Shards are deterministic (fixed member order, zero mtime/uid/gid, empty
+partial shard; its index (:mod:`fsdtrain.data.index`) follows it. The manifest is saved only after
+every shard and index is written: a directory with a manifest is complete. Shards are deterministic (fixed member order, zero mtime/uid/gid, empty
 owner names), so the same clips give byte-identical shards and the same sha256.
 """
 
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
+from fsdtrain.data.index import MemberSpan, SampleSpan, ShardIndex, index_name
 from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, save_manifest
 from fsdtrain.data.schema import FIXED_MEMBERS, parse_meta, validate_key, validate_member
 from fsdtrain.errors import ConfigError, DataError
@@ -111,24 +114,55 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+_TAR_END = 2 * tarfile.BLOCKSIZE  # two zero blocks close a tar
+
+
+def _tar_record(name: str, data: bytes) -> tuple[bytes, bytes]:
+    """One tar member as written by ``tarfile`` in PAX format: (header blocks, data padded to 512).
+
+    Zero mtime/uid/gid, empty owner names and mode 0644, so the bytes depend on the content only.
+    """
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    pad = -len(data) % tarfile.BLOCKSIZE
+    return header, data + tarfile.NUL * pad
+
+
+def _tar_size(records_bytes: int) -> int:
+    """Size of a tar holding ``records_bytes`` of member records: end blocks, padded to a whole record."""
+    n = records_bytes + _TAR_END
+    return n + (-n % tarfile.RECORDSIZE)
+
+
+@dataclass
+class _Pending:
+    """One clip serialized as tar records, with its members' offsets relative to the clip's start."""
+
+    key: str
+    records: bytes
+    members: dict[str, tuple[int, int, str]]  # name -> (data offset in records, size, sha256)
 
 
 class ShardWriter:
-    """Writes clips into ``<out>/shard-NNNNNN.tar`` files and, on :meth:`close`, ``manifest.json``.
+    """Writes clips into ``<out>/shard-NNNNNN.tar`` files (each with its ``.index.json``) and, on
+    :meth:`close`, ``manifest.json``.
+
+    A new shard starts when the current one holds ``clips_per_shard`` clips, or when adding the
+    next clip would make it larger than ``shard_bytes`` (a single clip larger than that gets a
+    shard of its own). Give either limit or both.
 
     Use it as a context manager: when the block raises, the shards written so far stay but no
     manifest is saved, so readers treat the directory as incomplete. An existing manifest in
-    ``out`` is removed before the first shard is written, for the same reason.
+    ``out`` is removed before the first shard is written, for the same reason; shards and indexes
+    of an earlier, larger write that the new manifest does not list are removed on close.
 
     Args:
         out: shard directory URL, ``<root>/<dataset>/<split>/<country>`` (``s3://`` or ``file://``).
-        clips_per_shard: clips per tar file (the last shard may hold fewer).
+        clips_per_shard: most clips per tar file, or None for no count limit.
+        shard_bytes: target tar size in bytes, or None for no size limit.
         dataset, split, country, zone: manifest fields; every clip's meta must agree on country and zone.
         cameras: camera names in rig order; each clip holds exactly one ``<camera>.mp4`` per name.
         fps: frame rate; every clip's meta must agree.
@@ -138,7 +172,8 @@ class ShardWriter:
         self,
         out: str,
         *,
-        clips_per_shard: int,
+        clips_per_shard: int | None = None,
+        shard_bytes: int | None = None,
         dataset: str,
         split: str,
         country: str,
@@ -146,17 +181,23 @@ class ShardWriter:
         cameras: list[str],
         fps: float,
     ) -> None:
-        if clips_per_shard < 1:
+        if clips_per_shard is None and shard_bytes is None:
+            raise ConfigError("give clips_per_shard or shard_bytes (or both) to say when a shard is full")
+        if clips_per_shard is not None and clips_per_shard < 1:
             raise ConfigError(f"clips_per_shard={clips_per_shard} must be at least 1")
+        if shard_bytes is not None and shard_bytes < 1:
+            raise ConfigError(f"shard_bytes={shard_bytes} must be a positive number of bytes, e.g. 268435456 (256 MiB)")
         if not cameras or len(set(cameras)) != len(cameras):
             raise ConfigError(f"cameras must be a non-empty list of unique names, got {cameras}")
         self.out = out
         self.clips_per_shard = clips_per_shard
+        self.shard_bytes = shard_bytes
         self.manifest = Manifest(
             dataset=dataset, split=split, country=country, zone=validate_zone(zone), cameras=list(cameras), fps=float(fps), frames=0
         )
         self._members = list(FIXED_MEMBERS) + [f"{c}.mp4" for c in cameras]
-        self._pending: list[dict[str, bytes]] = []
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
         self._started = False
         self._closed = False
 
@@ -168,22 +209,27 @@ class ShardWriter:
             self.close()
 
     def write(self, sample: dict[str, bytes]) -> None:
-        """Adds one clip (webdataset sample dict); uploads a shard each time one fills up."""
+        """Adds one clip (webdataset sample dict); uploads the current shard first when the clip would overfill it."""
         if self._closed:
             raise DataError(f"{self.out}: ShardWriter is closed; open a new one to write more clips")
         self._check(sample)
-        self._pending.append(sample)
-        if len(self._pending) == self.clips_per_shard:
+        clip = self._serialize(sample)
+        if self._pending and self.shard_bytes is not None and _tar_size(self._pending_bytes + len(clip.records)) > self.shard_bytes:
+            self._flush()
+        self._pending.append(clip)
+        self._pending_bytes += len(clip.records)
+        if self.clips_per_shard is not None and len(self._pending) == self.clips_per_shard:
             self._flush()
 
     def close(self) -> Manifest:
-        """Uploads the last partial shard, then saves and returns the manifest."""
+        """Uploads the last partial shard, removes stale shards, then saves and returns the manifest."""
         if self._closed:
             return self.manifest
         if self._pending:
             self._flush()
         if not self.manifest.shards:
             raise DataError(f"{self.out}: no clips were written; a manifest needs at least one clip")
+        self._remove_stale()
         save_manifest(self.out, self.manifest)
         self._closed = True
         self.manifest.url = self.out.rstrip("/")
@@ -211,28 +257,58 @@ class ShardWriter:
         elif int(meta.frames) != m.frames:
             raise DataError(f"sample {key}: {meta.frames} frames, other clips here have {m.frames}; all clips of one manifest need the same length")
 
+    def _serialize(self, sample: dict[str, bytes]) -> _Pending:
+        parts, members, pos = [], {}, 0
+        for member in self._members:
+            data = sample[member]
+            header, body = _tar_record(f"{sample['__key__']}.{member}", data)
+            members[member] = (pos + len(header), len(data), hashlib.sha256(data).hexdigest())
+            parts += [header, body]
+            pos += len(header) + len(body)
+        return _Pending(key=sample["__key__"], records=b"".join(parts), members=members)
+
     def _flush(self) -> None:
         if not self._started:
             # A stale manifest would describe shards that are about to be replaced.
             objects.delete(objects.join_url(self.out, MANIFEST_NAME))
             self._started = True
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for sample in self._pending:
-                for member in self._members:
-                    _tar_member(tar, f"{sample['__key__']}.{member}", sample[member])
-        data = buf.getvalue()
         name = shard_name(len(self.manifest.shards))
+        samples, pos = [], 0
+        for clip in self._pending:
+            members = {m: MemberSpan(pos + off, size, digest) for m, (off, size, digest) in clip.members.items()}
+            samples.append(SampleSpan(key=clip.key, offset=pos, size=len(clip.records), members=members))
+            pos += len(clip.records)
+        data = b"".join(c.records for c in self._pending)
+        data += tarfile.NUL * (_tar_size(len(data)) - len(data))
+        digest = hashlib.sha256(data).hexdigest()
+        index = ShardIndex(shard=name, bytes=len(data), sha256=digest, samples=samples).to_json()
         objects.write_bytes(objects.join_url(self.out, name), data)
-        self.manifest.shards.append(ShardInfo(name=name, samples=len(self._pending), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-        self._pending = []
+        objects.write_bytes(objects.join_url(self.out, index_name(name)), index)  # before the manifest names it
+        self.manifest.shards.append(
+            ShardInfo(name=name, samples=len(self._pending), bytes=len(data), sha256=digest, index=index_name(name),
+                      index_sha256=hashlib.sha256(index).hexdigest())
+        )  # fmt: skip
+        self._pending, self._pending_bytes = [], 0
+
+    def _remove_stale(self) -> None:
+        """Deletes ``shard-*`` objects directly in ``out`` that an earlier write left and this manifest does not list."""
+        keep = {s.name for s in self.manifest.shards} | {s.index for s in self.manifest.shards}
+        here = objects.join_url(self.out)  # normalized, as list_keys spells URLs
+        for url in objects.list_keys(self.out):
+            parent, name = url.rsplit("/", 1)
+            if parent == here and _STALE_RE.match(name) and name not in keep:
+                objects.delete(url)
+
+
+_STALE_RE = re.compile(r"^shard-\d{6}\.(tar|index\.json)$")
 
 
 def write_shards(
     out: str,
     samples: Iterable[dict[str, bytes]],
     *,
-    clips_per_shard: int,
+    clips_per_shard: int | None = None,
+    shard_bytes: int | None = None,
     dataset: str,
     split: str,
     country: str,
@@ -246,8 +322,9 @@ def write_shards(
     ``calib.json``, ``ego.npy`` and ``<camera>.mp4`` for every camera, all as bytes.
     """
     with ShardWriter(
-        out, clips_per_shard=clips_per_shard, dataset=dataset, split=split, country=country, zone=zone, cameras=cameras, fps=fps
-    ) as writer:
+        out, clips_per_shard=clips_per_shard, shard_bytes=shard_bytes, dataset=dataset, split=split, country=country,
+        zone=zone, cameras=cameras, fps=fps,
+    ) as writer:  # fmt: skip
         for sample in samples:
             writer.write(sample)
     return writer.manifest

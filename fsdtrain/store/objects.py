@@ -2,10 +2,16 @@
 
 S3 settings come from the standard AWS variables and profiles (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``), so the same job runs against
-SeaweedFS, AWS S3, Aliyun OSS or MinIO. Clients are reused per process; connection errors, 5xx
-and timeouts are retried by botocore with backoff within a bounded budget, then surface as a
-one-line :class:`~fsdtrain.errors.StoreError` naming bucket and key. Credentials never appear in
-messages.
+SeaweedFS, AWS S3, Aliyun OSS or MinIO. One client per process is reused (its connection pool
+too). Connection errors, timeouts, 5xx and throttling answers are retried with backoff within the
+budget of :class:`~fsdtrain.store.retry.RetryPolicy` (``FSDTRAIN_S3_RETRY_ATTEMPTS``,
+``FSDTRAIN_S3_RETRY_SECONDS``, ``FSDTRAIN_S3_TIMEOUT``), then surface as a one-line
+:class:`~fsdtrain.errors.StoreError` naming bucket and key.
+
+Buckets can be tied to residency zones with ``FSDTRAIN_BUCKET_ZONES="fleet-global=global,fleet-cn=cn"``
+(``LocalStore.env()`` sets it); errors on such a bucket name its zone, so "access denied" says
+which zone's key is needed. Credentials never appear in messages or logs: messages are built from
+error codes, and the key values in the environment are masked in whatever text is quoted.
 """
 
 from __future__ import annotations
@@ -13,17 +19,30 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
-from fsdtrain.errors import StoreError
+from fsdtrain.errors import ConfigError, StoreError
+from fsdtrain.residency import validate_zone
+from fsdtrain.store.retry import (
+    RETRY_ATTEMPTS_ENV,
+    RETRY_SECONDS_ENV,
+    TIMEOUT_ENV,
+    RetriesExhausted,
+    RetryPolicy,
+    call_with_retries,
+)
 
 __all__ = [
+    "BUCKET_ZONES_ENV",
     "ObjectUrl",
     "parse_url",
     "join_url",
+    "bucket_zones",
+    "format_bucket_zones",
     "read_bytes",
     "write_bytes",
     "exists",
@@ -33,9 +52,19 @@ __all__ = [
     "reset_clients",
 ]
 
-_RETRY_ATTEMPTS = 5
-_CONNECT_TIMEOUT_S = 5
-_READ_TIMEOUT_S = 60
+BUCKET_ZONES_ENV = "FSDTRAIN_BUCKET_ZONES"
+"""``bucket=zone,bucket=zone``: which residency zone each bucket belongs to, for error messages."""
+
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+_NO_BUCKET = ("NoSuchBucket",)
+_DENIED = ("AccessDenied", "AllAccessDisabled", "AccountProblem")
+_FORBIDDEN = ("403", "Forbidden")  # a HEAD answer has no body, so no code: denied or bad credentials
+_BAD_SECRET = ("SignatureDoesNotMatch",)
+_BAD_KEY_ID = ("InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
+_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException", "RequestTimeout")
+_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou",)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,69 +108,189 @@ def join_url(base: str, *parts: str) -> str:
     return str(ObjectUrl(u.scheme, u.bucket, key))
 
 
+# --- bucket zones --------------------------------------------------------------------------------
+
+
+def bucket_zones(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Bucket -> residency zone, from ``FSDTRAIN_BUCKET_ZONES`` (empty when unset).
+
+    Raises:
+        ConfigError: the variable is not a comma-separated list of ``bucket=zone``.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(BUCKET_ZONES_ENV, "").strip()
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        bucket, sep, zone = item.partition("=")
+        if not sep or not bucket.strip() or not zone.strip():
+            raise ConfigError(
+                f"{BUCKET_ZONES_ENV}: entry {item!r} is not bucket=zone; write e.g. {BUCKET_ZONES_ENV}=fleet-global=global,fleet-cn=cn"
+            )
+        out[bucket.strip()] = validate_zone(zone.strip(), f"{BUCKET_ZONES_ENV}: zone of bucket '{bucket.strip()}'")
+    return out
+
+
+def format_bucket_zones(zones: Mapping[str, str]) -> str:
+    """The ``FSDTRAIN_BUCKET_ZONES`` value for a bucket -> zone mapping (inverse of :func:`bucket_zones`)."""
+    return ",".join(f"{bucket}={zone}" for bucket, zone in zones.items())
+
+
 # --- S3 ------------------------------------------------------------------------------------------
 
-_clients: dict[int, object] = {}
+
+@dataclass(frozen=True)
+class _Client:
+    s3: object
+    policy: RetryPolicy
+
+
+_clients: dict[int, _Client] = {}
 
 
 def reset_clients() -> None:
-    """Forgets cached S3 clients, e.g. after the AWS_* environment changed (a new local store)."""
+    """Forgets cached S3 clients, e.g. after the AWS_* or FSDTRAIN_S3_* environment changed
+    (a new local store, another key, another retry budget)."""
     _clients.clear()
 
 
-def _s3():
+def _s3() -> _Client:
     """One boto3 client per process (clients are not fork-safe, so the pid is the cache key)."""
     pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
+    cached = _clients.get(pid)
+    if cached is None:
         import boto3
         from botocore.config import Config
 
+        policy = RetryPolicy.from_env()
+        bucket_zones()  # a malformed FSDTRAIN_BUCKET_ZONES fails here, not inside an error message
         config = Config(
-            retries={"max_attempts": _RETRY_ATTEMPTS, "mode": "standard"},
-            connect_timeout=_CONNECT_TIMEOUT_S,
-            read_timeout=_READ_TIMEOUT_S,
+            # Retries are ours (fsdtrain.store.retry), with an explicit budget; botocore tries once.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=policy.connect_timeout_s,
+            read_timeout=policy.read_timeout_s,
             s3={"addressing_style": "path"},
             max_pool_connections=16,
         )
         session = boto3.session.Session()
         region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
-        client = session.client("s3", config=config, region_name=region)
-        _clients[pid] = client
-    return client
+        try:
+            s3 = session.client("s3", config=config, region_name=region)
+        except ValueError as exc:  # botocore's "Invalid endpoint: ..."
+            raise StoreError(f"AWS_ENDPOINT_URL is not a valid URL ({exc}); use e.g. http://127.0.0.1:8333") from None
+        cached = _Client(s3, policy)
+        _clients[pid] = cached
+    return cached
 
 
-def _s3_error(exc: Exception, u: ObjectUrl, action: str) -> StoreError:
-    """One line for a botocore failure: what, which bucket/key, and how to fix. Never the keys."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+def _response(exc: BaseException) -> dict:
+    """The parsed S3 answer of a ClientError (other errors may have a ``response`` that is not one)."""
+    response = getattr(exc, "response", None)
+    return response if isinstance(response, dict) else {}
 
-    where = f"s3://{u.bucket}/{u.key}" if u.key else f"s3://{u.bucket}"
-    if isinstance(exc, NoCredentialsError):
-        return StoreError(f"cannot {action} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
-    if isinstance(exc, EndpointConnectionError):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
-        return StoreError(f"cannot {action} {where}: store at {endpoint} unreachable after {_RETRY_ATTEMPTS} attempts; is it running (fsdtrain store serve)?")
+
+def _code(exc: BaseException) -> str:
+    return str(_response(exc).get("Error", {}).get("Code", ""))
+
+
+def _status(exc: BaseException) -> int:
+    return int(_response(exc).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether another try may succeed: transport failures, timeouts, 5xx, throttling."""
+    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, SSLError
+    from botocore.exceptions import ConnectionError as TransportError
+
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return StoreError(f"cannot {action} {where}: no such object")
-        if code == "NoSuchBucket":
-            return StoreError(f"cannot {action} {where}: bucket '{u.bucket}' does not exist")
-        if code in ("AccessDenied", "403", "Forbidden"):
-            return StoreError(f"cannot {action} {where}: access denied; the key in use is not allowed on bucket '{u.bucket}'")
-        if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-            return StoreError(f"cannot {action} {where}: the store rejected the credentials ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-        return StoreError(f"cannot {action} {where}: {code}")
-    return StoreError(f"cannot {action} {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return _status(exc) >= 500 or _status(exc) == 429 or _code(exc) in _THROTTLED
+    if isinstance(exc, SSLError):  # a certificate problem does not heal by itself
+        return False
+    return isinstance(exc, (TransportError, HTTPClientError, IncompleteReadError))
 
 
-def _s3_call(u: ObjectUrl, action: str, fn, **kwargs):
+def _endpoint(client: _Client | None) -> str:
+    """The endpoint in use, without any user:password part."""
+    url = getattr(getattr(client.s3, "meta", None), "endpoint_url", None) if client else None
+    url = url or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    parsed = urlparse(url)
+    if parsed.username or parsed.password:
+        return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    return url
+
+
+def _redact(text: str) -> str:
+    """``text`` with the credential values of this environment masked (a guard: messages are built
+    from codes, but quoted library text must never carry a key either)."""
+    for name in _CREDENTIAL_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _s3_error(
+    exc: BaseException, u: ObjectUrl, action: str, client: _Client | None, spent: RetriesExhausted | None = None
+) -> StoreError:
+    """One line for a botocore failure: what, which bucket/key (and zone), and how to fix. Never the keys."""
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError, ReadTimeoutError
+    from botocore.exceptions import ConnectionError as TransportError
+
+    zone = bucket_zones().get(u.bucket)
+    where = (f"s3://{u.bucket}/{u.key}" if u.key else f"s3://{u.bucket}") + (f" (zone {zone})" if zone else "")
+    zone_key = f" of zone '{zone}'" if zone else ""
+    tries = (
+        f" after {spent.attempts} attempt(s) in {spent.elapsed_s:.1f} s (retry budget: {RETRY_ATTEMPTS_ENV}, {RETRY_SECONDS_ENV})"
+        if spent
+        else ""
+    )
+    code = _code(exc)
+    if isinstance(exc, NoCredentialsError):
+        message = f"no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key{zone_key} allowed on bucket '{u.bucket}'"
+    elif isinstance(exc, PartialCredentialsError):
+        missing = exc.kwargs.get("cred_var", "a variable")
+        message = f"incomplete S3 credentials ({missing} is missing); set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{' to a key' + zone_key if zone else ''}"
+    elif isinstance(exc, ReadTimeoutError):
+        message = f"the store at {_endpoint(client)} did not answer in time{tries}; the wait per try is {TIMEOUT_ENV}"
+    elif isinstance(exc, TransportError) or (spent and not isinstance(exc, ClientError)):
+        message = f"the store at {_endpoint(client)} is unreachable ({type(exc).__name__}){tries}; is it running (fsdtrain store serve)?"
+    elif code in _NOT_FOUND:
+        message = "no such object"
+    elif code in _NO_BUCKET:
+        message = f"bucket '{u.bucket}' does not exist"
+    elif code in _DENIED:
+        fix = f"use a key of zone '{zone}'" if zone else "use a key that is allowed on it"
+        message = f"access denied on bucket '{u.bucket}'{zone_key}: the key in use (AWS_ACCESS_KEY_ID) may not {action} there; {fix}"
+    elif code in _FORBIDDEN:
+        fix = f"use a key of zone '{zone}'" if zone else "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        message = f"forbidden (HTTP 403): the key in use is not allowed on bucket '{u.bucket}'{zone_key}, or its secret is wrong; {fix}"
+    elif code in _BAD_SECRET:
+        message = f"the store rejected the credentials (SignatureDoesNotMatch: wrong secret key); check AWS_SECRET_ACCESS_KEY{' for the key' + zone_key if zone else ''}"
+    elif code in _BAD_KEY_ID:
+        message = f"the store rejected the credentials ({code}: unknown or expired access key); check AWS_ACCESS_KEY_ID{' for the key' + zone_key if zone else ''}"
+    elif spent:
+        message = f"the store at {_endpoint(client)} answered HTTP {_status(exc)} ({code or 'no code'}){tries}; try again later"
+    elif code:
+        message = f"the store answered {code} (HTTP {_status(exc)})"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        message = f"{type(exc).__name__}: {first}"
+    return StoreError(_redact(f"cannot {action} {where}: {message}"))
+
+
+def _s3_call(u: ObjectUrl, action: str, fn: Callable[[_Client], T]) -> T:
+    """``fn(client)`` with retries; any botocore failure becomes one StoreError line."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    client = None
     try:
-        return fn(**kwargs)
+        client = _s3()  # reads the credentials: missing or partial ones fail here
+        return call_with_retries(
+            lambda: fn(client), client.policy, catch=(BotoCoreError, ClientError), transient=_transient, what=f"{action} {u}"
+        )
+    except RetriesExhausted as spent:
+        raise _s3_error(spent.last, u, action, client, spent) from None
     except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(exc, u, action) from None
+        raise _s3_error(exc, u, action, client) from None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -161,16 +310,17 @@ def read_bytes(url: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
             raise StoreError(f"cannot read {u}: no such file") from None
         except IsADirectoryError:
             raise StoreError(f"cannot read {u}: is a directory") from None
+        except PermissionError:
+            raise StoreError(f"cannot read {u}: permission denied; check the file's owner and mode") from None
     kwargs = {"Bucket": u.bucket, "Key": u.key}
     if byte_range is not None:
         kwargs["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
-    resp = _s3_call(u, "read", _s3().get_object, **kwargs)
-    from botocore.exceptions import BotoCoreError
 
-    try:
-        return resp["Body"].read()
-    except BotoCoreError as exc:
-        raise _s3_error(exc, u, "read") from None
+    def get(c: _Client) -> bytes:
+        # The body is read inside the retried call: a connection lost mid-body retries the GET.
+        return c.s3.get_object(**kwargs)["Body"].read()
+
+    return _s3_call(u, "read", get)
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -189,24 +339,26 @@ def write_bytes(url: str, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         return
-    _s3_call(u, "write", _s3().put_object, Bucket=u.bucket, Key=u.key, Body=data)
+    _s3_call(u, "write", lambda c: c.s3.put_object(Bucket=u.bucket, Key=u.key, Body=data))
 
 
 def exists(url: str) -> bool:
+    """Whether the object exists (a prefix with objects under it is not an object)."""
     u = parse_url(url)
     if u.scheme == "file":
         return Path(u.key).is_file()
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
-    try:
-        _s3().head_object(Bucket=u.bucket, Key=u.key)
+    def head(c: _Client) -> bool:
+        try:
+            c.s3.head_object(Bucket=u.bucket, Key=u.key)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return False
+            raise
         return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise _s3_error(exc, u, "check") from None
-    except BotoCoreError as exc:
-        raise _s3_error(exc, u, "check") from None
+
+    return _s3_call(u, "check", head)
 
 
 def list_keys(url: str) -> Iterator[str]:
@@ -218,19 +370,17 @@ def list_keys(url: str) -> Iterator[str]:
             return iter(())
         return iter(sorted(f"file://{p}" for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial")))
     prefix = u.key.rstrip("/") + "/" if u.key else ""
-    paginator = _s3().get_paginator("list_objects_v2")
-    out = []
-    from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        for page in paginator.paginate(Bucket=u.bucket, Prefix=prefix):
-            out.extend(f"s3://{u.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-    except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(exc, u, "list") from None
-    return iter(sorted(out))
+    def listing(c: _Client) -> list[str]:
+        # A retry starts the listing over, so no page is counted twice.
+        pages = c.s3.get_paginator("list_objects_v2").paginate(Bucket=u.bucket, Prefix=prefix)
+        return [f"s3://{u.bucket}/{obj['Key']}" for page in pages for obj in page.get("Contents", [])]
+
+    return iter(sorted(_s3_call(u, "list", listing)))
 
 
 def delete(url: str) -> None:
+    """Removes an object (file:// also a directory tree); a missing one is not an error."""
     u = parse_url(url)
     if u.scheme == "file":
         path = Path(u.key)
@@ -239,7 +389,7 @@ def delete(url: str) -> None:
         else:
             path.unlink(missing_ok=True)
         return
-    _s3_call(u, "delete", _s3().delete_object, Bucket=u.bucket, Key=u.key)
+    _s3_call(u, "delete", lambda c: c.s3.delete_object(Bucket=u.bucket, Key=u.key))
 
 
 def ensure_bucket(url: str) -> None:
@@ -247,15 +397,24 @@ def ensure_bucket(url: str) -> None:
     u = parse_url(url)
     if u.scheme != "s3":
         return
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
-    client = _s3()
-    try:
-        client.head_bucket(Bucket=u.bucket)
-        return
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-            raise _s3_error(exc, u, "open bucket of") from None
-    except BotoCoreError as exc:
-        raise _s3_error(exc, u, "open bucket of") from None
-    _s3_call(u, "create bucket for", client.create_bucket, Bucket=u.bucket)
+    def head(c: _Client) -> bool:
+        try:
+            c.s3.head_bucket(Bucket=u.bucket)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND + _NO_BUCKET:
+                return False
+            raise
+        return True
+
+    def create(c: _Client) -> None:
+        try:
+            c.s3.create_bucket(Bucket=u.bucket)
+        except ClientError as exc:
+            if _code(exc) not in _BUCKET_EXISTS:  # created meanwhile by another writer of ours
+                raise
+
+    bucket = ObjectUrl("s3", u.bucket, "")
+    if not _s3_call(bucket, "open bucket", head):
+        _s3_call(bucket, "create bucket", create)

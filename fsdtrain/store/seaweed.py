@@ -7,6 +7,11 @@ Used by ``fsdtrain store serve``, the demo and the test fixtures, so that everyt
         store.apply_env()                      # AWS_ENDPOINT_URL, keys, region for this process
         objects.write_bytes("s3://fleet/x", b"...")
 
+With ``zones={"global": "fleet-global", "cn": "fleet-cn"}`` the store creates those buckets and gives
+each zone its own key pair that may read, write and list its bucket and nothing else
+(:mod:`fsdtrain.store.identities`);
+:meth:`LocalStore.env` is the admin key, :meth:`LocalStore.zone_env` a zone's.
+
 ``weed mini`` runs master, volume server, filer, S3 gateway and an admin server in one process.
 Every port it opens is chosen here (free ones unless the S3 port is given), so several stores
 can run side by side. The process runs in its own session and is stopped by its process group:
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import random
 import re
@@ -34,8 +38,9 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from fsdtrain.errors import StoreError
+from fsdtrain.errors import FsdtrainError, StoreError
 from fsdtrain.store import objects
+from fsdtrain.store.identities import Credentials, identities_json, parse_zones, validate_zones
 
 __all__ = ["LocalStore", "serve", "CONFLICTING_AWS_ENV", "find_weed"]
 
@@ -66,6 +71,10 @@ _ADMIN_PORT_RANGE = (15000, 22000)
 _STOP_TIMEOUT_S = 15.0
 _START_ATTEMPTS = 3
 _LOG_NAME = "weed.log"
+_ZONES_HELP = (
+    "zone=bucket,... e.g. global=fleet-global,cn=fleet-cn: creates the buckets and prints one key "
+    "per zone that may read, write and list its own bucket and nothing else"
+)
 
 
 def find_weed() -> str:
@@ -115,16 +124,6 @@ def _pick_port_pair(taken: set[int], offset: int) -> tuple[int, int]:
     raise StoreError(f"no free pair of TCP ports {offset} apart found on {_HOST}: free some ports")
 
 
-def _identities_json(access_key: str, secret_key: str) -> str:
-    """SeaweedFS S3 identities config with one Admin identity (per-bucket scopes: ``"Read:bucket"``)."""
-    identity = {
-        "name": "fsdtrain-admin",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    return json.dumps({"identities": [identity]}, indent=2)
-
-
 _GLOG_ERROR = re.compile(r"^[EF]\d{4} [\d:.]+ +\S+ (?P<msg>.*)$")
 
 
@@ -146,13 +145,17 @@ class LocalStore:
             ``None`` means a fresh temporary directory, removed on :meth:`stop`.
         port: the S3 port on 127.0.0.1. ``None`` picks a free one. Every other port weed opens
             (master, volume, filer, admin, their gRPC ports) is always picked free.
-        access_key: the S3 access key of the store's one Admin identity; ``None`` means random.
+        access_key: the S3 access key of the store's Admin identity; ``None`` means random.
         secret_key: its secret key; ``None`` means random.
         startup_timeout_s: how long :meth:`start` waits for S3 to answer before giving up.
+        zones: residency zone -> bucket, e.g. ``{"global": "fleet-global", "cn": "fleet-cn"}``.
+            :meth:`start` creates the buckets, and each zone gets a random key pair that may read,
+            write and list its own bucket and nothing else (:meth:`zone_env`). ``None``: admin only.
 
     Attributes:
-        access_key: the access key clients must use.
-        secret_key: the secret key clients must use (never part of ``repr`` or error messages).
+        access_key: the admin access key.
+        secret_key: the admin secret key (never part of ``repr`` or error messages).
+        zones: zone -> bucket, as given.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class LocalStore:
         access_key: str | None = None,
         secret_key: str | None = None,
         startup_timeout_s: float = 60.0,
+        zones: dict[str, str] | None = None,
     ) -> None:
         if port is not None and not 1 <= port <= 65535:
             raise StoreError(f"port {port} is not a TCP port: choose one in 1..65535 with --port")
@@ -173,6 +177,8 @@ class LocalStore:
         self.access_key = access_key if access_key is not None else "FSD" + secrets.token_hex(8).upper()
         self.secret_key = secret_key if secret_key is not None else secrets.token_hex(20)
         self.startup_timeout_s = startup_timeout_s
+        self.zones = validate_zones(zones or {})
+        self._zone_keys = {zone: Credentials.random() for zone in self.zones}
         self._port = port if port is not None else _pick_port(set())
         self._data_dir: Path | None = None
         self._owns_data_dir = False
@@ -224,32 +230,54 @@ class LocalStore:
             )
 
     def env(self) -> dict[str, str]:
-        """The standard AWS variables that point boto3 (and the AWS CLI) at this store."""
-        return {
+        """The standard AWS variables that point boto3 (and the AWS CLI) at this store, with the
+        admin key; plus ``FSDTRAIN_BUCKET_ZONES`` when the store has zones."""
+        return self._env(Credentials(self.access_key, self.secret_key))
+
+    def zone_env(self, zone: str) -> dict[str, str]:
+        """As :meth:`env`, with the key of ``zone``: it may read, write and list that zone's bucket only.
+
+        Raises:
+            StoreError: the store has no such zone (the message lists the ones it has).
+        """
+        if zone not in self._zone_keys:
+            known = ", ".join(sorted(self._zone_keys)) or "none: pass zones= to LocalStore or --zones to serve"
+            raise StoreError(f"local store has no zone '{zone}'; its zones: {known}")
+        return self._env(self._zone_keys[zone])
+
+    def _env(self, creds: Credentials) -> dict[str, str]:
+        env = {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": creds.access_key,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
             "AWS_REGION": _REGION,
             "AWS_DEFAULT_REGION": _REGION,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+        if self.zones:
+            env[objects.BUCKET_ZONES_ENV] = objects.format_bucket_zones({b: z for z, b in self.zones.items()})
+        return env
 
-    def apply_env(self) -> None:
-        """Points this process at the store: sets :meth:`env`, unsets :data:`CONFLICTING_AWS_ENV`,
-        and drops cached S3 clients so the next call uses the new settings."""
-        for name in CONFLICTING_AWS_ENV:
+    def apply_env(self, zone: str | None = None) -> None:
+        """Points this process at the store: sets :meth:`env` (or :meth:`zone_env` of ``zone``),
+        unsets :data:`CONFLICTING_AWS_ENV` and a stale ``FSDTRAIN_BUCKET_ZONES``, and drops cached
+        S3 clients so the next call uses the new settings."""
+        env = self.env() if zone is None else self.zone_env(zone)
+        for name in (*CONFLICTING_AWS_ENV, objects.BUCKET_ZONES_ENV):
             os.environ.pop(name, None)
-        os.environ.update(self.env())
+        os.environ.update(env)
         objects.reset_clients()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"LocalStore(endpoint={self.endpoint!r}, data_dir={str(self.data_dir)!r}, {state})"
+        zones = f", zones={sorted(self.zones)}" if self.zones else ""
+        return f"LocalStore(endpoint={self.endpoint!r}, data_dir={str(self.data_dir)!r}{zones}, {state})"
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> LocalStore:
-        """Starts ``weed mini`` and returns once S3 answers a signed request with this store's keys.
+        """Starts ``weed mini``, returns once S3 answers a signed request with the admin key and
+        the zone buckets exist.
 
         Raises:
             StoreError: the S3 port is in use, the binary is missing, weed exited during startup
@@ -267,6 +295,7 @@ class LocalStore:
                 self._launch(weed, ports)
                 if self._wait_ready(retry_on_port_clash=attempt < _START_ATTEMPTS):
                     break
+            self._create_zone_buckets()
         except BaseException:
             # Leave nothing behind (process, temp dirs) whatever interrupted the startup.
             self.stop()
@@ -329,7 +358,8 @@ class LocalStore:
         identities = self._runtime_dir / "identities.json"
         fd = os.open(identities, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(_identities_json(self.access_key, self.secret_key))
+            admin = Credentials(self.access_key, self.secret_key)
+            f.write(identities_json(admin, {z: (b, self._zone_keys[z]) for z, b in self.zones.items()}))
 
     def _choose_ports(self, *, fresh: bool) -> dict[str, int]:
         """All ports weed will listen on, by flag name."""
@@ -399,6 +429,40 @@ class LocalStore:
             f.seek(self._log_offset)
             return _last_log_line(f.read().decode("utf-8", errors="replace"))
 
+    def _admin_client(self):
+        """A boto3 client with the admin key that tries once (startup has its own deadline)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=_REGION,
+            config=Config(
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                connect_timeout=1,
+                read_timeout=5,
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def _create_zone_buckets(self) -> None:
+        """Creates each zone's bucket with the admin key (zone keys cannot create buckets)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._admin_client()
+        for zone, bucket in self.zones.items():
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "unknown error")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):  # kept from a reused --dir
+                    raise StoreError(f"cannot create bucket '{bucket}' of zone '{zone}': {code}; see {self._log_path}") from None
+            except BotoCoreError as exc:
+                raise StoreError(f"cannot create bucket '{bucket}' of zone '{zone}': {type(exc).__name__}; see {self._log_path}") from None
+
     def _wait_ready(self, *, retry_on_port_clash: bool) -> bool:
         """Polls S3 with a signed ListBuckets until it answers or the deadline passes.
 
@@ -406,24 +470,10 @@ class LocalStore:
             True when ready; False when weed lost a race for an auto-chosen port and the caller
             should retry with other ports.
         """
-        import boto3
-        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
         assert self._proc is not None
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=_REGION,
-            config=Config(
-                retries={"max_attempts": 1, "mode": "standard"},
-                connect_timeout=1,
-                read_timeout=5,
-                s3={"addressing_style": "path"},
-            ),
-        )
+        client = self._admin_client()
         deadline = time.monotonic() + self.startup_timeout_s
         last_error = "no answer yet"
         while True:
@@ -472,15 +522,18 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def serve(data_dir: str | None, port: int | None) -> int:
+def serve(data_dir: str | None, port: int | None, zones: str | dict[str, str] | None = None) -> int:
     """``fsdtrain store serve``: runs a local store in the foreground until SIGINT or SIGTERM.
 
-    Prints one ``export AWS_...=...`` line per variable, to paste into the shell that will use the
-    store, and a line saying that Ctrl-C stops it.
+    Prints one ``export AWS_...=...`` line per variable (the admin key), to paste into the shell
+    that will use the store; with zones, a commented block per zone with that zone's key lines;
+    last, a line saying that Ctrl-C stops it. This is the one place keys are printed: the user
+    asked for them. They are never logged.
 
     Args:
         data_dir: where to keep the data; ``None`` means a temporary directory, deleted on exit.
         port: the S3 port; ``None`` picks a free one.
+        zones: zone -> bucket, or its ``--zones`` text ``"global=fleet-global,cn=fleet-cn"``.
 
     Returns:
         0 after a clean stop.
@@ -488,7 +541,7 @@ def serve(data_dir: str | None, port: int | None) -> int:
     Raises:
         StoreError: the store could not start, or weed exited while serving.
     """
-    store = LocalStore(data_dir, port=port)
+    store = LocalStore(data_dir, port=port, zones=parse_zones(zones) if isinstance(zones, str) else zones)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -498,8 +551,14 @@ def serve(data_dir: str | None, port: int | None) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         store.start()
+        print("# admin key: every action on every bucket")
         for name, value in store.env().items():
             print(f"export {name}={shlex.quote(value)}")
+        for zone, bucket in store.zones.items():
+            print(f"# zone {zone}: this key may read, write and list bucket {bucket} and nothing else; to use it, also run:")
+            zone_env = store.zone_env(zone)
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                print(f"#   export {name}={shlex.quote(zone_env[name])}")
         where = (
             f"data in {store.data_dir}"
             if data_dir is not None
@@ -516,17 +575,18 @@ def serve(data_dir: str | None, port: int | None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m fsdtrain.store.seaweed [--dir D] [--port P]``, the same as ``fsdtrain store serve``."""
+    """``python -m fsdtrain.store.seaweed [--dir D] [--port P] [--zones Z]``, as ``fsdtrain store serve``."""
     parser = argparse.ArgumentParser(
         prog="python -m fsdtrain.store.seaweed",
         description="Serve a local SeaweedFS S3 endpoint on loopback until Ctrl-C (as `fsdtrain store serve`).",
     )
     parser.add_argument("--dir", dest="data_dir", default=None, help="data directory (default: temporary)")
     parser.add_argument("--port", type=int, default=None, help="S3 port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--zones", default=None, help=_ZONES_HELP)
     args = parser.parse_args(argv)
     try:
-        return serve(args.data_dir, args.port)
-    except StoreError as exc:
+        return serve(args.data_dir, args.port, zones=args.zones)
+    except FsdtrainError as exc:
         print(f"fsdtrain: error: {exc}", file=sys.stderr)
         return 1
 

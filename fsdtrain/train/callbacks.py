@@ -22,10 +22,10 @@ class StreamEpoch(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs windows/s per rank and the fraction of step time spent waiting for data."""
+    """Logs windows/s per rank and the fraction of step time spent waiting for data, every
+    ``trainer.log_every_n_steps`` steps (rank 0's figures; every rank measures its own)."""
 
-    def __init__(self, every_n_steps: int = 10) -> None:
-        self.every = every_n_steps
+    def __init__(self) -> None:
         self._batch_end: float | None = None
         self._wait = self._busy = 0.0
         self._windows = 0
@@ -41,7 +41,7 @@ class Throughput(pl.Callback):
         self._busy += now - self._start
         self._windows += int(batch["future"].shape[0])
         self._batch_end = now
-        if (batch_idx + 1) % self.every == 0:
+        if (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0:
             total = self._wait + self._busy
             pl_module.log_dict(
                 {"perf/windows_per_s_per_rank": self._windows / max(total, 1e-9), "perf/data_wait_fraction": self._wait / max(total, 1e-9)},

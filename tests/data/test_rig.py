@@ -1,4 +1,4 @@
-"""Camera rig geometry: K and T agree with the ground lookup table the renderer uses."""
+"""Camera rig geometry: rigs by name, and K and T agree with the ground lookup table the renderer uses."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 
 from fsdtrain.data.rig import (
+    DEFAULT_RIG,
+    RIGS,
     CameraSpec,
     calib_json,
     cam_to_ego,
     default_rig,
     ground_lut,
     intrinsics,
+    make_rig,
     pixel_rays,
+    surround6,
 )
 from fsdtrain.data.schema import parse_calib
 from fsdtrain.errors import ConfigError
@@ -41,7 +45,26 @@ def test_default_rig_names_and_layout():
         assert 1.4 < T[2, 3] < 1.8
 
 
-@pytest.mark.parametrize("cam", default_rig(), ids=lambda c: c.name)
+def test_rigs_by_name():
+    assert DEFAULT_RIG == "surround6" and default_rig() == surround6() == make_rig("surround6")
+    eight = make_rig("surround8")
+    names = [c.name for c in eight]
+    # the six surround cameras unchanged and in the same order, the two side cameras last
+    assert eight[:6] == surround6() and names[6:] == ["CAM_LEFT", "CAM_RIGHT"] and len(set(names)) == 8
+    calib = parse_calib(json.dumps(calib_json(eight, W, H)).encode(), names, "test")
+    for cam in eight:
+        assert np.allclose(calib[cam.name]["T_cam_to_ego"], cam_to_ego(cam)) and calib[cam.name]["size"] == (W, H)
+    # the side cameras look sideways and down: they see the ground beside the car, on their own side
+    for name, sign in (("CAM_LEFT", 1), ("CAM_RIGHT", -1)):
+        cam = eight[names.index(name)]
+        xy, hit = ground_lut(cam, W, H, 30.0)
+        assert hit.mean() > 0.5 and (np.sign(xy[hit][:, 1]) == sign).all() and np.abs(xy[hit][:, 1]).min() < 2.5
+    with pytest.raises(ConfigError, match="known: surround6, surround8"):
+        make_rig("surround7")
+    assert sorted(RIGS) == ["surround6", "surround8"]
+
+
+@pytest.mark.parametrize("cam", make_rig("surround8"), ids=lambda c: c.name)
 def test_ground_lut_matches_stored_calibration(cam: CameraSpec):
     calib = parse_calib(json.dumps(calib_json([cam], W, H)).encode(), [cam.name], "test")[cam.name]
     K, T = calib["K"], calib["T_cam_to_ego"]

@@ -1,4 +1,5 @@
-"""The synthetic fleet: schema, determinism, zones, country behaviour, and what the videos show."""
+"""The synthetic fleet: schema, determinism, zones, country behaviour, rigs, conditions, traffic, lane changes,
+and what the videos show."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 from fsdtrain.data.manifest import Manifest, load_manifest
-from fsdtrain.data.rig import cam_to_ego, default_rig
+from fsdtrain.data.render import Renderer
+from fsdtrain.data.rig import cam_to_ego, default_rig, intrinsics, make_rig
 from fsdtrain.data.schema import EGO_FIELDS, SCHEMA, decode_npy, parse_calib, parse_meta, validate_key
-from fsdtrain.data.synth import STYLES, clip_seed, country_style, plan_clip, synth_fleet
+from fsdtrain.data.synth import STYLES, Scenario, clip_seed, country_style, plan_clip, synth_fleet
 from fsdtrain.errors import ConfigError
 from fsdtrain.store import objects
 
@@ -67,6 +69,8 @@ def test_clips_follow_the_schema(fleet):
             meta = parse_meta(sample["meta.json"], key)
             assert (meta.clip_id, meta.country, meta.zone, meta.frames, meta.cameras) == (key, country, m.zone, 30, CAMERAS)
             assert meta.tags["synthetic"] is True and meta.tags["drive_side"] == country_style(country).drive_side
+            # the defaults: six cameras, daylight, no lane change
+            assert (meta.tags["rig"], meta.tags["condition"], meta.tags["lane_change"]) == ("surround6", "day", "none")
             calib = parse_calib(sample["calib.json"], meta.cameras, key)
             assert calib["CAM_FRONT"]["size"] == (64, 48)
             assert np.allclose(calib["CAM_BACK"]["T_cam_to_ego"], cam_to_ego(default_rig()[3]))
@@ -113,6 +117,14 @@ def test_zones_and_bad_arguments(tmp_path):
         (dict(zone="CN!"), "zone"),
         (dict(seconds=0.1), "2 frames"),
         (dict(clips_per_shard=0), "clips_per_shard"),
+        (dict(rig="surround7"), "known: surround6, surround8"),
+        (dict(conditions="day,fog"), "day, night, rain"),
+        (dict(conditions="night=x"), "NAME=WEIGHT"),
+        (dict(conditions={"day": 0}), "positive sum"),
+        (dict(vehicles="5-2"), "min <= max"),
+        (dict(vehicles="many"), "MIN-MAX"),
+        (dict(lane_change=1.5), "lane_change"),
+        (dict(fps=0), "2 frames"),
     ]:
         with pytest.raises(ConfigError, match=match):
             synth_fleet(f"file://{tmp_path}/x", ["US"], 1, **kwargs)
@@ -209,3 +221,118 @@ def test_curvature_ahead_is_visible_in_front_camera(tmp_path):
     assert curved.sum() >= 20 and (actual[curved] > 0).any() and (actual[curved] < 0).any()  # curves both ways
     assert (np.sign(estimated[curved]) == np.sign(actual[curved])).mean() > 0.9
     assert np.corrcoef(estimated, actual)[0, 1] > 0.8
+
+
+def _ground_points(calib: dict, width: int, height: int) -> np.ndarray:
+    """Where each pixel's ray meets the road, [H, W, 2] ego frame (inf above the horizon), from the stored calibration."""
+    K, T = calib["K"], calib["T_cam_to_ego"]
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ T[:3, :3].T  # [H, W, 3] ego frame
+    lam = np.where(rays[..., 2] < 0, -T[2, 3] / np.minimum(rays[..., 2], -1e-9), np.inf)
+    return T[:2, 3] + lam[..., None] * rays[..., :2]
+
+
+def test_surround8_clips_decode_with_consistent_calib(tmp_path):
+    rig = make_rig("surround8")
+    names = [c.name for c in rig]
+    (m,) = synth_fleet(f"file://{tmp_path}/r8", ["DE"], 1, seconds=1.0, width=64, height=32, fps=8.0, rig="surround8")
+    assert m.cameras == names and len(names) == 8 and m.fps == 8.0
+    (sample,) = _samples(m)
+    meta = parse_meta(sample["meta.json"], "x")
+    assert meta.cameras == names and meta.tags["rig"] == "surround8" and meta.frames == 8
+    calib = parse_calib(sample["calib.json"], names, "x")
+    assert set(json.loads(sample["calib.json"])) == set(names)
+    for cam in rig:
+        frames = _decode(sample[f"{cam.name}.mp4"])
+        assert frames.shape == (8, 32, 64, 3) and frames.std() > 5
+        assert calib[cam.name]["size"] == (64, 32)
+        assert np.allclose(calib[cam.name]["K"], intrinsics(cam, 64, 32)) and np.allclose(calib[cam.name]["T_cam_to_ego"], cam_to_ego(cam))
+    assert len(sample) == 4 + 8  # key, meta, calib, ego + one video per camera
+
+
+def test_conditions_in_decoded_frames(tmp_path):
+    clips = {}
+    for condition in ("day", "night", "rain"):
+        (m,) = synth_fleet(f"file://{tmp_path}/{condition}", ["US"], 1, seconds=1.0, width=64, height=48, conditions=condition)
+        (clips[condition],) = _samples(m)
+        assert json.loads(clips[condition]["meta.json"])["tags"]["condition"] == condition
+    # same seed otherwise: the same drive, only the light and weather differ
+    assert clips["day"]["ego.npy"] == clips["night"]["ego.npy"] == clips["rain"]["ego.npy"]
+    video = {c: np.stack([_decode(s[f"{cam}.mp4"]) for cam in CAMERAS]).astype(np.float32) for c, s in clips.items()}
+    for i, cam in enumerate(CAMERAS):  # [N_cam, F, H, W, 3]
+        assert video["night"][i].mean() < 0.35 * video["day"][i].mean(), cam
+    assert np.abs(video["rain"] - video["day"]).mean() > 10
+    sky_day, sky_rain = video["day"][:, :, :6], video["rain"][:, :, :6]
+    assert (sky_rain[..., 2] - sky_rain[..., 0]).mean() < 0.3 * (sky_day[..., 2] - sky_day[..., 0]).mean()  # grey, not blue
+
+
+def test_condition_weights_and_traffic():
+    scenario = Scenario(conditions="day=2,night=1,rain=1", vehicles="10-14")
+    assert scenario.conditions == {"day": 2.0, "night": 1.0, "rain": 1.0} and scenario.vehicles == (10, 14)
+    plans = [plan_clip("GB", seed=clip_seed(0, "train", "GB", i), seconds=4.0, scenario=scenario) for i in range(40)]
+    seen = [p.condition for p in plans]
+    assert seen == [p.tags["condition"] for p in plans]
+    assert 12 <= seen.count("day") <= 28 and seen.count("night") >= 4 and seen.count("rain") >= 4
+    assert {plan_clip("GB", seed=i, scenario=Scenario(conditions={"night": 1, "rain": 0})).condition for i in range(5)} == {"night"}
+    counts = [len(p.vehicles) for p in plans]
+    assert max(counts) <= 14 and np.mean(counts) >= 10
+    for p in plans:  # dense traffic, yet no two cars in one lane closer than their half lengths and 3 m
+        for i, a in enumerate(p.vehicles):
+            for b in p.vehicles[:i]:
+                if abs(a.d - b.d) < 1.0:
+                    assert np.abs(a.s - b.s).min() >= (a.size[0] + b.size[0]) / 2 + 3.0
+    # nor does the ego change lanes into a car: while the ego is in a car's lane, the car keeps its distance
+    for i in range(20):
+        p = plan_clip("US", seed=i, seconds=6.0, scenario=Scenario(vehicles="8-12", lane_change=1.0))
+        assert p.lane_end != p.lane
+        for v in p.vehicles:
+            shared = np.abs(v.d - p.d) < 2.0  # [F] the ego's and the car's footprints overlap sideways
+            assert (np.abs(v.s - p.s - 1.4)[shared] >= (4.8 + v.size[0]) / 2).all()
+
+
+def _centre_line_y(img: np.ndarray, ground: np.ndarray) -> float:
+    """Median lateral position (ego frame, m) of the yellow centre line 4-20 m ahead in a front-camera image [H, W, 3]."""
+    zone = (ground[..., 0] > 4) & (ground[..., 0] < 20) & (np.abs(ground[..., 1]) < 10)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    yellow = zone & (r > 130) & (g > 0.6 * r) & (b < 0.6 * g)
+    assert yellow.sum() >= 10
+    return float(np.median(ground[yellow, 1]))
+
+
+def test_lane_change_in_poses_and_front_camera(tmp_path):
+    width, height, seconds = 160, 96, 6.0
+    scenario = dict(lane_change=1.0, vehicles="0")  # no cars: nothing hides the centre line
+    (m,) = synth_fleet(f"file://{tmp_path}/lc", ["US"], 3, seconds=seconds, width=width, height=height, clips_per_shard=3, **scenario)
+    renderer = Renderer(default_rig(), width, height)
+    for i, sample in enumerate(_samples(m)):
+        tags = json.loads(sample["meta.json"])["tags"]
+        seed = clip_seed(0, "train", "US", i)
+        plan = plan_clip("US", seed=seed, seconds=seconds, scenario=Scenario(**scenario))
+        still = plan_clip("US", seed=seed, seconds=seconds, scenario=Scenario(vehicles="0"))  # the same drive without the change
+        assert np.array_equal(decode_npy(sample["ego.npy"], "x"), plan.ego)  # the shards hold exactly the plan
+        # the ego's offset from the road moves one lane over, on its own (right) side of the road
+        w, start = tags["lane_width_m"], tags["lane_change_start_s"]
+        assert tags["lane_change"] in ("left", "right") and abs(tags["ego_lane_end"] - tags["ego_lane"]) == 1
+        moved = plan.d[-1] - plan.d[0]
+        assert abs(abs(moved) - w) < 0.4 and np.sign(moved) == (1 if tags["lane_change"] == "left" else -1)
+        assert (plan.d < 0).all() and 0.5 < start and start + tags["lane_change_duration_s"] < 0.9 * seconds
+        before = plan.ego[:, 0] < start - 0.05  # (finite differences reach one fine step past a frame)
+        assert np.array_equal(plan.ego[before], still.ego[before])  # identical until the change starts
+        assert abs(np.linalg.norm(plan.ego[-1, 1:3] - still.ego[-1, 1:3]) - w) < 0.3  # then one lane width apart
+        # ... and the markings move under the car: the yellow centre line seen by the front camera shifts by a lane
+        ground = _ground_points(parse_calib(sample["calib.json"], CAMERAS, "x")["CAM_FRONT"], width, height)
+        front = _decode(sample["CAM_FRONT.mp4"]).astype(np.int16)
+        seen = _centre_line_y(front[-1], ground) - _centre_line_y(front[0], ground)
+        assert np.sign(seen) == -np.sign(moved) and abs(seen) > 2.0 and abs(seen + moved) < 1.5
+        steady = renderer.render(still)[:, 0].astype(np.int16)  # without the change the line stays where it was
+        assert abs(_centre_line_y(steady[-1], ground) - _centre_line_y(steady[0], ground)) < 1.5 < abs(seen)
+
+
+def test_new_options_are_deterministic(tmp_path):
+    args = dict(seconds=1.0, width=48, height=32, rig="surround8", conditions="day,night,rain", vehicles="3-8", lane_change=0.5, seed=11)
+
+    def shas(name: str, **kw) -> list[str]:
+        return [s.sha256 for s in synth_fleet(f"file://{tmp_path}/{name}", ["JP"], 4, clips_per_shard=1, **args, **kw)[0].shards]
+
+    first = shas("a")
+    assert shas("b", workers=2) == first and len(set(first)) == 4

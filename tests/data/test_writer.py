@@ -189,3 +189,61 @@ def test_no_samples_and_bad_settings(tmp_path):
         _write(f"file://{tmp_path}/x", 1, clips_per_shard=0)
     with pytest.raises(ConfigError, match="zone"):
         _write(f"file://{tmp_path}/x", 1, zone="Not A Zone")
+
+
+def _tarfile_bytes(samples: list[dict[str, bytes]]) -> bytes:
+    """The same clips written by the standard library's tarfile, the way the writer used to."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for s in samples:
+            for member in ["meta.json", "calib.json", "ego.npy"] + [f"{c}.mp4" for c in CAMS]:
+                info = tarfile.TarInfo(f"{s['__key__']}.{member}")
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(s[member]), 0, 0o644, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(s[member]))
+    return buf.getvalue()
+
+
+def test_shards_are_byte_identical_to_tarfile_output(tmp_path):
+    manifest = _write(str(tmp_path / "x"), 3)
+    assert (tmp_path / "x/shard-000000.tar").read_bytes() == _tarfile_bytes([_sample(0), _sample(1)])
+    assert manifest.shards[1].bytes == len(_tarfile_bytes([_sample(2)]))
+
+
+@pytest.mark.parametrize(
+    ("limits", "per_shard"),
+    [
+        (dict(clips_per_shard=None, shard_bytes=20480), [3, 3, 1]),  # 5 KiB of records per clip; a tar ends in 1 KiB, padded to 10 KiB
+        (dict(clips_per_shard=2, shard_bytes=20480), [2, 2, 2, 1]),  # whichever limit comes first
+        (dict(clips_per_shard=None, shard_bytes=5000), [1] * 7),  # a clip bigger than the target gets a shard of its own
+        (dict(clips_per_shard=None, shard_bytes=10 * 2**20), [7]),
+    ],
+)
+def test_shard_bytes_starts_a_new_shard_before_the_target_is_exceeded(tmp_path, limits, per_shard):
+    manifest = _write(f"file://{tmp_path}/toy/train/US", 7, **limits)
+    assert [s.samples for s in manifest.shards] == per_shard
+    for s in manifest.shards:
+        data = (tmp_path / "toy/train/US" / s.name).read_bytes()
+        assert len(data) == s.bytes and (s.samples == 1 or s.bytes <= limits["shard_bytes"])
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            assert len(tar.getmembers()) == 5 * s.samples
+
+
+def test_shard_limits_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="give clips_per_shard or shard_bytes"):
+        _write(str(tmp_path / "x"), 1, clips_per_shard=None)
+    with pytest.raises(ConfigError, match="shard_bytes=0 must be a positive number of bytes"):
+        _write(str(tmp_path / "x"), 1, shard_bytes=0)
+
+
+def test_every_shard_has_an_index_and_rewrites_remove_stale_shards(tmp_path):
+    out = tmp_path / "toy/train/US"
+    first = _write(str(out), 5, clips_per_shard=1)
+    assert len(first.shards) == 5 and all(s.index and (out / s.index).is_file() and s.index_sha256 for s in first.shards)
+    index = json.loads((out / "shard-000002.index.json").read_bytes())
+    assert index["shard"] == "shard-000002.tar" and index["sha256"] == first.shards[2].sha256
+    assert [s["key"] for s in index["samples"]] == ["drive_002-000000"]
+    (out / "notes.txt").write_text("kept: not a shard")
+    _write(str(out), 2, clips_per_shard=1)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "notes.txt", "shard-000000.index.json", "shard-000000.tar", "shard-000001.index.json", "shard-000001.tar",
+    ]  # fmt: skip

@@ -64,6 +64,9 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, tmp_path):
     losses = [h["train/loss"] for h in run["history"] if "train/loss" in h]
     assert len(losses) >= 2 and all(v == v for v in losses)  # logged every step, finite
     assert any("val/l2_3s" in h for h in run["history"])
+    waits = [h["perf/data_wait_fraction"] for h in run["history"] if "perf/data_wait_fraction" in h]
+    assert waits and all(0.0 <= w < 1.0 for w in waits)
+    assert all(h["perf/windows_per_s_per_rank"] > 0 for h in run["history"] if "perf/windows_per_s_per_rank" in h)
     assert run["run"].job_type == "pretrain"
     assert set(run["config"]["manifests"]) == {f"s3://fleet-global/demo/{s}/{c}" for s in ("train", "val") for c in ("US", "DE")}
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from fsdtrain.errors import StoreError
+from fsdtrain.errors import ConfigError, StoreError
 from fsdtrain.store import objects
-from fsdtrain.store.seaweed import LocalStore
+from fsdtrain.store.seaweed import CONFLICTING_AWS_ENV, LocalStore
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB, every byte value
 
@@ -164,15 +168,312 @@ def test_s3_errors_never_contain_the_secret(s3_env: LocalStore, s3_bucket: str) 
     assert s3_env.secret_key not in str(info.value)
 
 
-def test_unreachable_endpoint_fails_fast(s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_endpoint_fails_within_the_budget(s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "3")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_SECONDS", "5")
     objects.reset_clients()
     started = time.monotonic()
     with pytest.raises(StoreError, match="unreachable") as info:
-        objects.read_bytes("s3://no-server-bucket/key")
-    assert time.monotonic() - started < 60
-    assert "no-server-bucket" in str(info.value)
-    assert s3_env.secret_key not in str(info.value)
+        objects.read_bytes("s3://no-server-bucket/some/key")
+    assert time.monotonic() - started < 5 + 1
+    message = str(info.value)
+    assert message.startswith("cannot read s3://no-server-bucket/some/key: ")
+    assert "after 3 attempt(s)" in message and "FSDTRAIN_S3_RETRY_ATTEMPTS" in message
+    assert "\n" not in message
+    assert s3_env.secret_key not in message
+
+
+def test_time_cap_ends_retries_before_the_attempts_run_out(s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "1000")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_SECONDS", "1.5")
+    objects.reset_clients()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="unreachable") as info:
+        objects.write_bytes("s3://no-server-bucket/k", b"x")
+    assert time.monotonic() - started < 1.5 + 1
+    assert "after 1000 attempt(s)" not in str(info.value)
+
+
+def test_store_stopped_mid_way_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "3")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_SECONDS", "5")
+    store = LocalStore(zones={"cn": "fleet-cn"})
+    with store:
+        for name in CONFLICTING_AWS_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in store.zone_env("cn").items():
+            monkeypatch.setenv(name, value)
+        objects.reset_clients()
+        objects.write_bytes("s3://fleet-cn/clip.tar", PAYLOAD)
+        assert objects.read_bytes("s3://fleet-cn/clip.tar") == PAYLOAD
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-cn/clip.tar")  # the cached client's pooled connection is dead now
+    assert time.monotonic() - started < 5 + 1
+    message = str(info.value)
+    assert message.startswith("cannot read s3://fleet-cn/clip.tar (zone cn): the store at http://127.0.0.1:")
+    assert "unreachable" in message and "\n" not in message
+    assert store.zone_env("cn")["AWS_SECRET_ACCESS_KEY"] not in message
+    objects.reset_clients()
+
+
+# --- retries against a real HTTP server on loopback ------------------------------------------
+
+
+class ScriptedS3(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 that answers each request with the next (status, body, delay)
+    of ``script`` (the last one repeats) and counts requests."""
+
+    daemon_threads = True
+
+    def __init__(self, script: list[tuple[int, bytes, float]]) -> None:
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.script = script
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ScriptedS3
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            self.server.requests.append(f"{self.command} {self.path}")
+            status, body, delay = self.server.script[min(len(self.server.requests), len(self.server.script)) - 1]
+        time.sleep(delay)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a timeout test): nothing to answer
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep test output clean
+
+
+def _s3_error_xml(code: str) -> bytes:
+    return f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>scripted</Message></Error>'.encode()
+
+
+UNAVAILABLE = (503, _s3_error_xml("ServiceUnavailable"), 0.0)
+
+
+@pytest.fixture
+def scripted_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[tuple[int, bytes, float]]], ScriptedS3]]:
+    """``scripted_s3(script)`` starts a :class:`ScriptedS3` and points the AWS variables at it."""
+    servers: list[ScriptedS3] = []
+
+    def start(script: list[tuple[int, bytes, float]]) -> ScriptedS3:
+        server = ScriptedS3(script)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        for name in CONFLICTING_AWS_ENV:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FSDSCRIPTEDKEY")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "scripted-secret-0123456789")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("FSDTRAIN_BUCKET_ZONES", "fleet-cn=cn")
+        objects.reset_clients()
+        return server
+
+    yield start
+    objects.reset_clients()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_5xx_is_retried_then_one_line_naming_bucket_and_key(
+    scripted_s3: Callable[..., ScriptedS3], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "4")
+    server = scripted_s3([UNAVAILABLE])
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-cn/v1/shard-000003.tar")
+    assert time.monotonic() - started < 30
+    assert server.requests == ["GET /fleet-cn/v1/shard-000003.tar"] * 4
+    message = str(info.value)
+    assert message.startswith("cannot read s3://fleet-cn/v1/shard-000003.tar (zone cn): the store at http://127.0.0.1:")
+    assert "HTTP 503 (ServiceUnavailable) after 4 attempt(s)" in message
+    assert "\n" not in message and "scripted-secret" not in message and "FSDSCRIPTEDKEY" not in message
+
+
+def test_5xx_then_success_returns_the_object(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([UNAVAILABLE, (500, _s3_error_xml("InternalError"), 0.0), (200, b"finally", 0.0)])
+    assert objects.read_bytes("s3://bucket/key") == b"finally"
+    assert len(server.requests) == 3
+
+
+def test_throttling_is_retried_for_writes(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([(503, _s3_error_xml("SlowDown"), 0.0), (200, b"", 0.0)])
+    objects.write_bytes("s3://bucket/key", b"payload")
+    assert server.requests == ["PUT /bucket/key"] * 2
+
+
+def test_access_denied_is_not_retried(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([(403, _s3_error_xml("AccessDenied"), 0.0)])
+    with pytest.raises(StoreError, match=r"^cannot read s3://fleet-cn/key \(zone cn\): access denied on bucket 'fleet-cn' of zone 'cn': .*; use a key of zone 'cn'$"):
+        objects.read_bytes("s3://fleet-cn/key")
+    assert len(server.requests) == 1
+
+
+def test_a_server_that_never_answers_times_out_within_the_budget(
+    scripted_s3: Callable[..., ScriptedS3], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FSDTRAIN_S3_TIMEOUT", "0.3")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "2")
+    server = scripted_s3([(200, b"too late", 3.0)])
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="did not answer in time after 2 attempt") as info:
+        objects.read_bytes("s3://bucket/slow")
+    assert time.monotonic() - started < 2 * 0.3 + 2
+    assert len(server.requests) == 2
+    assert "s3://bucket/slow" in str(info.value)
+
+
+# --- bucket zones ----------------------------------------------------------------------------
+
+
+def test_bucket_zones_registry() -> None:
+    env = {"FSDTRAIN_BUCKET_ZONES": "fleet-global=global, fleet-cn=cn"}
+    assert objects.bucket_zones(env) == {"fleet-global": "global", "fleet-cn": "cn"}
+    assert objects.bucket_zones({}) == {}
+    assert objects.format_bucket_zones(objects.bucket_zones(env)) == "fleet-global=global,fleet-cn=cn"
+    with pytest.raises(ConfigError, match="not bucket=zone"):
+        objects.bucket_zones({"FSDTRAIN_BUCKET_ZONES": "fleet-cn"})
+    with pytest.raises(ConfigError, match="not a zone name"):
+        objects.bucket_zones({"FSDTRAIN_BUCKET_ZONES": "fleet-cn=China"})
+
+
+def test_zone_key_reads_writes_lists_and_deletes_its_bucket(use_zone_key: Callable[[str], dict[str, str]]) -> None:
+    use_zone_key("cn")
+    url = f"s3://fleet-cn/own/{time.monotonic_ns()}.bin"
+    objects.ensure_bucket(url)  # exists already: a zone key may check its own bucket
+    objects.write_bytes(url, PAYLOAD)
+    assert objects.read_bytes(url) == PAYLOAD
+    assert objects.read_bytes(url, byte_range=(10, 20)) == PAYLOAD[10:20]
+    assert url in list(objects.list_keys("s3://fleet-cn/own"))
+    assert objects.exists(url)
+    objects.delete(url)
+    assert not objects.exists(url)
+
+
+def _denied_calls(url: str) -> dict[str, Callable[[], object]]:
+    return {
+        "read": lambda: objects.read_bytes(url),
+        "write": lambda: objects.write_bytes(url, b"x"),
+        "list": lambda: list(objects.list_keys(url.rsplit("/", 1)[0])),
+        "check": lambda: objects.exists(url),
+        "delete": lambda: objects.delete(url),
+    }
+
+
+@pytest.mark.parametrize("action", ["read", "write", "list", "check", "delete"])
+@pytest.mark.parametrize("zone", ["global", "us"])
+def test_other_zone_key_is_denied_on_the_cn_bucket(
+    use_zone_key: Callable[[str], dict[str, str]], s3_env: LocalStore, zone: str, action: str
+) -> None:
+    objects.write_bytes("s3://fleet-cn/denied/clip.tar", PAYLOAD)  # with the admin key
+    use_zone_key(zone)
+    with pytest.raises(StoreError) as info:
+        _denied_calls("s3://fleet-cn/denied/clip.tar")[action]()
+    message = str(info.value)
+    assert message.startswith(f"cannot {action} s3://fleet-cn/denied") and "(zone cn)" in message
+    assert "bucket 'fleet-cn' of zone 'cn'" in message and "use a key of zone 'cn'" in message
+    assert "\n" not in message
+    if action != "check":  # HEAD answers carry no error code
+        assert "access denied" in message
+
+
+def test_wrong_secret_names_bucket_and_zone(use_zone_key: Callable[[str], dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    env = use_zone_key("cn")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + env["AWS_SECRET_ACCESS_KEY"][6:])
+    objects.reset_clients()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-cn/any")
+    assert str(info.value) == (
+        "cannot read s3://fleet-cn/any (zone cn): the store rejected the credentials (SignatureDoesNotMatch: "
+        "wrong secret key); check AWS_SECRET_ACCESS_KEY for the key of zone 'cn'"
+    )
+
+
+def test_unknown_access_key_names_bucket_and_zone(s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FSDNOSUCHKEY")
+    objects.reset_clients()
+    with pytest.raises(StoreError, match=r"^cannot write s3://fleet-global/x \(zone global\): .*InvalidAccessKeyId"):
+        objects.write_bytes("s3://fleet-global/x", b"x")
+
+
+@pytest.mark.parametrize("drop", [("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), ("AWS_SECRET_ACCESS_KEY",)])
+def test_missing_credentials_name_bucket_and_zone(
+    s3_env: LocalStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, drop: tuple[str, ...]
+) -> None:
+    # No other source of keys either: no shared files, no instance metadata (env() disables it).
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    for name in drop:
+        monkeypatch.delenv(name)
+    objects.reset_clients()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-cn/clip.tar")
+    message = str(info.value)
+    assert message.startswith("cannot read s3://fleet-cn/clip.tar (zone cn): ")
+    assert "credentials" in message and "zone 'cn'" in message and "\n" not in message
+
+
+def test_no_credential_ever_reaches_a_message_or_log(
+    use_zone_key: Callable[[str], dict[str, str]],
+    s3_env: LocalStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="fsdtrain")
+    secrets = [s3_env.secret_key] + [s3_env.zone_env(z)["AWS_SECRET_ACCESS_KEY"] for z in s3_env.zones]
+    key_ids = [s3_env.access_key] + [s3_env.zone_env(z)["AWS_ACCESS_KEY_ID"] for z in s3_env.zones]
+    messages = []
+    use_zone_key("global")
+    for call in _denied_calls("s3://fleet-cn/secret-test/x").values():
+        with pytest.raises(StoreError) as info:
+            call()
+        messages.append(str(info.value))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-" + secrets[1])
+    objects.reset_clients()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-global/x")
+    messages.append(str(info.value))
+    # The retry path logs too: an unreachable endpoint with a zone key.
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "3")
+    use_zone_key("cn")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    objects.reset_clients()
+    with pytest.raises(StoreError) as info:
+        objects.read_bytes("s3://fleet-cn/x")
+    messages.append(str(info.value))
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+
+    weed_log = s3_env.log_path.read_text(errors="replace") if s3_env.log_path else ""
+    texts = {"messages": "\n".join(messages), "fsdtrain log": caplog.text, "weed log": weed_log}
+    for where, text in texts.items():
+        for credential in secrets + key_ids:
+            assert credential not in text, f"a credential appears in the {where}"
+    assert len(messages) == 7
 
 
 def test_missing_bucket_is_store_error(s3_env: LocalStore) -> None:

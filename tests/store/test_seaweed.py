@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from fsdtrain.errors import StoreError
+from fsdtrain.errors import ConfigError, StoreError
 from fsdtrain.store import objects, seaweed
 from fsdtrain.store.seaweed import CONFLICTING_AWS_ENV, LocalStore
 
@@ -56,15 +56,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _client(store: LocalStore, secret_key: str | None = None):
-    """A boto3 S3 client for ``store`` (explicit settings: independent of the environment)."""
+def _client(store: LocalStore, secret_key: str | None = None, *, zone: str | None = None):
+    """A boto3 S3 client for ``store`` with the admin key, or ``zone``'s key (explicit settings:
+    independent of the environment)."""
+    env = store.env() if zone is None else store.zone_env(zone)
     return boto3.client(
         "s3",
         endpoint_url=store.endpoint,
-        aws_access_key_id=store.access_key,
-        aws_secret_access_key=secret_key or store.secret_key,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=secret_key or env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
+
+
+def _error_code(call) -> str:
+    """The S3 error code ``call()`` fails with (the test fails when it succeeds)."""
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value.response["Error"]["Code"]
 
 
 @pytest.fixture
@@ -223,6 +232,94 @@ def test_apply_env(local_store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> 
     objects.reset_clients()
 
 
+# --- zones -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("zones", "match"),
+    [
+        ({"CN": "fleet-cn"}, "not a zone name"),
+        ({"cn": "Fleet_CN"}, "not an S3 bucket name"),
+        ({"cn": "fleet", "us": "fleet"}, "each zone needs its own bucket"),
+    ],
+)
+def test_invalid_zones_fail_before_starting(zones: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        LocalStore(zones=zones)
+
+
+def test_zone_env(local_store: LocalStore) -> None:
+    admin = local_store.env()
+    assert admin["FSDTRAIN_BUCKET_ZONES"] == "fleet-global=global,fleet-cn=cn,fleet-us=us"
+    keys = {admin["AWS_ACCESS_KEY_ID"]}
+    for zone in local_store.zones:
+        env = local_store.zone_env(zone)
+        assert {k: v for k, v in env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")} == {
+            k: v for k, v in admin.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")
+        }
+        keys.add(env["AWS_ACCESS_KEY_ID"])
+        assert env["AWS_SECRET_ACCESS_KEY"] not in repr(local_store)
+    assert len(keys) == 1 + len(local_store.zones)  # one key pair per zone, plus the admin's
+    with pytest.raises(StoreError, match="no zone 'de'; its zones: cn, global, us"):
+        local_store.zone_env("de")
+    with pytest.raises(StoreError, match="no zone 'cn'; its zones: none"):
+        LocalStore().zone_env("cn")
+
+
+def test_zone_buckets_exist_and_each_key_is_scoped_to_its_own(local_store: LocalStore) -> None:
+    admin = _client(local_store)
+    assert {"fleet-global", "fleet-cn", "fleet-us"} <= {b["Name"] for b in admin.list_buckets()["Buckets"]}
+    admin.put_object(Bucket="fleet-cn", Key="scoped/cn.bin", Body=b"cn data")
+    cn, glob = _client(local_store, zone="cn"), _client(local_store, zone="global")
+    # The cn key reads, writes and lists its bucket.
+    cn.put_object(Bucket="fleet-cn", Key="scoped/by-cn.bin", Body=b"from cn")
+    assert cn.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")["Body"].read() == b"cn data"
+    assert "scoped/by-cn.bin" in [o["Key"] for o in cn.list_objects_v2(Bucket="fleet-cn", Prefix="scoped/")["Contents"]]
+    # The global key gets AccessDenied on the CN bucket: read, write, list; and cannot make buckets.
+    assert _error_code(lambda: glob.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "AccessDenied"
+    assert _error_code(lambda: glob.put_object(Bucket="fleet-cn", Key="scoped/g.bin", Body=b"x")) == "AccessDenied"
+    assert _error_code(lambda: glob.list_objects_v2(Bucket="fleet-cn")) == "AccessDenied"
+    assert _error_code(lambda: glob.delete_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "AccessDenied"
+    assert _error_code(lambda: glob.create_bucket(Bucket="fleet-new")) == "AccessDenied"
+    # ... and the cn key on the global bucket, likewise.
+    assert _error_code(lambda: cn.put_object(Bucket="fleet-global", Key="k", Body=b"x")) == "AccessDenied"
+    # A wrong secret for a real key id, and an unknown key id.
+    wrong = _client(local_store, "0" * 40, zone="cn")
+    assert _error_code(lambda: wrong.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "SignatureDoesNotMatch"
+    stranger = boto3.client(
+        "s3", endpoint_url=local_store.endpoint, aws_access_key_id="FSDSTRANGER", aws_secret_access_key="x" * 40,
+        region_name="us-east-1",
+    )  # fmt: skip
+    assert _error_code(lambda: stranger.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "InvalidAccessKeyId"
+    assert admin.get_object(Bucket="fleet-cn", Key="scoped/by-cn.bin")["Body"].read() == b"from cn"
+
+
+def test_reused_data_dir_keeps_zone_buckets_and_takes_new_keys(tmp_path: Path) -> None:
+    zones = {"cn": "fleet-cn"}
+    with LocalStore(tmp_path / "store", zones=zones) as first:
+        old_cn = first.zone_env("cn")
+        _client(first, zone="cn").put_object(Bucket="fleet-cn", Key="kept", Body=b"kept")
+    with LocalStore(tmp_path / "store", zones=zones) as second:  # buckets exist: no error
+        assert _client(second, zone="cn").get_object(Bucket="fleet-cn", Key="kept")["Body"].read() == b"kept"
+        stale = boto3.client(
+            "s3", endpoint_url=second.endpoint, aws_access_key_id=old_cn["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=old_cn["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
+        )  # fmt: skip
+        assert _error_code(lambda: stale.get_object(Bucket="fleet-cn", Key="kept")) == "InvalidAccessKeyId"
+
+
+def test_apply_env_with_a_zone(local_store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*local_store.env(), "AWS_PROFILE"):
+        monkeypatch.setenv(name, "stale")
+    local_store.apply_env("us")
+    assert os.environ["AWS_ACCESS_KEY_ID"] == local_store.zone_env("us")["AWS_ACCESS_KEY_ID"]
+    assert "AWS_PROFILE" not in os.environ
+    objects.write_bytes("s3://fleet-us/apply-env", b"us")
+    with pytest.raises(StoreError, match="zone cn"):
+        objects.read_bytes("s3://fleet-cn/apply-env")
+    objects.reset_clients()
+
+
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -341,3 +438,57 @@ def test_data_dir_in_use_by_another_store(tmp_path: Path) -> None:
     with LocalStore(tmp_path / "shared"):
         with pytest.raises(StoreError, match="in use by another SeaweedFS process.*--dir"):
             LocalStore(tmp_path / "shared").start()
+
+
+def test_serve_with_zones_prints_a_key_per_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = _serve("--zones", "global=fleet-global,cn=fleet-cn")
+    weed_pids: list[int] = []
+    try:
+        lines = _read_until(proc, "Ctrl-C", timeout_s=90)
+        weed_pids = _children(proc.pid)
+        exports = dict(
+            shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines if line.startswith("export ")
+        )
+        assert exports["FSDTRAIN_BUCKET_ZONES"] == "fleet-global=global,fleet-cn=cn"
+        zone_keys: dict[str, dict[str, str]] = {}
+        zone = None
+        for line in lines:
+            if line.startswith("# zone "):
+                zone = line.split()[2].rstrip(":")
+                assert f"bucket fleet-{zone}" in line
+            elif line.startswith("#   export ") and zone is not None:
+                name, value = shlex.split(line.removeprefix("#   export "))[0].split("=", 1)
+                zone_keys.setdefault(zone, {})[name] = value
+        assert set(zone_keys) == {"global", "cn"}
+        assert zone_keys["cn"]["AWS_ACCESS_KEY_ID"] != exports["AWS_ACCESS_KEY_ID"] != zone_keys["global"]["AWS_ACCESS_KEY_ID"]
+
+        for name in CONFLICTING_AWS_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in {**exports, **zone_keys["cn"]}.items():
+            monkeypatch.setenv(name, value)
+        objects.reset_clients()
+        objects.write_bytes("s3://fleet-cn/served.txt", b"cn")  # the printed cn key works on its bucket
+        for name, value in zone_keys["global"].items():
+            monkeypatch.setenv(name, value)
+        objects.reset_clients()
+        with pytest.raises(StoreError, match=r"access denied.*zone 'cn'"):
+            objects.read_bytes("s3://fleet-cn/served.txt")
+        objects.reset_clients()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        _stop_serve(proc, weed_pids)
+    assert weed_pids and not any(_alive(p) for p in weed_pids)
+    stdout, stderr = proc.communicate()
+    assert stdout == "" and "Traceback" not in stderr
+    for keys in zone_keys.values():  # keys are printed on stdout only, never to the log stream
+        assert keys["AWS_SECRET_ACCESS_KEY"] not in stderr
+
+
+@pytest.mark.parametrize("zones", ["cn", "cn=fleet,us=fleet"])
+def test_serve_bad_zones_is_one_line_without_starting(zones: str) -> None:
+    proc = _serve("--zones", zones)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert stdout == ""
+    assert stderr.startswith("fsdtrain: error: ") and stderr.count("\n") == 1 and "zone" in stderr
