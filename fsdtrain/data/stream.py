@@ -15,6 +15,7 @@ import logging
 import random
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,25 +206,35 @@ class FleetStream(IterableDataset):
     # --- reading ---------------------------------------------------------------------------------
 
     def _windows(self, shards: list[ShardRef], skips: _SkipBudget) -> Iterator[dict]:
-        for ref in shards:
-            try:
-                samples = list(self._samples(ref))  # the shard is in memory already; this checks all of it
-            except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
-                skips.skip(exc, clips=ref.samples)
-                continue
-            for sample in samples:
+        # the next shard is fetched in a thread while this one decodes, so store latency overlaps compute
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdtrain-prefetch")
+        try:
+            pending = pool.submit(self._fetch, shards[0]) if shards else None
+            for i, ref in enumerate(shards):
+                fetched = pending
+                pending = pool.submit(self._fetch, shards[i + 1]) if i + 1 < len(shards) else None
                 try:
-                    windows = list(self._clip_windows(ref, sample))
-                except DataError as exc:
-                    skips.skip(exc, clips=1)
+                    samples = list(self._samples(ref, fetched.result()))  # checks the whole shard
+                except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
+                    skips.skip(exc, clips=ref.samples)
                     continue
-                yield from windows
+                for sample in samples:
+                    try:
+                        windows = list(self._clip_windows(ref, sample))
+                    except DataError as exc:
+                        skips.skip(exc, clips=1)
+                        continue
+                    yield from windows
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _samples(self, ref: ShardRef) -> Iterator[dict]:
+    def _fetch(self, ref: ShardRef) -> bytes:
         check_zone(ref.url, ref.zone, self.site_zone)  # before the first byte is requested
         if self.audit is not None:
             self.audit.record(ref.url, ref.zone, ref.sha256)
-        data = objects.read_bytes(ref.url)
+        return objects.read_bytes(ref.url)
+
+    def _samples(self, ref: ShardRef, data: bytes) -> Iterator[dict]:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise DataError(f"{ref.url}: sha256 does not match the manifest (corrupt or rewritten shard); run `fsdtrain data verify`")
         files = tar_file_expander([{"url": ref.url, "stream": io.BytesIO(data)}])
