@@ -10,7 +10,8 @@ worker / one decode process):
   need decoded with PyAV — the floor any loader must pay;
 - ``ratio`` = loader / raw on file://, ``s3_vs_file`` = loader on s3 / loader on file, and
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding up to the
-  last needed frame).
+  last needed frame); ``shuffle_gap_vs_random``: how far apart in store order consecutive windows of
+  a batch are, relative to a full random shuffle (1.0).
 
     python benchmarks/data_throughput.py [--clips 12]
 """
@@ -42,21 +43,33 @@ from fsdtrain.store.seaweed import LocalStore
 SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
 
 
-def loader_rate(url: str) -> tuple[float, int]:
+def loader_rate(url: str) -> tuple[float, int, list[list[str]]]:
+    """Windows/s, windows, and each batch's window ids (``clip@frame``)."""
     stream = FleetStream(
         load_manifests([url], "global"), SPEC, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True, equalize=False
     )
     stream.set_distributed(0, 1, 1)
-    t0, n = time.perf_counter(), 0
+    t0, n, batches = time.perf_counter(), 0, []
     for batch in DataLoader(stream, batch_size=8, num_workers=1):
         n += batch["future"].shape[0]
-    return n / (time.perf_counter() - t0), n
+        batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"])])
+    return n / (time.perf_counter() - t0), n, batches
 
 
-def _raw_decode(paths: list[str]) -> tuple[int, int, int, float]:
-    """Windows, frames decoded, frames used and seconds, for a plain PyAV pass over the shards."""
+def shuffle_gap(batches: list[list[str]], store_order: list[str]) -> float:
+    """Mean distance, in store order, between consecutive windows of a batch, as a fraction of the
+    distance expected under a uniform random permutation (n/3): 1.0 = as mixed as a full shuffle."""
+    index = {w: i for i, w in enumerate(store_order)}
+    gaps = [abs(index[a] - index[b]) for batch in batches for a, b in zip(batch, batch[1:])]
+    return (sum(gaps) / len(gaps)) / (len(store_order) / 3)
+
+
+def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
+    """Windows, frames decoded, frames used, seconds and the windows in store order, for a plain
+    PyAV pass over the shards."""
     t0 = time.perf_counter()
     windows = decoded = used = 0
+    order: list[str] = []
     for path in paths:
         with tarfile.open(path) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -66,6 +79,7 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float]:
             currents = SPEC.current_frames(meta["frames"], meta["fps"])
             needed = sorted({int(f) for c in currents for f in window_frames(SPEC, int(c))})
             windows += len(currents)
+            order += [f"{meta['clip_id']}@{int(c)}" for c in currents]
             for cam in DEFAULT_CAMERAS:
                 with av.open(io.BytesIO(members[f"{key}.{cam}.mp4"])) as container:
                     for i, frame in enumerate(container.decode(container.streams.video[0])):
@@ -75,7 +89,7 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float]:
                             used += 1
                         if i >= needed[-1]:
                             break
-    return windows, decoded, used, time.perf_counter() - t0
+    return windows, decoded, used, time.perf_counter() - t0, order
 
 
 def main() -> None:
@@ -88,20 +102,21 @@ def main() -> None:
         url = f"file://{root}/train/US"
         paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
         with mp.get_context("fork").Pool(1) as pool:  # one process, like one loader worker
-            windows, decoded, used, seconds = pool.apply(_raw_decode, (paths,))
+            windows, decoded, used, seconds, store_order = pool.apply(_raw_decode, (paths,))
         raw_rate = windows / seconds
-        file_rate, n = loader_rate(url)
+        file_rate, n, batches = loader_rate(url)
         assert n == windows, f"loader read {n} windows, raw pass {windows}"
         with LocalStore(Path(tmp) / "store") as store:
             store.apply_env()
             objects.ensure_bucket("s3://bench")
             for f in sorted((root / "train" / "US").iterdir()):
                 objects.write_bytes(f"s3://bench/train/US/{f.name}", f.read_bytes())
-            s3_rate, _ = loader_rate("s3://bench/train/US")
+            s3_rate, _, _ = loader_rate("s3://bench/train/US")
     result = {
         "ratio": round(file_rate / raw_rate, 3),
         "s3_vs_file": round(s3_rate / file_rate, 3),
         "decoded_per_used": round(decoded / used, 3),
+        "shuffle_gap_vs_random": round(shuffle_gap(batches, store_order), 3),
         "loader_windows_per_s": round(file_rate, 1),
         "loader_s3_windows_per_s": round(s3_rate, 1),
         "raw_windows_per_s": round(raw_rate, 1),

@@ -1,0 +1,56 @@
+"""A loader killed with SIGKILL leaves no worker processes and no shared memory behind.
+
+Known gap (docs/status.md): Python's multiprocessing leaves its empty socket directory (``pymp-*``)
+in TMPDIR when the parent is SIGKILLed, and torch creates its compile-cache directory on import.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+SCRIPT = """
+import sys
+from torch.utils.data import DataLoader
+from fleet import TINY_WINDOW
+from fsdtrain.data.datamodule import load_manifests
+from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.data.stream import FleetStream
+
+stream = FleetStream(load_manifests(sys.argv[1:], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS),
+                     batch_size=2, shuffle=True, equalize=False)
+stream.set_distributed(0, 1, 2)
+for i, batch in enumerate(DataLoader(stream, batch_size=2, num_workers=2)):
+    print("batch", i, flush=True)
+    input()  # hold here, mid-epoch, until killed
+"""
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_sigkill_mid_epoch_leaves_nothing(tiny_fleet, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    before = shm_entries()
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(Path(__file__).parents[1])}
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, *urls], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("batch 0")
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30  # orphaned workers notice their parent is gone and exit
+    while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers) and time.monotonic() < deadline:
+        psutil.wait_procs(workers, timeout=0.5)
+    assert not [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    leftovers = [p.name for p in tmpdir.iterdir()]
+    assert [n for n in leftovers if not n.startswith(("pymp-", "torchinductor_"))] == []
+    assert all(not any(p.rglob("*.tar")) for p in tmpdir.iterdir())  # no shard bytes spilled to disk
+    assert {e for e in shm_entries() - before if "torch" in e or "fsdtrain" in e} == set()
