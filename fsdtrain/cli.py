@@ -7,6 +7,7 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fsdtrain.errors import ConfigError, FsdtrainError
@@ -183,6 +184,13 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective failed because a peer process died (gloo/NCCL report it as a RuntimeError)."""
+    dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
+    text = str(exc)
+    return isinstance(exc, dist_error) or "Connection closed by peer" in text or "Connection reset by peer" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -193,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsdtrain: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            raise
+        # another rank failed first and printed its own one-line error; this one only lost contact
+        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
+        print(f"fsdtrain: error: rank {rank} stopped: another rank failed first (its error is above)", file=sys.stderr)
+        return 1
     except argparse.ArgumentError as exc:
         # LightningCLI (jsonargparse, exit_on_error=False) reports bad flags and config values this way
         print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from fsdtrain.data.manifest import load_manifest, save_manifest
 from fsdtrain.data.synth import synth_fleet
 from fsdtrain.data.windows import WindowSpec
 
@@ -30,3 +34,21 @@ def build_tiny_fleet(root: str | Path, *, train_clips: int = 2, val_clips: int =
 def tiny_fleet(tmp_path_factory) -> dict[str, dict[str, str]]:
     """US, DE and CN tiny train (2 clips) and val (1 clip) splits on file://, built once per session."""
     return build_tiny_fleet(tmp_path_factory.mktemp("fleet"))
+
+
+def rewrite_shard(directory: Path, edit) -> None:
+    """Rewrites shard-000000.tar with ``edit(members) -> members`` and fixes the manifest checksum."""
+    path = directory / "shard-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in edit(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    m = load_manifest(str(directory))
+    m.shards[0].sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
+    m.shards[0].bytes = len(buf.getvalue())
+    save_manifest(str(directory), m)

@@ -44,6 +44,10 @@ class FleetDataModule(pl.LightningDataModule):
         audit_log: JSONL file that records every shard opened; empty disables it.
         on_error: what a corrupt or invalid clip does: ``fail`` the run, or ``skip`` it (logged and counted).
         max_skip_fraction: with ``skip``, the run still fails once more than this fraction of clips was skipped.
+        order: training order. ``sharded``: each rank reads its own shards (every clip decoded once).
+            ``global``: from (seed, epoch, global window index) alone, so a run resumes mid-epoch with
+            exactly the unseen windows, also on another number of ranks or workers (same global batch).
+        block_shards: with ``order: global``, shards whose windows are shuffled together.
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class FleetDataModule(pl.LightningDataModule):
         audit_log: str | None = None,
         on_error: str = "fail",
         max_skip_fraction: float = 0.01,
+        order: str = "sharded",
+        block_shards: int = 4,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -80,6 +86,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.site_zone = resolve_site_zone(site_zone)
         self.audit_log = audit_log
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
+        self.order, self.block_shards = order, block_shards
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
 
@@ -105,6 +112,8 @@ class FleetDataModule(pl.LightningDataModule):
             image_size=self.image_size,
             on_error=self.on_error,
             max_skip_fraction=self.max_skip_fraction,
+            order=self.order if train else "sharded",
+            block_shards=self.block_shards,
         )
         stream.set_distributed(rank, world, self.num_workers)
         if len(stream) == 0:
@@ -123,9 +132,11 @@ class FleetDataModule(pl.LightningDataModule):
         if stage in ("fit", "validate") and self.val_urls:
             self.val_stream = self._stream(self.val_urls, train=False)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_position(self, epoch: int, batch: int = 0) -> None:
+        """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume)."""
         if self.train_stream is not None:
             self.train_stream.epoch = epoch
+            self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
 
     def _loader(self, stream: FleetStream) -> DataLoader:
         return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False)

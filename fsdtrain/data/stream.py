@@ -14,6 +14,7 @@ import io
 import logging
 import random
 import tarfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,14 +27,16 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from fsdtrain.data import schema
 from fsdtrain.data.decode import decode_video
 from fsdtrain.data.manifest import Manifest
+from fsdtrain.data.order import EpochOrder, batch_positions, hash_seed
 from fsdtrain.data.windows import WindowSpec, derive_command, ego_window, window_frames
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.residency import AuditLog, check_zone
 from fsdtrain.store import objects
 
-__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps", "ERROR_POLICIES"]
+__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS"]
 
 ERROR_POLICIES = ("fail", "skip")
+ORDERS = ("sharded", "global")
 log = logging.getLogger("fsdtrain.data")
 
 
@@ -59,10 +62,6 @@ def plan_shards(manifests: list[Manifest], spec: WindowSpec, *, seed: int, epoch
     if shuffle:
         random.Random(hash_seed(seed, epoch)).shuffle(refs)
     return refs
-
-
-def hash_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 def worker_caps(shards: list[ShardRef], *, world_size: int, workers: int, batch_size: int, equalize: bool) -> dict[tuple[int, int], tuple[list[ShardRef], int | None]]:
@@ -114,6 +113,11 @@ class FleetStream(IterableDataset):
         on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; equalized
             streams repeat recent windows so every rank keeps its batch count).
         max_skip_fraction: with ``skip``, fail once more than this fraction of a worker's clips was skipped.
+        order: ``sharded`` (each rank reads its own shards: every clip decoded once; order depends on
+            the world size) or ``global`` (order from (seed, epoch, global window index) alone, see
+            ``order.py``: resumable mid-epoch on another number of ranks or workers; each worker
+            decodes every clip of a block that holds one of its windows).
+        block_shards: with ``global``, shards whose windows are shuffled together.
     """
 
     def __init__(
@@ -132,10 +136,16 @@ class FleetStream(IterableDataset):
         image_size: tuple[int, int] | None = None,
         on_error: str = "fail",
         max_skip_fraction: float = 0.01,
+        order: str = "sharded",
+        block_shards: int = 4,
     ) -> None:
         super().__init__()
         if on_error not in ERROR_POLICIES:
             raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
+        if order not in ORDERS:
+            raise ConfigError(f"data.order must be one of {ORDERS}, got {order!r}")
+        if order == "global" and on_error != "fail":
+            raise ConfigError("data.order=global supports data.on_error=fail only (a skipped window would shift the global order)")
         if not manifests:
             raise ConfigError("no data: give at least one shard directory URL")
         for m in manifests:
@@ -155,7 +165,9 @@ class FleetStream(IterableDataset):
         self.audit = audit
         self.image_size = tuple(image_size) if image_size else None
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
+        self.order, self.block_shards = order, block_shards
         self.epoch = 0
+        self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=global
         self.rank = 0
         self.world_size = 1
         self.num_workers = 1
@@ -164,12 +176,51 @@ class FleetStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
 
     def __len__(self) -> int:
-        """Windows this rank yields this epoch, from the manifests alone (no data read)."""
+        """Windows this rank yields in a whole epoch, from the manifests alone (no data read)."""
+        if self.order == "global":
+            return len(self._epoch_order()) // (self.batch_size * self.world_size) * self.batch_size
         total = 0
         for (rank, _), (shards, cap) in self._caps().items():
             if rank == self.rank:
                 total += cap if cap is not None else sum(s.windows for s in shards)
         return total
+
+    def _global_shards(self) -> list[tuple[ShardRef, np.ndarray]]:
+        """Every shard in manifest order, with the current frames of its clips' windows."""
+        out = []
+        for m in self.manifests:
+            currents = self.spec.current_frames(m.frames, m.fps)
+            out += [(ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * len(currents)), currents) for s in m.shards]
+        return out
+
+    def _epoch_order(self) -> EpochOrder:
+        shards = [(ref.samples, currents) for ref, currents in self._global_shards()]
+        return EpochOrder(shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards)
+
+    def _global_iter(self, worker: int) -> Iterator[dict]:
+        """Windows at this (rank, worker)'s positions of the epoch's global order, from ``start_batch``."""
+        order, shards = self._epoch_order(), [ref for ref, _ in self._global_shards()]
+        clips: OrderedDict[tuple[int, int], _Clip | None] = OrderedDict()  # decoded clips, LRU
+        samples: OrderedDict[int, list[dict]] = OrderedDict()  # parsed shards, LRU
+        clip_capacity = self.block_shards * max((ref.samples for ref in shards), default=1)
+        for positions in batch_positions(
+            len(order), micro_batch=self.batch_size, world_size=self.world_size, rank=self.rank,
+            workers=self.num_workers, worker=worker, start_batch=self.start_batch,
+        ):  # fmt: skip
+            for p in positions:
+                w = order[p]
+                key = (w.shard, w.sample)
+                if key not in clips:
+                    if w.shard not in samples:
+                        ref = shards[w.shard]
+                        samples[w.shard] = list(self._samples(ref, self._fetch(ref)))
+                        while len(samples) > self.block_shards:
+                            samples.popitem(last=False)
+                    clips[key] = self._load_clip(shards[w.shard], samples[w.shard][w.sample])
+                    while len(clips) > clip_capacity:
+                        clips.popitem(last=False)
+                clips.move_to_end(key)
+                yield clips[key].window(w.current)
 
     def _caps(self):
         shards = plan_shards(self.manifests, self.spec, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
@@ -180,6 +231,9 @@ class FleetStream(IterableDataset):
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
             raise ConfigError(f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}")
+        if self.order == "global":
+            yield from self._global_iter(worker)
+            return
         shards, cap = self._caps()[(self.rank, worker)]
         skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=sum(s.samples for s in shards))
         windows = self._windows(shards, skips)
@@ -249,6 +303,13 @@ class FleetStream(IterableDataset):
             raise DataError(f"{ref.url}: has {count} samples, the manifest says {ref.samples}")
 
     def _clip_windows(self, ref: ShardRef, sample: dict) -> Iterator[dict]:
+        clip = self._load_clip(ref, sample)
+        if clip is not None:
+            for current in clip.currents:
+                yield clip.window(int(current))
+
+    def _load_clip(self, ref: ShardRef, sample: dict) -> _Clip | None:
+        """Validates a sample and decodes the frames its windows need (None: it yields no window)."""
         key = schema.validate_key(sample["__key__"])
         where = f"{ref.url}:{key}"
         for suffix in sample:
@@ -264,31 +325,40 @@ class FleetStream(IterableDataset):
             raise DataError(f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]")
         currents = self.spec.current_frames(meta.frames, meta.fps)
         if len(currents) == 0:
-            return
+            return None
         needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
-        slot = {f: i for i, f in enumerate(needed)}  # frame index -> row of the decoded arrays
         videos = [
             decode_video(sample[f"{c}.mp4"], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size)
             for c in self.cameras
         ]  # each [len(needed), H, W, 3]
         intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
-        for current in currents:
-            current = int(current)
-            rows = [slot[int(f)] for f in window_frames(self.spec, current)]
-            images = np.stack([v[rows] for v in videos])  # [N_cam, T, H, W, 3]
-            ego_hist, future = ego_window(self.spec, ego, current, meta.fps)
-            yield {
-                "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),  # [N_cam, T, 3, H, W]
-                "ego_hist": torch.from_numpy(ego_hist),
-                "future": torch.from_numpy(future),
-                "command": derive_command(future),
-                "intrinsics": intrinsics,
-                "cam_to_ego": cam_to_ego,
-                "country": meta.country,
-                "zone": meta.zone,
-                "clip_id": meta.clip_id,
-                "frame": current,
-            }
+        return _Clip(self.spec, meta, ego, currents, {f: i for i, f in enumerate(needed)}, videos, intrinsics, cam_to_ego)
+
+
+class _Clip:
+    """A decoded clip: cuts any of its windows."""
+
+    def __init__(self, spec, meta, ego, currents, slot, videos, intrinsics, cam_to_ego) -> None:
+        self.spec, self.meta, self.ego, self.currents = spec, meta, ego, currents
+        self.slot, self.videos = slot, videos  # frame index -> row of each camera's decoded array
+        self.intrinsics, self.cam_to_ego = intrinsics, cam_to_ego
+
+    def window(self, current: int) -> dict:
+        rows = [self.slot[int(f)] for f in window_frames(self.spec, current)]
+        images = np.stack([v[rows] for v in self.videos])  # [N_cam, T, H, W, 3]
+        ego_hist, future = ego_window(self.spec, self.ego, current, self.meta.fps)
+        return {
+            "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),  # [N_cam, T, 3, H, W]
+            "ego_hist": torch.from_numpy(ego_hist),
+            "future": torch.from_numpy(future),
+            "command": derive_command(future),
+            "intrinsics": self.intrinsics,
+            "cam_to_ego": self.cam_to_ego,
+            "country": self.meta.country,
+            "zone": self.meta.zone,
+            "clip_id": self.meta.clip_id,
+            "frame": current,
+        }
 
 
 class _SkipBudget:

@@ -13,12 +13,19 @@ __all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeigh
 
 
 class StreamEpoch(pl.Callback):
-    """Gives the data stream the epoch number, so each epoch has its own (seeded) order."""
+    """Gives the data stream its position: the epoch (each has its own seeded order) and, when a run
+    resumes mid-epoch, the micro-batches of that epoch already trained on, taken from the Trainer's
+    restored loop state (Lightning skips ``on_train_epoch_start`` on such a restart)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "set_position"):
+            dm.set_position(trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(trainer.current_epoch)
+        if dm is not None and hasattr(dm, "set_position"):
+            dm.set_position(trainer.current_epoch, 0)
 
 
 class Throughput(pl.Callback):

@@ -1,17 +1,13 @@
-import hashlib
-import io
 import json
 import random
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from torch.utils.data import DataLoader
 
-from fleet import TINY_WINDOW
+from fleet import TINY_WINDOW, rewrite_shard
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.manifest import load_manifest, save_manifest
 from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, ShardRef, worker_caps
 from fsdtrain.errors import DataError
@@ -98,24 +94,6 @@ def copy_split(url: str, dest: Path) -> Path:
     for f in src.iterdir():
         (dest / f.name).write_bytes(f.read_bytes())
     return dest
-
-
-def rewrite_shard(directory: Path, edit) -> None:
-    """Rewrites shard-000000.tar with ``edit(members) -> members`` and fixes the manifest checksum."""
-    path = directory / "shard-000000.tar"
-    with tarfile.open(path) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in edit(members):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
-    m = load_manifest(str(directory))
-    m.shards[0].sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
-    m.shards[0].bytes = len(buf.getvalue())
-    save_manifest(str(directory), m)
 
 
 def read_all(directory: Path) -> None:
