@@ -48,6 +48,8 @@ class FleetDataModule(pl.LightningDataModule):
             ``global``: from (seed, epoch, global window index) alone, so a run resumes mid-epoch with
             exactly the unseen windows, also on another number of ranks or workers (same global batch).
         block_shards: with ``order: global``, shards whose windows are shuffled together.
+        weights: with ``order: global``, one weight per ``train`` entry: how often each of its windows
+            is used per epoch on average (e.g. ``[1.0, 0.5]`` halves the second dataset's share).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class FleetDataModule(pl.LightningDataModule):
         max_skip_fraction: float = 0.01,
         order: str = "sharded",
         block_shards: int = 4,
+        weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -87,6 +90,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.audit_log = audit_log
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
+        self.weights = list(weights) if weights is not None else None
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
 
@@ -114,6 +118,7 @@ class FleetDataModule(pl.LightningDataModule):
             max_skip_fraction=self.max_skip_fraction,
             order=self.order if train else "sharded",
             block_shards=self.block_shards,
+            weights=self.weights if train else None,
         )
         stream.set_distributed(rank, world, self.num_workers)
         if len(stream) == 0:

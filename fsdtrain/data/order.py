@@ -47,29 +47,45 @@ class EpochOrder:
             the windows each of its clips yields.
         seed, epoch: the order is a function of these (and the data) only.
         block_shards: shards whose windows are shuffled together.
+        weights: per shard, how many times each of its windows is used per epoch on average
+            (mixing: a manifest's weight applies to all its shards). ``2.0`` uses every window
+            twice, ``0.5`` a seeded half of them (another half next epoch). Default 1.
     """
 
-    def __init__(self, shards: list[tuple[int, np.ndarray]], *, seed: int, epoch: int, block_shards: int = 4) -> None:
+    def __init__(
+        self, shards: list[tuple[int, np.ndarray]], *, seed: int, epoch: int, block_shards: int = 4, weights: list[float] | None = None
+    ) -> None:
         self.shards = shards
         self.seed, self.epoch = seed, epoch
+        self.weights = list(weights) if weights is not None else [1.0] * len(shards)
+        if len(self.weights) != len(shards) or any(w < 0 for w in self.weights):
+            raise ValueError("one non-negative weight per shard")
         order = list(range(len(shards)))
         random.Random(hash_seed(seed, epoch, "shards")).shuffle(order)
         self.blocks = [order[i : i + block_shards] for i in range(0, len(order), max(1, block_shards))]
-        self.block_sizes = [sum(shards[s][0] * len(shards[s][1]) for s in block) for block in self.blocks]
+        self.block_sizes = [sum(self._count(s) for s in block) for block in self.blocks]
         self.block_starts = np.concatenate([[0], np.cumsum(self.block_sizes)]).astype(np.int64)
         self._cached: tuple[int, list[WindowRef]] | None = None
+
+    def _count(self, s: int) -> int:
+        """Windows shard ``s`` contributes this epoch."""
+        n = self.shards[s][0] * len(self.shards[s][1])
+        whole, frac = divmod(self.weights[s], 1.0)
+        return int(whole) * n + int(round(frac * n))
 
     def __len__(self) -> int:
         return int(self.block_starts[-1])
 
+    def _shard_refs(self, s: int) -> list[WindowRef]:
+        refs = [WindowRef(s, sample, int(c)) for sample in range(self.shards[s][0]) for c in self.shards[s][1]]
+        whole, _ = divmod(self.weights[s], 1.0)
+        extra = self._count(s) - int(whole) * len(refs)
+        picked = random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(refs, extra) if extra else []
+        return refs * int(whole) + picked
+
     def _block(self, b: int) -> list[WindowRef]:
         if self._cached is None or self._cached[0] != b:
-            refs = [
-                WindowRef(s, sample, int(c))
-                for s in self.blocks[b]
-                for sample in range(self.shards[s][0])
-                for c in self.shards[s][1]
-            ]
+            refs = [r for s in self.blocks[b] for r in self._shard_refs(s)]
             random.Random(hash_seed(self.seed, self.epoch, "block", b)).shuffle(refs)
             self._cached = (b, refs)
         return self._cached[1]

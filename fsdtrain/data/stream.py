@@ -118,6 +118,8 @@ class FleetStream(IterableDataset):
             ``order.py``: resumable mid-epoch on another number of ranks or workers; each worker
             decodes every clip of a block that holds one of its windows).
         block_shards: with ``global``, shards whose windows are shuffled together.
+        weights: with ``global``, per manifest, how often each of its windows is used per epoch on
+            average (``2`` twice, ``0.5`` a seeded half): mixing countries or datasets.
     """
 
     def __init__(
@@ -138,8 +140,14 @@ class FleetStream(IterableDataset):
         max_skip_fraction: float = 0.01,
         order: str = "sharded",
         block_shards: int = 4,
+        weights: list[float] | None = None,
     ) -> None:
         super().__init__()
+        if weights is not None:
+            if len(weights) != len(manifests) or any(w < 0 for w in weights):
+                raise ConfigError(f"data.weights needs one non-negative weight per data.train entry ({len(manifests)}), got {weights}")
+            if order != "global":
+                raise ConfigError("data.weights (mixing) needs data.order=global")
         if on_error not in ERROR_POLICIES:
             raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
         if order not in ORDERS:
@@ -166,6 +174,7 @@ class FleetStream(IterableDataset):
         self.image_size = tuple(image_size) if image_size else None
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
+        self.weights = list(weights) if weights is not None else None
         self.epoch = 0
         self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=global
         self.rank = 0
@@ -195,7 +204,10 @@ class FleetStream(IterableDataset):
 
     def _epoch_order(self) -> EpochOrder:
         shards = [(ref.samples, currents) for ref, currents in self._global_shards()]
-        return EpochOrder(shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards)
+        weights = None
+        if self.weights is not None:
+            weights = [w for m, w in zip(self.manifests, self.weights) for _ in m.shards]
+        return EpochOrder(shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards, weights=weights)
 
     def _global_iter(self, worker: int) -> Iterator[dict]:
         """Windows at this (rank, worker)'s positions of the epoch's global order, from ``start_batch``."""

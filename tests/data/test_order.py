@@ -57,3 +57,23 @@ def test_global_stream_is_the_same_on_2_ranks_2_workers_and_on_1_rank(tiny_fleet
     assert len(set().union(*two.values())) == 32  # every window once
     resumed = stream_steps(urls, world=1, B=4, workers=1, start_batch=5)
     assert resumed == {k: v for k, v in two.items() if k >= 5}
+
+
+def test_weights_repeat_or_subsample_each_shard():
+    order = EpochOrder(SHARDS, seed=0, epoch=0, block_shards=2, weights=[2.0, 0.5, 1.0, 0.0])
+    refs = [order[p] for p in range(len(order))]
+    per_shard = {s: [r for r in refs if r.shard == s] for s in range(4)}
+    assert len(per_shard[0]) == 2 * 12 and len(set(per_shard[0])) == 12  # every window twice
+    assert len(per_shard[1]) == 2 and len(set(per_shard[1])) == 2  # half of 4, no repeats
+    assert len(per_shard[2]) == 9 and per_shard[3] == []
+    other = EpochOrder(SHARDS, seed=0, epoch=1, block_shards=2, weights=[2.0, 0.5, 1.0, 0.0])
+    halves = [{r for r in (o[p] for p in range(len(o))) if r.shard == 1} for o in (order, other)]
+    assert len(halves[0]) == len(halves[1]) == 2
+
+
+def test_stream_mixing_weights_change_country_shares(tiny_fleet):
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]
+    s = FleetStream(load_manifests(urls, "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=4,
+                    shuffle=True, equalize=True, order="global", weights=[1.0, 0.5])  # fmt: skip
+    countries = [c for b in DataLoader(s, batch_size=4) for c in b["country"]]
+    assert countries.count("US") == 16 and countries.count("DE") == 8
