@@ -11,7 +11,8 @@ worker / one decode process):
 - ``ratio`` = loader / raw on file://, ``s3_vs_file`` = loader on s3 / loader on file, and
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding up to the
   last needed frame); ``shuffle_gap_vs_random``: how far apart in store order consecutive windows of
-  a batch are, relative to a full random shuffle (1.0).
+  a batch are, relative to a full random shuffle (1.0); ``global_vs_sharded_2_workers``: loader
+  windows/s with ``order=global`` / with ``order=sharded``, 2 workers each.
 
     python benchmarks/data_throughput.py [--clips 12]
 """
@@ -43,14 +44,15 @@ from fsdtrain.store.seaweed import LocalStore
 SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
 
 
-def loader_rate(url: str) -> tuple[float, int, list[list[str]]]:
+def loader_rate(url: str, *, order: str = "sharded", workers: int = 1) -> tuple[float, int, list[list[str]]]:
     """Windows/s, windows, and each batch's window ids (``clip@frame``)."""
     stream = FleetStream(
-        load_manifests([url], "global"), SPEC, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True, equalize=False
-    )
-    stream.set_distributed(0, 1, 1)
+        load_manifests([url], "global"), SPEC, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True,
+        equalize=order == "global", order=order,
+    )  # fmt: skip
+    stream.set_distributed(0, 1, workers)
     t0, n, batches = time.perf_counter(), 0, []
-    for batch in DataLoader(stream, batch_size=8, num_workers=1):
+    for batch in DataLoader(stream, batch_size=8, num_workers=workers):
         n += batch["future"].shape[0]
         batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"])])
     return n / (time.perf_counter() - t0), n, batches
@@ -106,6 +108,9 @@ def main() -> None:
         raw_rate = windows / seconds
         file_rate, n, batches = loader_rate(url)
         assert n == windows, f"loader read {n} windows, raw pass {windows}"
+        # the cost of the resumable global order: with 2 workers both decode the clips of a block
+        sharded2, _, _ = loader_rate(url, workers=2)
+        global2, _, _ = loader_rate(url, order="global", workers=2)
         with LocalStore(Path(tmp) / "store") as store:
             store.apply_env()
             objects.ensure_bucket("s3://bench")
@@ -117,6 +122,8 @@ def main() -> None:
         "s3_vs_file": round(s3_rate / file_rate, 3),
         "decoded_per_used": round(decoded / used, 3),
         "shuffle_gap_vs_random": round(shuffle_gap(batches, store_order), 3),
+        "global_vs_sharded_2_workers": round(global2 / sharded2, 3),
+        "loader_2_workers_windows_per_s": round(sharded2, 1),
         "loader_windows_per_s": round(file_rate, 1),
         "loader_s3_windows_per_s": round(s3_rate, 1),
         "raw_windows_per_s": round(raw_rate, 1),
