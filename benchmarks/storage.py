@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 import time
 
+from machine import cpu_name
 from PIL import Image
 
 from fsdtrain.data.decode import decode_video
@@ -98,18 +99,6 @@ def _measure(root: str, width: int, height: int, gop: int, clips: int, quality: 
     }
 
 
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: fall back to platform below
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2, help="clips per country and size (3 countries, 10 s, 6 cameras each)")
@@ -146,7 +135,7 @@ def main() -> None:
         "fps": FPS,
         "clip_seconds": SECONDS,
         "runs": runs,
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
     }
     print(json.dumps(result))
 

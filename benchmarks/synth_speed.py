@@ -29,6 +29,8 @@ import platform
 import tempfile
 import time
 
+from machine import cpu_name
+
 from fsdtrain.data.render import Renderer
 from fsdtrain.data.rig import make_rig
 from fsdtrain.data.synth import Scenario, clip_seed, plan_clip, synth_fleet
@@ -71,18 +73,6 @@ def _fleet(root: str, config: dict, clips: int, workers: int) -> tuple[float, fl
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     frames = sum(m.samples * m.frames * len(m.cameras) for m in manifests)
     return wall, cpu, frames, sum(m.bytes for m in manifests)
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: fall back to platform below
-    return platform.processor() or platform.machine()
 
 
 def _measure(name: str, config: dict, clips: int, tmp: str) -> dict:
@@ -142,7 +132,7 @@ def main() -> None:
                 "clip_seconds": SECONDS,
                 "clips": args.clips * len(COUNTRIES),
                 "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+                "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
             }
         )
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsdtrain.data.manifest import Manifest
+from fsdtrain.data.manifest import Manifest, dataset_name
 from fsdtrain.data.raw import CameraReader, RawDrive, RawLimits, display_name, find_drives, load_drive
 from fsdtrain.data.schema import FIXED_MEMBERS, ClipMeta, clip_key, encode_npy
 from fsdtrain.data.writer import ShardWriter, encode_video
@@ -233,14 +233,6 @@ def _ordered(pool, fn: Callable, tasks: list, *, ahead: int) -> Iterator:
         yield pending.popleft().get()
 
 
-def _dataset_name(out: str) -> str:
-    u = objects.parse_url(out)
-    name = u.key.rstrip("/").rsplit("/", 1)[-1] or u.bucket
-    if not name:
-        raise ConfigError(f"--out {out} has no last path component to name the dataset; use e.g. file:///data/fleet")
-    return name
-
-
 def _consistent(drives: list[RawDrive]) -> list[RawDrive | SkippedDrive]:
     """Drives of one country share one folder, so they must agree on zone and cameras (the first one sets them)."""
     first: dict[str, RawDrive] = {}
@@ -299,7 +291,7 @@ def write_drives(
         raise ConfigError(f"gop={gop}, workers={workers} and shard_bytes={shard_bytes} must all be at least 1")
     if not _SPLIT_RE.match(split):
         raise ConfigError(f"split {split!r} must be 1-32 characters of [A-Za-z0-9_-], e.g. 'train'")
-    dataset = dataset or _dataset_name(out)
+    dataset = dataset or dataset_name(out)
     report = progress or (lambda _msg: None)
     st = _Settings(fps=float(fps), clip_frames=frames, gop=gop, limits=limits or RawLimits())
     paths = find_drives(raw)

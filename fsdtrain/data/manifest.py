@@ -15,11 +15,11 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from fsdtrain.data.schema import SCHEMA
-from fsdtrain.errors import DataError, StoreError
+from fsdtrain.errors import ConfigError, DataError, StoreError
 from fsdtrain.residency import validate_zone
 from fsdtrain.store import objects
 
-__all__ = ["MANIFEST_NAME", "ShardInfo", "Manifest", "load_manifest", "save_manifest"]
+__all__ = ["MANIFEST_NAME", "ShardInfo", "Manifest", "load_manifest", "save_manifest", "dataset_name"]
 
 MANIFEST_NAME = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
@@ -104,3 +104,12 @@ def load_manifest(url: str) -> Manifest:
 
 def save_manifest(url: str, manifest: Manifest) -> None:
     objects.write_bytes(objects.join_url(url, MANIFEST_NAME), manifest.to_json())
+
+
+def dataset_name(out: str) -> str:
+    """The dataset a ``<root>/<dataset>`` URL names: its last path component (or the bucket)."""
+    u = objects.parse_url(out)
+    name = u.key.rstrip("/").rsplit("/", 1)[-1] or u.bucket
+    if not name:
+        raise ConfigError(f"--out {out} has no last path component to name the dataset; use e.g. file:///data/fleet")
+    return name

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from fsdtrain.data.manifest import Manifest
+from fsdtrain.data.manifest import Manifest, dataset_name
 from fsdtrain.data.render import CONDITIONS, WHITE, Renderer
 from fsdtrain.data.rig import DEFAULT_RIG, calib_json, make_rig
 from fsdtrain.data.schema import ClipMeta, clip_key, encode_npy
@@ -499,14 +499,6 @@ def _make_clip_kw(kwargs: dict) -> dict[str, bytes]:
     return make_clip(**kwargs)
 
 
-def _dataset_name(out: str) -> str:
-    u = objects.parse_url(out)
-    name = u.key.rstrip("/").rsplit("/", 1)[-1] or u.bucket
-    if not name:
-        raise ConfigError(f"--out {out} has no last path component to name the dataset; use e.g. file:///data/fleet")
-    return name
-
-
 def synth_fleet(
     out: str,
     countries: list[str],
@@ -570,7 +562,7 @@ def synth_fleet(
         raise ConfigError(f"gop={gop} must be at least 1 frame")
     cameras = [c.name for c in make_rig(rig)]
     scenario = Scenario(conditions={"day": 1.0} if conditions is None else conditions, vehicles=vehicles, lane_change=lane_change)
-    dataset = _dataset_name(out)
+    dataset = dataset_name(out)
     ctx = multiprocessing.get_context("fork")
     pool_cm = ctx.Pool(workers) if workers > 1 else contextlib.nullcontext()
     manifests = []
