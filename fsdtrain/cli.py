@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="report JSON path")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    ev.add_argument("--plots", default=None, metavar="DIR", help="folder for PNG pictures of predictions")
+    ev.add_argument("--plots-per-country", type=int, default=4, metavar="N", help="pictures per country")
 
     demo = sub.add_parser("demo", help="the whole story on one machine: store, synth, pretrain, CN fine-tune, eval")
     demo.add_argument("--workdir", default="demo-run")
@@ -141,11 +143,16 @@ def _run(argv: list[str]) -> int:
         from fsdtrain.eval.evaluate import evaluate
         from fsdtrain.eval.report import format_table, write_report
 
-        report = evaluate(args.ckpt, args.data, batch_size=args.batch_size, site_zone=args.site_zone)
+        report = evaluate(
+            args.ckpt, args.data, batch_size=args.batch_size, site_zone=args.site_zone, plots=args.plots,
+            plots_per_country=args.plots_per_country,
+        )  # fmt: skip
         print(format_table(report))
         if args.out:
             write_report(report, args.out)
             print(f"report: {args.out}")
+        if args.plots:
+            print(f"plots: {args.plots}")
         return 0
     if args.command == "demo":
         from fsdtrain.demo import run_demo

@@ -7,9 +7,10 @@ import os
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from fsdtrain.data.augment import Augment
 from fsdtrain.data.manifest import Manifest, load_manifest
 from fsdtrain.data.schema import DEFAULT_CAMERAS
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, init_loader_worker
 from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
 from fsdtrain.residency import AuditLog, check_zone, resolve_site_zone
@@ -32,7 +33,9 @@ class FleetDataModule(pl.LightningDataModule):
 
     Args:
         train: shard directory URLs to train on (s3://, file:// or paths).
-        val: shard directory URLs to validate on.
+        val: shard directory URLs to validate on: every window exactly once on any number of ranks and
+            workers (ranks are padded to equal batch counts with repeats that metrics drop); needs at
+            least as many shards as ranks.
         cameras: camera names, in model order.
         window: how windows are cut from clips (history, stride, horizon...).
         batch_size: micro batch per rank.
@@ -44,12 +47,17 @@ class FleetDataModule(pl.LightningDataModule):
         audit_log: JSONL file that records every shard opened; empty disables it.
         on_error: what a corrupt or invalid clip does: ``fail`` the run, or ``skip`` it (logged and counted).
         max_skip_fraction: with ``skip``, the run still fails once more than this fraction of clips was skipped.
-        order: training order. ``sharded``: each rank reads its own shards (every clip decoded once).
-            ``global``: from (seed, epoch, global window index) alone, so a run resumes mid-epoch with
-            exactly the unseen windows, also on another number of ranks or workers (same global batch).
+        order: training order. ``global`` (default): from (seed, epoch, global window index) alone, so a
+            run resumes mid-epoch with exactly the unseen windows, also on another number of ranks or
+            workers (same global batch); each worker decodes only the frames of its own windows, from
+            their keyframes. ``sharded``: each rank reads its own shards and every clip is decoded
+            once (more windows/s with several workers), but the order depends on the world size and
+            a resumed run restarts the epoch.
         block_shards: with ``order: global``, shards whose windows are shuffled together.
         weights: with ``order: global``, one weight per ``train`` entry: how often each of its windows
             is used per epoch on average (e.g. ``[1.0, 0.5]`` halves the second dataset's share).
+        augment: training augmentations (colour jitter, camera dropout), in the loader workers,
+            deterministic per window given the seed and epoch; validation is never augmented.
     """
 
     def __init__(
@@ -68,9 +76,10 @@ class FleetDataModule(pl.LightningDataModule):
         audit_log: str | None = None,
         on_error: str = "fail",
         max_skip_fraction: float = 0.01,
-        order: str = "sharded",
+        order: str = "global",
         block_shards: int = 4,
         weights: list[float] | None = None,
+        augment: Augment = Augment(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -91,6 +100,8 @@ class FleetDataModule(pl.LightningDataModule):
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
         self.weights = list(weights) if weights is not None else None
+        self.augment = augment
+        self._restored: dict | None = None  # data state from a checkpoint, applied at the next set_position
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
 
@@ -102,13 +113,25 @@ class FleetDataModule(pl.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
         job = os.environ.get("FSDTRAIN_JOB", "fsdtrain")
+        manifests = load_manifests(urls, self.site_zone)
+        if not train:
+            # validation pads each rank with repeats of its own windows (every window is read once): a rank
+            # without a shard has none to repeat. Workers without one are fine: the others pad for them.
+            shards = sum(len(m.shards) for m in manifests)
+            if shards < world:
+                raise ConfigError(
+                    f"data.val has {shards} shard(s), fewer than the {world} ranks (each rank validates on whole shards); "
+                    "write the val split in more, smaller shards (`data synth --clips-per-shard`, `data write --shard-bytes`) "
+                    "or validate on fewer ranks"
+                )
         stream = FleetStream(
-            load_manifests(urls, self.site_zone),
+            manifests,
             self.window,
             cameras=self.cameras,
             batch_size=self.batch_size,
             shuffle=train,
             equalize=True,
+            pad=not train,
             seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
             site_zone=self.site_zone,
@@ -119,6 +142,7 @@ class FleetDataModule(pl.LightningDataModule):
             order=self.order if train else "sharded",
             block_shards=self.block_shards,
             weights=self.weights if train else None,
+            augment=self.augment if train else None,
         )
         stream.set_distributed(rank, world, self.num_workers)
         if len(stream) == 0:
@@ -138,13 +162,66 @@ class FleetDataModule(pl.LightningDataModule):
             self.val_stream = self._stream(self.val_urls, train=False)
 
     def set_position(self, epoch: int, batch: int = 0) -> None:
-        """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume)."""
-        if self.train_stream is not None:
-            self.train_stream.epoch = epoch
-            self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
+        """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume).
+
+        After :meth:`load_state_dict` the position comes from the checkpoint's data state instead
+        (windows of the epoch already trained on), checked against this run's data and batch.
+        """
+        if self.train_stream is None:
+            return
+        if self._restored is not None:
+            epoch, batch = self._restored_position(epoch)
+            self._restored = None
+        self.train_stream.epoch = epoch
+        self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
+
+    def _global_batch(self) -> int:
+        return self.batch_size * (self.trainer.world_size if self.trainer is not None else 1)
+
+    def _datasets(self) -> list[str]:
+        return [m.digest() for m in self.train_stream.manifests] if self.train_stream is not None else []
+
+    def state_dict(self) -> dict:
+        """The data position saved in every checkpoint: order, seed, epoch, windows of the epoch
+        already trained on (whatever the ranks and workers), the global batch and the data."""
+        if self.train_stream is None or self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # micro-batches per rank
+        return {
+            "order": self.train_stream.order,
+            "seed": self.seed,
+            "epoch": self.trainer.current_epoch,
+            "windows_done": done * self._global_batch(),
+            "global_batch": self._global_batch(),
+            "datasets": self._datasets(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state) if state else None
+
+    def _restored_position(self, epoch: int) -> tuple[int, int]:
+        state = self._restored
+        if state["datasets"] != self._datasets():
+            raise ConfigError("the checkpoint was trained on other data.train manifests (their digests differ); resume with the same data.train")
+        if state["seed"] != self.seed or state["order"] != self.train_stream.order:
+            raise ConfigError(
+                f"the checkpoint's data order is {state['order']} with seed {state['seed']}, this run's is "
+                f"{self.train_stream.order} with seed {self.seed}; resume with the same data.order and data.seed"
+            )
+        if state["epoch"] != epoch:  # saved at the end of an epoch: the next one starts from its beginning
+            return epoch, 0
+        if state["windows_done"] and state["global_batch"] != self._global_batch():
+            raise ConfigError(
+                f"the checkpoint stopped mid-epoch with a global batch of {state['global_batch']} windows; this run's is "
+                f"{self._global_batch()} (data.batch_size {self.batch_size} x {self._global_batch() // self.batch_size} ranks): "
+                "choose data.batch_size and trainer.devices/num_nodes with the same product to continue exactly"
+            )
+        return epoch, state["windows_done"] // self._global_batch()
 
     def _loader(self, stream: FleetStream) -> DataLoader:
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False)
+        return DataLoader(
+            stream, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False, worker_init_fn=init_loader_worker
+        )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_stream is not None, "setup('fit') first"

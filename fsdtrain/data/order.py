@@ -53,7 +53,13 @@ class EpochOrder:
     """
 
     def __init__(
-        self, shards: list[tuple[int, np.ndarray]], *, seed: int, epoch: int, block_shards: int = 4, weights: list[float] | None = None
+        self,
+        shards: list[tuple[int, np.ndarray]],
+        *,
+        seed: int,
+        epoch: int,
+        block_shards: int = 4,
+        weights: list[float] | None = None,
     ) -> None:
         self.shards = shards
         self.seed, self.epoch = seed, epoch
@@ -77,10 +83,14 @@ class EpochOrder:
         return int(self.block_starts[-1])
 
     def _shard_refs(self, s: int) -> list[WindowRef]:
-        refs = [WindowRef(s, sample, int(c)) for sample in range(self.shards[s][0]) for c in self.shards[s][1]]
+        refs = [
+            WindowRef(s, sample, int(c)) for sample in range(self.shards[s][0]) for c in self.shards[s][1]
+        ]
         whole, _ = divmod(self.weights[s], 1.0)
         extra = self._count(s) - int(whole) * len(refs)
-        picked = random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(refs, extra) if extra else []
+        picked = (
+            random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(refs, extra) if extra else []
+        )
         return refs * int(whole) + picked
 
     def _block(self, b: int) -> list[WindowRef]:
@@ -90,15 +100,26 @@ class EpochOrder:
             self._cached = (b, refs)
         return self._cached[1]
 
-    def __getitem__(self, position: int) -> WindowRef:
+    def block_of(self, position: int) -> int:
+        """The block holding ``position``; its positions are ``block_starts[b]:block_starts[b + 1]``."""
         if not 0 <= position < len(self):
             raise IndexError(position)
-        b = int(np.searchsorted(self.block_starts, position, side="right")) - 1
+        return int(np.searchsorted(self.block_starts, position, side="right")) - 1
+
+    def __getitem__(self, position: int) -> WindowRef:
+        b = self.block_of(position)
         return self._block(b)[position - int(self.block_starts[b])]
 
 
 def batch_positions(
-    total: int, *, micro_batch: int, world_size: int, rank: int, workers: int, worker: int, start_batch: int = 0
+    total: int,
+    *,
+    micro_batch: int,
+    world_size: int,
+    rank: int,
+    workers: int,
+    worker: int,
+    start_batch: int = 0,
 ) -> Iterator[range]:
     """Positions of each micro-batch that ``worker`` of ``rank`` yields, from ``start_batch`` on."""
     batches = total // (micro_batch * world_size)

@@ -5,17 +5,25 @@ set. Training streams are *equalized*: from the manifests alone (no data read) e
 how many windows every (rank, worker) can produce and all ranks stop after the same number of
 batches, so uneven shards never hang a collective. Tail windows beyond that count are dropped for
 the epoch (a different shard order next epoch drops different ones).
+
+Validation streams are equalized by *padding* instead: every window is yielded exactly once, and
+each (rank, worker) tops its stream up with repeats of one of its own windows, marked
+``valid: False``, until every worker emits only full batches and every rank as many batches as the
+longest one. Metrics drop the padding after gathering across ranks (``fsdtrain.train.module``), so
+they do not depend on the number of ranks or workers.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import logging
+import multiprocessing.util
 import random
 import tarfile
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from fsdtrain.data import schema
+from fsdtrain.data.augment import Augment
 from fsdtrain.data.decode import decode_video
 from fsdtrain.data.manifest import Manifest
 from fsdtrain.data.order import EpochOrder, batch_positions, hash_seed
@@ -33,7 +42,7 @@ from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.residency import AuditLog, check_zone
 from fsdtrain.store import objects
 
-__all__ = ["ShardRef", "FleetStream", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS"]
+__all__ = ["ShardRef", "FleetStream", "init_loader_worker", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS"]
 
 ERROR_POLICIES = ("fail", "skip")
 ORDERS = ("sharded", "global")
@@ -52,32 +61,50 @@ class ShardRef:
     windows: int  # windows this shard yields under the stream's WindowSpec
 
 
-def plan_shards(manifests: list[Manifest], spec: WindowSpec, *, seed: int, epoch: int, shuffle: bool) -> list[ShardRef]:
+def plan_shards(
+    manifests: list[Manifest], spec: WindowSpec, *, seed: int, epoch: int, shuffle: bool
+) -> list[ShardRef]:
     """All shards of all manifests in the epoch's order (a seeded permutation when ``shuffle``)."""
     refs = []
     for m in manifests:
         per_clip = spec.count(m.frames, m.fps)
         for s in m.shards:
-            refs.append(ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * per_clip))
+            refs.append(
+                ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * per_clip)
+            )
     if shuffle:
         random.Random(hash_seed(seed, epoch)).shuffle(refs)
     return refs
 
 
-def worker_caps(shards: list[ShardRef], *, world_size: int, workers: int, batch_size: int, equalize: bool) -> dict[tuple[int, int], tuple[list[ShardRef], int | None]]:
-    """Shards and window cap of every (rank, worker).
+def worker_caps(
+    shards: list[ShardRef], *, world_size: int, workers: int, batch_size: int, equalize: bool, pad: bool = False
+) -> dict[tuple[int, int], tuple[list[ShardRef], int | None]]:
+    """Shards and window count of every (rank, worker): ``None`` means all of its windows.
 
     Shard ``i`` goes to rank ``i % world_size``; a rank's ``j``-th shard to worker ``j % workers``.
     With ``equalize``, every rank gets the same number of full batches: the minimum over ranks of
-    what its workers can fill. Each worker's cap is a multiple of ``batch_size``, so no worker emits
-    a partial batch.
+    what its workers can fill (tail windows are dropped). With ``pad`` as well, the maximum: every
+    worker's windows rounded up to full batches, and a rank with fewer batches than the longest one
+    adds the missing batches to its workers that have windows, in turn; the count is then at least
+    the worker's windows and the rest is padding. Each worker's count is a multiple of
+    ``batch_size``, so no worker emits a partial batch.
+
+    Raises:
+        ConfigError: with ``pad``, when a rank that needs padding has no window to repeat.
     """
-    plan: dict[tuple[int, int], list[ShardRef]] = {(r, w): [] for r in range(world_size) for w in range(workers)}
+    if pad and not equalize:
+        raise ValueError("pad=True pads equalized streams; it needs equalize=True")
+    plan: dict[tuple[int, int], list[ShardRef]] = {
+        (r, w): [] for r in range(world_size) for w in range(workers)
+    }
     for i, ref in enumerate(shards):
         rank = i % world_size
         plan[(rank, (i // world_size) % workers)].append(ref)
     if not equalize:
         return {k: (v, None) for k, v in plan.items()}
+    if pad:
+        return _padded_caps(plan, world_size=world_size, workers=workers, batch_size=batch_size, shards=len(shards))
     full = {k: sum(r.windows for r in v) // batch_size for k, v in plan.items()}
     per_rank = min(sum(full[(r, w)] for w in range(workers)) for r in range(world_size))
     out = {}
@@ -90,12 +117,43 @@ def worker_caps(shards: list[ShardRef], *, world_size: int, workers: int, batch_
     return out
 
 
+def _padded_caps(
+    plan: dict[tuple[int, int], list[ShardRef]], *, world_size: int, workers: int, batch_size: int, shards: int
+) -> dict[tuple[int, int], tuple[list[ShardRef], int]]:
+    batches = {k: -(-sum(r.windows for r in v) // batch_size) for k, v in plan.items()}  # ceil: a partial batch is padded
+    per_rank = max(sum(batches[(r, w)] for w in range(workers)) for r in range(world_size))
+    for r in range(world_size):
+        missing = per_rank - sum(batches[(r, w)] for w in range(workers))
+        fillers = [w for w in range(workers) if batches[(r, w)] > 0]
+        if missing and not fillers:
+            raise ConfigError(
+                f"rank {r} of {world_size} gets no window from the {shards} shards (each rank reads whole shards), so it "
+                f"has none to repeat to match the other ranks' {per_rank} batches; use more shards or fewer ranks"
+            )
+        for i in range(missing):
+            batches[(r, fillers[i % len(fillers)])] += 1
+    return {k: (v, batches[k] * batch_size) for k, v in plan.items()}
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: creates this worker's multiprocessing temp dir now.
+
+    A worker passes batches to the training process as file descriptors over a unix socket in a
+    ``pymp-*`` temp dir that multiprocessing removes at exit. Created lazily, that dir can be made
+    by the queue's feeder thread while the worker is already running its exit handlers (e.g. after
+    the parent was SIGKILLed), too late for its removal to be registered, and it stays behind.
+    """
+    multiprocessing.util.get_temp_dir()
+
+
 class FleetStream(IterableDataset):
     """Windows from sharded clips, one dict per window.
 
     A window: ``images`` uint8 [N_cam, history, 3, H, W]; ``ego_hist`` float32 [history, 6];
     ``future`` float32 [future_steps, 3]; ``command`` int64; ``intrinsics`` float32 [N_cam, 3, 3];
-    ``cam_to_ego`` float32 [N_cam, 4, 4]; ``country``, ``zone``, ``clip_id`` str; ``frame`` int.
+    ``cam_to_ego`` float32 [N_cam, 4, 4]; ``country``, ``zone``, ``clip_id`` str; ``frame`` int;
+    ``valid`` bool: False for a repeat the stream made up (padding, or standing in for a skipped
+    clip), which metrics drop and training uses like any window.
 
     Args:
         manifests: the data to read (already checked against the site zone by the caller too).
@@ -105,6 +163,10 @@ class FleetStream(IterableDataset):
         shuffle: shuffle shard order per epoch and windows in a buffer.
         equalize: stop every rank after the same number of full batches (training/validation
             under DDP); off for single-process evaluation, which reads every window.
+        pad: with ``equalize`` and ``order: sharded``: instead of dropping tail windows, yield every
+            window once and pad every (rank, worker) with ``valid: False`` repeats of its own windows
+            up to the longest rank's number of full batches (validation: metrics see every window
+            exactly once on any number of ranks and workers).
         seed: base seed of all shuffles.
         shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
         site_zone: the zone this job runs in.
@@ -120,6 +182,7 @@ class FleetStream(IterableDataset):
         block_shards: with ``global``, shards whose windows are shuffled together.
         weights: with ``global``, per manifest, how often each of its windows is used per epoch on
             average (``2`` twice, ``0.5`` a seeded half): mixing countries or datasets.
+        augment: augmentations per window (training), deterministic given (seed, epoch, window).
     """
 
     def __init__(
@@ -131,6 +194,7 @@ class FleetStream(IterableDataset):
         batch_size: int,
         shuffle: bool,
         equalize: bool,
+        pad: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 64,
         site_zone: str = "global",
@@ -141,32 +205,37 @@ class FleetStream(IterableDataset):
         order: str = "sharded",
         block_shards: int = 4,
         weights: list[float] | None = None,
+        augment: Augment | None = None,
     ) -> None:
         super().__init__()
         if weights is not None:
             if len(weights) != len(manifests) or any(w < 0 for w in weights):
-                raise ConfigError(f"data.weights needs one non-negative weight per data.train entry ({len(manifests)}), got {weights}")
+                raise ConfigError(
+                    f"data.weights needs one non-negative weight per data.train entry ({len(manifests)}), got {weights}"
+                )
             if order != "global":
                 raise ConfigError("data.weights (mixing) needs data.order=global")
         if on_error not in ERROR_POLICIES:
             raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
         if order not in ORDERS:
             raise ConfigError(f"data.order must be one of {ORDERS}, got {order!r}")
-        if order == "global" and on_error != "fail":
-            raise ConfigError("data.order=global supports data.on_error=fail only (a skipped window would shift the global order)")
+        if pad and (not equalize or order != "sharded"):
+            raise ValueError("pad=True needs equalize=True and order='sharded'")
         if not manifests:
             raise ConfigError("no data: give at least one shard directory URL")
         for m in manifests:
             missing = [c for c in cameras if c not in m.cameras]
             if missing:
-                raise ConfigError(f"{m.url}: cameras {missing} are not in this dataset (it has {m.cameras}); fix data.cameras")
+                raise ConfigError(
+                    f"{m.url}: cameras {missing} are not in this dataset (it has {m.cameras}); fix data.cameras"
+                )
             check_zone(m.url, m.zone, site_zone)
         self.manifests = manifests
         self.spec = spec
         self.cameras = list(cameras)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.equalize = equalize
+        self.equalize, self.pad = equalize, pad
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.site_zone = site_zone
@@ -175,6 +244,7 @@ class FleetStream(IterableDataset):
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
         self.weights = list(weights) if weights is not None else None
+        self.augment = augment if augment is not None and augment.enabled else None
         self.epoch = 0
         self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=global
         self.rank = 0
@@ -185,7 +255,7 @@ class FleetStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
 
     def __len__(self) -> int:
-        """Windows this rank yields in a whole epoch, from the manifests alone (no data read)."""
+        """Windows (padding included) this rank yields in a whole epoch, from the manifests alone (no data read)."""
         if self.order == "global":
             return len(self._epoch_order()) // (self.batch_size * self.world_size) * self.batch_size
         total = 0
@@ -199,7 +269,15 @@ class FleetStream(IterableDataset):
         out = []
         for m in self.manifests:
             currents = self.spec.current_frames(m.frames, m.fps)
-            out += [(ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * len(currents)), currents) for s in m.shards]
+            out += [
+                (
+                    ShardRef(
+                        m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * len(currents)
+                    ),
+                    currents,
+                )
+                for s in m.shards
+            ]
         return out
 
     def _epoch_order(self) -> EpochOrder:
@@ -207,42 +285,105 @@ class FleetStream(IterableDataset):
         weights = None
         if self.weights is not None:
             weights = [w for m, w in zip(self.manifests, self.weights) for _ in m.shards]
-        return EpochOrder(shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards, weights=weights)
+        return EpochOrder(
+            shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards, weights=weights
+        )
 
     def _global_iter(self, worker: int) -> Iterator[dict]:
-        """Windows at this (rank, worker)'s positions of the epoch's global order, from ``start_batch``."""
+        """Windows at this (rank, worker)'s positions of the epoch's global order, from ``start_batch``.
+
+        A clip belongs to one block, so when a block starts this worker works out which of the
+        block's windows it will cut, and decodes only the frames those need (from their keyframes)
+        when it first touches each clip. Decoded clips and parsed shards are kept for the block.
+        Under ``on_error: skip`` a bad clip's windows are replaced by repeats of the next good
+        window, so every position still yields a window (batch counts stay equal); only the batches
+        around a bad clip then differ from another world size's.
+        """
         order, shards = self._epoch_order(), [ref for ref, _ in self._global_shards()]
-        clips: OrderedDict[tuple[int, int], _Clip | None] = OrderedDict()  # decoded clips, LRU
-        samples: OrderedDict[int, list[dict]] = OrderedDict()  # parsed shards, LRU
-        clip_capacity = self.block_shards * max((ref.samples for ref in shards), default=1)
-        for positions in batch_positions(
+        batches = list(batch_positions(
             len(order), micro_batch=self.batch_size, world_size=self.world_size, rank=self.rank,
             workers=self.num_workers, worker=worker, start_batch=self.start_batch,
-        ):  # fmt: skip
+        ))  # fmt: skip
+        starts = [r.start for r in batches]
+        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=self._clip_count(order, batches, starts))
+        clips: OrderedDict[tuple[int, int], _Clip | DataError] = OrderedDict()  # decoded clips, LRU
+        samples: OrderedDict[int, list[dict] | DataError] = OrderedDict()  # parsed shards, LRU
+        clip_capacity = self.block_shards * max((ref.samples for ref in shards), default=1)
+        block, needs, owed, last = -1, {}, 0, None
+        for positions in batches:
             for p in positions:
+                if order.block_of(p) != block:
+                    block = order.block_of(p)
+                    needs = _block_needs(order, batches, starts, block)
                 w = order[p]
                 key = (w.shard, w.sample)
                 if key not in clips:
-                    if w.shard not in samples:
-                        ref = shards[w.shard]
-                        samples[w.shard] = list(self._samples(ref, self._fetch(ref)))
-                        while len(samples) > self.block_shards:
-                            samples.popitem(last=False)
-                    clips[key] = self._load_clip(shards[w.shard], samples[w.shard][w.sample])
+                    clips[key] = self._global_clip(shards[w.shard], w.sample, samples, currents=needs[key], skips=skips)
                     while len(clips) > clip_capacity:
                         clips.popitem(last=False)
                 clips.move_to_end(key)
-                yield clips[key].window(w.current)
+                if isinstance(clips[key], DataError):
+                    owed += 1  # made up with the next good window
+                    continue
+                last = clips[key].window(w.current)
+                yield last
+                for _ in range(owed):
+                    yield _filler(last)
+                owed = 0
+        if owed:
+            if last is None:
+                raise DataError(f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})")
+            for _ in range(owed):
+                yield _filler(last)
+
+    def _global_clip(self, ref: ShardRef, sample: int, samples: OrderedDict, *, currents: set[int], skips: _SkipBudget) -> _Clip | DataError:
+        """A decoded clip, or the error that made the skip policy drop it (or its whole shard)."""
+        if ref.url not in samples:
+            try:
+                samples[ref.url] = list(self._samples(ref, self._fetch(ref)))
+            except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
+                samples[ref.url] = exc
+                skips.skip(exc, clips=ref.samples)
+            while len(samples) > self.block_shards:
+                samples.popitem(last=False)
+        parsed = samples[ref.url]
+        if isinstance(parsed, DataError):
+            return parsed
+        try:
+            clip = self._load_clip(ref, parsed[sample], currents=currents)
+        except DataError as exc:
+            skips.skip(exc, clips=1)
+            return exc
+        assert clip is not None, "the order only holds windows that clips yield"
+        return clip
+
+    @staticmethod
+    def _clip_count(order: EpochOrder, batches: list[range], starts: list[int]) -> int:
+        """Distinct clips this worker's positions touch (the skip budget's denominator)."""
+        blocks = sorted({order.block_of(p) for r in batches for p in (r.start, r.stop - 1)})
+        blocks = range(blocks[0], blocks[-1] + 1) if blocks else range(0)
+        return sum(len(_block_needs(order, batches, starts, b)) for b in blocks)
 
     def _caps(self):
-        shards = plan_shards(self.manifests, self.spec, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
-        return worker_caps(shards, world_size=self.world_size, workers=self.num_workers, batch_size=self.batch_size, equalize=self.equalize)
+        shards = plan_shards(
+            self.manifests, self.spec, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle
+        )
+        return worker_caps(
+            shards,
+            world_size=self.world_size,
+            workers=self.num_workers,
+            batch_size=self.batch_size,
+            equalize=self.equalize,
+            pad=self.pad,
+        )
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
-            raise ConfigError(f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}")
+            raise ConfigError(
+                f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}"
+            )
         if self.order == "global":
             yield from self._global_iter(worker)
             return
@@ -250,24 +391,34 @@ class FleetStream(IterableDataset):
         skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=sum(s.samples for s in shards))
         windows = self._windows(shards, skips)
         if self.shuffle:
-            windows = _shuffled(windows, self.shuffle_buffer, random.Random(hash_seed(self.seed, self.epoch, self.rank, worker)))
+            windows = _shuffled(
+                windows,
+                self.shuffle_buffer,
+                random.Random(hash_seed(self.seed, self.epoch, self.rank, worker)),
+            )
         recent: list[dict] = []
         n = 0
         for window in windows:
-            if cap is not None and n >= cap:
+            if cap is not None and n >= cap:  # without padding: tail windows beyond the rank's share
                 return
             yield window
             n += 1
-            if skips.skipped:
+            if skips.skipped or not recent:  # keep one window to pad with, more once clips were skipped
                 recent = (recent + [window])[-self.shuffle_buffer :]
         if cap is not None and n < cap:
-            # skipped clips left this worker short: repeat recent windows so that every rank still
-            # yields the same number of batches (a short rank would hang the others' collectives)
+            # skipped clips or padding left this worker short: repeat its own windows so that every
+            # rank still yields the same number of batches (a short rank would hang the others' collectives)
             if not recent:
-                raise DataError(f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})")
-            log.warning("rank %d worker %d: %d windows repeated to make up for skipped clips", self.rank, worker, cap - n)
+                raise DataError(
+                    f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})"
+                )
+            short = min(cap, sum(s.windows for s in shards)) - n
+            if short > 0:
+                log.warning(
+                    "rank %d worker %d: %d windows repeated to make up for skipped clips", self.rank, worker, short
+                )
             for i in range(cap - n):
-                yield recent[i % len(recent)]
+                yield _filler(recent[i % len(recent)])
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -302,7 +453,9 @@ class FleetStream(IterableDataset):
 
     def _samples(self, ref: ShardRef, data: bytes) -> Iterator[dict]:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise DataError(f"{ref.url}: sha256 does not match the manifest (corrupt or rewritten shard); run `fsdtrain data verify`")
+            raise DataError(
+                f"{ref.url}: sha256 does not match the manifest (corrupt or rewritten shard); run `fsdtrain data verify`"
+            )
         files = tar_file_expander([{"url": ref.url, "stream": io.BytesIO(data)}])
         count = 0
         try:
@@ -310,7 +463,9 @@ class FleetStream(IterableDataset):
                 count += 1
                 yield sample
         except (tarfile.TarError, ValueError, EOFError) as exc:
-            raise DataError(f"{ref.url}: not a readable tar shard ({type(exc).__name__}: {str(exc).split(' @ ')[0]})") from None
+            raise DataError(
+                f"{ref.url}: not a readable tar shard ({type(exc).__name__}: {str(exc).split(' @ ')[0]})"
+            ) from None
         if count != ref.samples:
             raise DataError(f"{ref.url}: has {count} samples, the manifest says {ref.samples}")
 
@@ -320,8 +475,11 @@ class FleetStream(IterableDataset):
             for current in clip.currents:
                 yield clip.window(int(current))
 
-    def _load_clip(self, ref: ShardRef, sample: dict) -> _Clip | None:
-        """Validates a sample and decodes the frames its windows need (None: it yields no window)."""
+    def _load_clip(self, ref: ShardRef, sample: dict, currents: set[int] | None = None) -> _Clip | None:
+        """Validates a sample and decodes the frames its windows need (None: it yields no window).
+
+        ``currents``: cut only the windows ending at these frames (default: every window of the clip).
+        """
         key = schema.validate_key(sample["__key__"])
         where = f"{ref.url}:{key}"
         for suffix in sample:
@@ -334,17 +492,39 @@ class FleetStream(IterableDataset):
         calib = schema.parse_calib(sample["calib.json"], self.cameras, where)
         ego = schema.decode_npy(sample["ego.npy"], f"{where}/ego.npy")
         if ego.shape != (meta.frames, len(schema.EGO_FIELDS)) or ego.dtype != np.float64:
-            raise DataError(f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]")
-        currents = self.spec.current_frames(meta.frames, meta.fps)
+            raise DataError(
+                f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]"
+            )
+        all_currents = self.spec.current_frames(meta.frames, meta.fps)
+        currents = (
+            all_currents
+            if currents is None
+            else np.array(sorted(set(currents) & set(all_currents.tolist())), dtype=np.int64)
+        )
         if len(currents) == 0:
             return None
         needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
-        videos = [
-            decode_video(sample[f"{c}.mp4"], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size)
+        videos = [  # channels first once per decoded frame, not once per window that uses it
+            np.ascontiguousarray(
+                decode_video(sample[f"{c}.mp4"], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size).transpose(0, 3, 1, 2)
+            )
             for c in self.cameras
-        ]  # each [len(needed), H, W, 3]
+        ]  # each [len(needed), 3, H, W]
         intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
-        return _Clip(self.spec, meta, ego, currents, {f: i for i, f in enumerate(needed)}, videos, intrinsics, cam_to_ego)
+        clip = _Clip(
+            self.spec,
+            meta,
+            ego,
+            currents,
+            {f: i for i, f in enumerate(needed)},
+            videos,
+            intrinsics,
+            cam_to_ego,
+        )
+        if self.augment is not None:
+            augment, seed, epoch = self.augment, self.seed, self.epoch
+            clip.augment = lambda images, current: augment(images, augment.rng(seed, epoch, meta.clip_id, current))
+        return clip
 
 
 class _Clip:
@@ -354,13 +534,19 @@ class _Clip:
         self.spec, self.meta, self.ego, self.currents = spec, meta, ego, currents
         self.slot, self.videos = slot, videos  # frame index -> row of each camera's decoded array
         self.intrinsics, self.cam_to_ego = intrinsics, cam_to_ego
+        self.augment: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     def window(self, current: int) -> dict:
         rows = [self.slot[int(f)] for f in window_frames(self.spec, current)]
-        images = np.stack([v[rows] for v in self.videos])  # [N_cam, T, H, W, 3]
+        first = self.videos[0]
+        images = np.empty((len(self.videos), len(rows), *first.shape[1:]), dtype=first.dtype)  # [N_cam, T, 3, H, W]
+        for n, video in enumerate(self.videos):
+            np.take(video, rows, axis=0, out=images[n])
+        if self.augment is not None:
+            images = self.augment(images, current)
         ego_hist, future = ego_window(self.spec, self.ego, current, self.meta.fps)
         return {
-            "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),  # [N_cam, T, 3, H, W]
+            "images": torch.from_numpy(images),  # [N_cam, T, 3, H, W]
             "ego_hist": torch.from_numpy(ego_hist),
             "future": torch.from_numpy(future),
             "command": derive_command(future),
@@ -370,6 +556,7 @@ class _Clip:
             "zone": self.meta.zone,
             "clip_id": self.meta.clip_id,
             "frame": current,
+            "valid": True,
         }
 
 
@@ -389,13 +576,34 @@ class _SkipBudget:
         self.first = self.first or str(exc)
         log.warning("skipped %d clip(s): %s", clips, exc)
         if self.skipped > self.fraction * self.clips:
-            raise DataError(f"{self.summary()}, more than data.max_skip_fraction={self.fraction}; first: {self.first}")
+            raise DataError(
+                f"{self.summary()}, more than data.max_skip_fraction={self.fraction}; first: {self.first}"
+            )
 
     def summary(self) -> str:
         return f"skipped {self.skipped} of {self.clips} clips"
 
 
-def _calib_tensors(calib: dict, cameras: list[str], image_size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_needs(
+    order: EpochOrder, batches: list[range], starts: list[int], block: int
+) -> dict[tuple[int, int], set[int]]:
+    """Current frames of the windows, per (shard, sample), that ``batches`` (ascending, first
+    positions ``starts``) take from ``block``."""
+    lo, hi = int(order.block_starts[block]), int(order.block_starts[block + 1])
+    needs: dict[tuple[int, int], set[int]] = defaultdict(set)
+    first = max(0, bisect.bisect_right(starts, lo) - 1)
+    for r in batches[first:]:
+        if r.start >= hi:
+            break
+        for p in range(max(r.start, lo), min(r.stop, hi)):
+            w = order[p]
+            needs[(w.shard, w.sample)].add(w.current)
+    return needs
+
+
+def _calib_tensors(
+    calib: dict, cameras: list[str], image_size: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     Ks, Ts = [], []
     for c in cameras:
         K = calib[c]["K"].copy()
@@ -407,6 +615,11 @@ def _calib_tensors(calib: dict, cameras: list[str], image_size: tuple[int, int] 
         Ks.append(K)
         Ts.append(calib[c]["T_cam_to_ego"])
     return torch.tensor(np.stack(Ks), dtype=torch.float32), torch.tensor(np.stack(Ts), dtype=torch.float32)
+
+
+def _filler(window: dict) -> dict:
+    """A repeat of ``window`` made up by the stream: metrics drop it, training uses it."""
+    return {**window, "valid": False}
 
 
 def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:

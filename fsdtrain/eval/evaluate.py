@@ -9,11 +9,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, init_loader_worker
 from fsdtrain.data.windows import WindowSpec
+from fsdtrain.errors import ConfigError
 from fsdtrain.eval.baselines import EgoStatusMLP
 from fsdtrain.eval.metrics import MetricTable, sample_errors
 from fsdtrain.eval.report import build_report
+from fsdtrain.eval.viz import save_plots
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
 from fsdtrain.model.heads import GLOBAL_HEAD
 from fsdtrain.residency import AuditLog, resolve_site_zone
@@ -35,9 +37,33 @@ def load_predictors(weights: str) -> tuple[DrivingTransformer, EgoStatusMLP, dic
 
 
 @torch.no_grad()
-def evaluate(weights: str, data: list[str], *, batch_size: int = 8, site_zone: str | None = None, audit_log: str | None = None, num_workers: int = 1) -> dict:
+def evaluate(
+    weights: str, data: list[str], *, batch_size: int = 8, site_zone: str | None = None, audit_log: str | None = None,
+    num_workers: int = 1, plots: str | None = None, plots_per_country: int = 4,
+) -> dict:  # fmt: skip
     """Every window of ``data`` through the model (routed heads), the global head (for countries
-    with their own head), the ego-status MLP and constant velocity. Returns the report dict."""
+    with their own head), the ego-status MLP and constant velocity.
+
+    Args:
+        weights: weights file written by fit/finetune.
+        data: shard directory URLs.
+        batch_size: windows per batch.
+        site_zone: zone this job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
+        audit_log: JSONL file that records every shard opened.
+        num_workers: loader processes.
+        plots: local folder for PNG pictures of the model's prediction (bird's-eye plot + front
+            camera, :func:`fsdtrain.eval.viz.window_figure`), or None for none. They hold camera
+            frames, which stay at this site: every shard was checked against the site zone before
+            it was read, and the pictures are written only to this local folder.
+        plots_per_country: pictures per country: its first windows in stream order.
+
+    Returns:
+        The report dict (DESIGN.md §7).
+    """
+    if plots_per_country < 0:
+        raise ConfigError(f"plots_per_country={plots_per_country} must be >= 0")
+    if plots is not None and "://" in str(plots):
+        raise ConfigError(f"plots={plots}: give a local folder, not a URL (the pictures hold camera frames)")
     net, base, meta = load_predictors(weights)
     window = WindowSpec(**meta["window"])
     zone = resolve_site_zone(site_zone)
@@ -56,15 +82,29 @@ def evaluate(weights: str, data: list[str], *, batch_size: int = 8, site_zone: s
     clips: dict[str, set[str]] = defaultdict(set)
     hz = window.future_hz
     own_heads = set(net.heads.names) - {GLOBAL_HEAD}
-    for batch in DataLoader(stream, batch_size=batch_size, num_workers=num_workers):
+    plotted: dict[str, int] = defaultdict(int)
+    for batch in DataLoader(stream, batch_size=batch_size, num_workers=num_workers, worker_init_fn=init_loader_worker):
+        batch = _real_windows(batch)
+        if not batch["valid"].numel():
+            continue
         countries = list(batch["country"])
         for c, clip in zip(countries, batch["clip_id"]):
             clips[c].add(clip)
         route = net.heads.route(countries)
-        fused, ego_token = net.encode(batch["images"], batch["ego_hist"], batch["command"])
+        fused, ego_token = net.encode(
+            batch["images"],
+            batch["ego_hist"],
+            batch["command"],
+            intrinsics=batch["intrinsics"],
+            cam_to_ego=batch["cam_to_ego"],
+        )
         target = batch["future"]
-        traj, logits = net.decode(fused, ego_token, batch["ego_hist"], route)
+        traj, logits = net.decode(fused, ego_token, batch["ego_hist"], route)  # [B, K, S, 3], [B, K]
         table.add(countries, "model", sample_errors(traj, logits, target, hz))
+        if plots is not None:
+            take = _plot_indices(countries, plotted, plots_per_country)
+            if take:
+                save_plots(plots, batch, traj, logits, indices=take, cameras=meta["cameras"])
         has_own = np.array([c in own_heads for c in countries])
         if has_own.any():
             g_traj, g_logits = net.decode(fused, ego_token, batch["ego_hist"], route, head=GLOBAL_HEAD)
@@ -74,3 +114,24 @@ def evaluate(weights: str, data: list[str], *, batch_size: int = 8, site_zone: s
         cv = constant_velocity(batch["ego_hist"], window.future_steps, 1.0 / hz)[:, None]
         table.add(countries, "constant_velocity", sample_errors(cv, torch.zeros(cv.shape[:2]), target, hz))
     return build_report(table, clips, checkpoint=weights, data=data)
+
+
+def _real_windows(batch: dict) -> dict:
+    """The batch without the repeats a stream makes up (``valid`` False), so each window counts once.
+    The stream here is neither equalized nor skipping bad clips, so it makes none; this keeps the
+    report right should that change."""
+    valid = batch["valid"]
+    if bool(valid.all()):
+        return batch
+    keep = valid.nonzero().flatten().tolist()
+    return {k: v[valid] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()}
+
+
+def _plot_indices(countries: list[str], plotted: dict[str, int], limit: int) -> list[int]:
+    """Windows of a batch still to be drawn, at most ``limit`` per country; counts them in ``plotted``."""
+    take = []
+    for i, c in enumerate(countries):
+        if plotted[c] < limit:
+            plotted[c] += 1
+            take.append(i)
+    return take

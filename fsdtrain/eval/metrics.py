@@ -5,17 +5,20 @@ point), ``l2_Ns`` (L2 *at* time N s, UniAD's convention) and ``l2_avg_Ns`` (L2 *
 points up to* N s, ST-P3's and VAD's convention); over all K
 modes: ``min_ade_k``, ``min_fde_k``; ``miss_rate``: share of samples whose most likely mode ends
 more than 2 m away. Values are metres. Per-sample rows are kept so that results can be gathered
-across ranks before averaging and do not depend on world size.
+across ranks before averaging and do not depend on world size: validation gathers the rows of every
+rank, drops padding, and sorts them by :func:`window_key` so that even the order of summation is the
+same on any number of ranks.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-__all__ = ["METRIC_KEYS", "MISS_THRESHOLD_M", "sample_errors", "MetricTable"]
+__all__ = ["METRIC_KEYS", "MISS_THRESHOLD_M", "sample_errors", "stable_key", "MetricTable"]
 
 MISS_THRESHOLD_M = 2.0
 _TIMES_S = (1, 2, 3)
@@ -52,6 +55,12 @@ def sample_errors(traj: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
     return torch.stack(cols, dim=1).cpu().numpy()
 
 
+def stable_key(text: str) -> int:
+    """A signed 64-bit key of ``text``, the same in every process and run (unlike ``hash``), so that
+    int64 tensors can carry clip and window identities through a gather."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 class MetricTable:
     """Per-sample rows grouped by (country, predictor), averaged on demand."""
 
@@ -72,10 +81,11 @@ class MetricTable:
     def count(self, country: str | None, predictor: str) -> int:
         return sum(len(v) for (c, p), v in self.rows.items() if p == predictor and (country is None or c == country))
 
-    def summary(self, country: str | None, predictor: str) -> dict[str, float | None]:
-        """Mean of each metric over the samples of one country (or all, for None)."""
+    def summary(self, country: str | None, predictor: str, *, digits: int | None = 4) -> dict[str, float | None]:
+        """Mean of each metric over the samples of one country (or all, for None), rounded to
+        ``digits`` decimals (None: full precision); None for a time beyond the horizon."""
         rows = [r for (c, p), v in self.rows.items() if p == predictor and (country is None or c == country) for r in v]
         if not rows:
             return {}
         mean = np.mean(np.stack(rows), axis=0)
-        return {k: (None if np.isnan(v) else round(float(v), 4)) for k, v in zip(METRIC_KEYS, mean)}
+        return {k: (None if np.isnan(v) else float(v) if digits is None else round(float(v), digits)) for k, v in zip(METRIC_KEYS, mean)}

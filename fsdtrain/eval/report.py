@@ -16,18 +16,19 @@ PREDICTORS = ("model", "constant_velocity", "ego_mlp", "global_head")
 _TABLE_KEYS = ("ade", "fde", "l2_1s", "l2_2s", "l2_3s", "l2_avg_3s", "min_ade_k", "miss_rate")
 
 
-def build_report(table: MetricTable, clips: dict[str, set[str]], *, checkpoint: str, data: list[str]) -> dict:
-    """Report dict from per-sample metric rows; ``clips`` maps country -> clip ids seen."""
+def build_report(table: MetricTable, clips: dict[str, set], *, checkpoint: str, data: list[str], digits: int | None = 4) -> dict:
+    """Report dict from per-sample metric rows; ``clips`` maps country -> clip ids (or keys) seen;
+    metric values rounded to ``digits`` decimals (None: full precision)."""
     per_country = {}
     for country in table.countries():
         entry = {"clips": len(clips.get(country, ())), "windows": table.count(country, "model")}
         for predictor in PREDICTORS:
             if table.count(country, predictor):
-                entry[predictor] = table.summary(country, predictor)
+                entry[predictor] = table.summary(country, predictor, digits=digits)
         per_country[country] = entry
     overall = {"clips": sum(len(v) for v in clips.values()), "windows": table.count(None, "model")}
     for predictor in PREDICTORS[:3]:
-        overall[predictor] = table.summary(None, predictor)
+        overall[predictor] = table.summary(None, predictor, digits=digits)
     return {"metric_version": METRIC_VERSION, "checkpoint": checkpoint, "data": list(data), "per_country": per_country, "overall": overall}
 
 

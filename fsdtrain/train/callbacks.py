@@ -1,4 +1,5 @@
-"""Callbacks: epoch-aware data order, throughput/data-wait figures, run info for W&B, weights export."""
+"""Callbacks: epoch-aware data order, throughput/data-wait figures, run info for W&B, weights export,
+validation metrics file."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from dataclasses import asdict
 
 import lightning.pytorch as pl
 
+from fsdtrain.eval.report import write_report
 from fsdtrain.train.export import git_sha, save_weights
 
-__all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "run_metadata"]
+__all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
 
 
 class StreamEpoch(pl.Callback):
@@ -152,3 +154,18 @@ class ExportWeights(pl.Callback):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             print(f"fsdtrain: weights written to {self.path}", flush=True)
+
+
+class ValidationReport(pl.Callback):
+    """After every validation (not the sanity check), rank 0 writes its metrics to ``path``: the
+    report JSON of DESIGN.md §7 (per country and overall; model, ego MLP, constant velocity) at full
+    precision, plus ``epoch``, ``global_step`` and ``loss``; the same numbers as the logged ``val/*``,
+    gathered over all ranks. Each validation replaces the file (written atomically)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        report = getattr(pl_module, "val_report", None)
+        if trainer.is_global_zero and not trainer.sanity_checking and report is not None:
+            write_report(report, self.path)

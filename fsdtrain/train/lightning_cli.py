@@ -3,7 +3,7 @@
 Adds to LightningCLI what every run needs and a YAML should not repeat: ``--workdir`` (checkpoints,
 weights, audit log, W&B files), ``--site.zone``, ``--wandb.*``, the model's input shapes taken from the data config
 (cameras, window), the W&B logger in offline mode by default, and the callbacks (checkpoints, weights export,
-throughput, run info). DeepSpeed strategy names are registered so they also run on CPU.
+throughput, run info, ``<workdir>/val_metrics.json`` after every validation). DeepSpeed strategy names are registered so they also run on CPU.
 """
 
 from __future__ import annotations
@@ -19,13 +19,21 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from fsdtrain.data.datamodule import FleetDataModule
 from fsdtrain.errors import ConfigError
-from fsdtrain.train.callbacks import ExportWeights, ProgressLines, RunInfo, StreamEpoch, Throughput
+from fsdtrain.train.callbacks import (
+    ExportWeights,
+    ProgressLines,
+    RunInfo,
+    StreamEpoch,
+    Throughput,
+    ValidationReport,
+)
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.train.strategies import register_strategies
 
-__all__ = ["WandbConfig", "SiteConfig", "FleetCLI", "WEIGHTS_NAME"]
+__all__ = ["WandbConfig", "SiteConfig", "FleetCLI", "WEIGHTS_NAME", "VAL_METRICS_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
+VAL_METRICS_NAME = "val_metrics.json"
 _WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -132,6 +140,7 @@ class FleetCLI(LightningCLI):
             *callbacks,
             ModelCheckpoint(dirpath=str(workdir / "checkpoints"), save_last=True, save_top_k=0, save_on_train_epoch_end=True),
             ExportWeights(str(workdir / WEIGHTS_NAME)),
+            ValidationReport(str(workdir / VAL_METRICS_NAME)),
             StreamEpoch(),
             Throughput(),
             RunInfo(resolved),

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 
 from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.windows import WindowSpec
+from fsdtrain.errors import DataError
 from fsdtrain.eval.baselines import EgoStatusMLP
-from fsdtrain.eval.metrics import METRIC_KEYS, sample_errors
+from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors, stable_key
+from fsdtrain.eval.report import build_report
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
 from fsdtrain.model.losses import LossConfig, wta_loss
 from fsdtrain.train.export import load_weights
@@ -20,8 +26,10 @@ from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, merge_initial_
 
 __all__ = ["OptimConfig", "DrivingModule"]
 
-_L2_3S = METRIC_KEYS.index("l2_3s")
 _ADE = METRIC_KEYS.index("ade")
+# validation rows: [loss, METRIC_KEYS of each predictor]; ids: [window key, clip key, country index, valid]
+_VAL_PREDICTORS = ("model", "ego_mlp", "constant_velocity")
+_WINDOW, _CLIP, _COUNTRY, _VALID = range(4)
 
 
 @dataclass
@@ -83,22 +91,32 @@ class DrivingModule(pl.LightningModule):
             self.load_state_dict(merge_initial_weights(self.state_dict(), loaded, init_head_from=finetune.init_head_from, source=init_from))
         apply_freeze(self, finetune.train_heads)
         self.backbone_frozen = bool(finetune.train_heads)
+        self.val_report: dict | None = None  # the last validation's metrics, report format (ValidationReport writes it)
 
     # --- steps -----------------------------------------------------------------------------------
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         route = self.net.heads.route(batch["country"], device=self.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            fused, ego_token = self.net.encode(batch["images"], batch["ego_hist"], batch["command"])
+            fused, ego_token = self.net.encode(
+                batch["images"],
+                batch["ego_hist"],
+                batch["command"],
+                intrinsics=batch["intrinsics"],
+                cam_to_ego=batch["cam_to_ego"],
+            )
         traj, logits = self.net.decode(fused, ego_token, batch["ego_hist"], route)
         base_traj, _ = self.baseline(batch["ego_hist"], batch["command"], route)
         return traj, logits, base_traj, route
 
-    def _losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _losses(self, batch: dict, *, reduction: str = "mean") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss terms (batch means, or [B] per sample with ``reduction="none"``) and the predictions."""
         traj, logits, base_traj, _ = self._predict(batch)
         target = batch["future"]
-        losses = wta_loss(traj, logits, target, self.loss_config)
-        base = F.smooth_l1_loss(base_traj[:, 0, :, :2], target[..., :2]) + self.loss_config.yaw_weight * F.l1_loss(base_traj[:, 0, :, 2], target[..., 2])
+        losses = wta_loss(traj, logits, target, self.loss_config, reduction=reduction)
+        base_xy = F.smooth_l1_loss(base_traj[:, 0, :, :2], target[..., :2], reduction="none").mean((1, 2))  # [B]
+        base = base_xy + self.loss_config.yaw_weight * F.l1_loss(base_traj[:, 0, :, 2], target[..., 2], reduction="none").mean(1)
+        base = base.mean() if reduction == "mean" else base
         losses["ego_mlp"] = base.detach()
         losses["loss"] = losses["loss"] + base
         return losses, traj, logits, base_traj
@@ -117,23 +135,79 @@ class DrivingModule(pl.LightningModule):
         self.log("train/ade", float(err[:, _ADE].mean()), batch_size=B)
         return losses["loss"]
 
+    # --- validation --------------------------------------------------------------------------------
+    # Every rank keeps per-window rows; at the epoch's end they are gathered, the padding the val
+    # stream adds to equalize batch counts (``valid`` False) is dropped, and rows are sorted by a
+    # per-window key, so every metric is the same on any number of ranks and loader workers.
+
+    def on_validation_epoch_start(self) -> None:
+        stream = getattr(self.trainer.datamodule, "val_stream", None)
+        if stream is None:
+            raise RuntimeError("DrivingModule validates on FleetDataModule's val_stream (its countries index the gathered rows)")
+        self._val_data = [m.url for m in stream.manifests]
+        self._val_countries = sorted({m.country for m in stream.manifests})
+        self._val_rows: list[np.ndarray] = []
+        self._val_ids: list[np.ndarray] = []
+        self.val_report: dict | None = None
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        losses, traj, logits, base_traj = self._losses(batch)
-        B = batch["future"].shape[0]
+        losses, traj, logits, base_traj = self._losses(batch, reduction="none")
         hz = self.window.future_hz
         target = batch["future"]
-        model_err = sample_errors(traj, logits, target, hz)
-        base_err = sample_errors(base_traj, torch.zeros_like(base_traj[:, :, 0, 0]), target, hz)
         cv = constant_velocity(batch["ego_hist"], self.window.future_steps, 1.0 / hz)[:, None]
-        cv_err = sample_errors(cv, torch.zeros_like(cv[:, :, 0, 0]), target, hz)
-        values = {"val/loss": losses["loss"], "val/ade": model_err[:, _ADE].mean()}
-        if not math.isnan(model_err[0, _L2_3S]):
-            values |= {
-                "val/l2_3s": model_err[:, _L2_3S].mean(),
-                "val/l2_3s_ego_mlp": base_err[:, _L2_3S].mean(),
-                "val/l2_3s_constant_velocity": cv_err[:, _L2_3S].mean(),
-            }
-        self.log_dict({k: float(v) for k, v in values.items()}, batch_size=B, sync_dist=True, prog_bar=False)
+        rows = [
+            losses["loss"].detach().double().cpu().numpy()[:, None],
+            sample_errors(traj, logits, target, hz),
+            sample_errors(base_traj, torch.zeros_like(base_traj[:, :, 0, 0]), target, hz),
+            sample_errors(cv, torch.zeros_like(cv[:, :, 0, 0]), target, hz),
+        ]  # in _VAL_PREDICTORS order after the loss
+        self._val_rows.append(np.concatenate(rows, axis=1))  # [B, 1 + 3 * len(METRIC_KEYS)]
+        index = {c: i for i, c in enumerate(self._val_countries)}
+        ids = []
+        for clip, frame, country, valid in zip(batch["clip_id"], batch["frame"].tolist(), batch["country"], batch["valid"].tolist()):
+            if country not in index:
+                raise DataError(f"clip {clip} has country {country!r}, not one of its val manifests' {self._val_countries}")
+            ids.append((stable_key(f"{clip}@{frame}"), stable_key(clip), index[country], int(valid)))
+        self._val_ids.append(np.array(ids, dtype=np.int64).reshape(-1, 4))  # [B, 4]
+
+    def on_validation_epoch_end(self) -> None:
+        rows, ids = self._val_rows, self._val_ids
+        self._val_rows, self._val_ids = [], []
+        if not rows:  # no validation batch (limit_val_batches=0); every rank has as many batches
+            return
+        # equal batch counts and full batches on every rank: the shapes match, as all_gather needs
+        with warnings.catch_warnings():  # Lightning's all_gather uses a deprecated torch function
+            warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+            rows = self.all_gather(torch.from_numpy(np.concatenate(rows)))  # [world, N, C] ([N, C] on 1 rank)
+            ids = self.all_gather(torch.from_numpy(np.concatenate(ids)))
+        rows = rows.reshape(-1, rows.shape[-1]).cpu().numpy()
+        ids = ids.reshape(-1, ids.shape[-1]).cpu().numpy()
+        keep = ids[:, _VALID] == 1
+        order = np.argsort(ids[keep, _WINDOW], kind="stable")  # the summation order of every rank count
+        rows, ids = rows[keep][order], ids[keep][order]
+        if not len(rows):
+            return
+        table, clips = MetricTable(), defaultdict(set)
+        countries = [self._val_countries[i] for i in ids[:, _COUNTRY]]
+        M = len(METRIC_KEYS)
+        for j, predictor in enumerate(_VAL_PREDICTORS):
+            table.add(countries, predictor, rows[:, 1 + j * M : 1 + (j + 1) * M])
+        for country, clip in zip(countries, ids[:, _CLIP].tolist()):
+            clips[country].add(clip)
+        values = {"val/loss": float(rows[:, 0].mean())}
+        values |= {f"val/{k}": v for k, v in table.summary(None, "model", digits=None).items() if v is not None}
+        for predictor in _VAL_PREDICTORS[1:]:
+            l2_3s = table.summary(None, predictor, digits=None)["l2_3s"]
+            if l2_3s is not None:
+                values[f"val/l2_3s_{predictor}"] = l2_3s
+        for country in table.countries():
+            values |= {f"val/{country}/{k}": v for k, v in table.summary(country, "model", digits=None).items() if v is not None}
+        # every rank holds the same values: ``max`` keeps them bit-exact (a mean over ranks may round)
+        self.log_dict(values, sync_dist=True, reduce_fx="max")
+        validating = self.trainer.state.fn == TrainerFn.VALIDATING
+        checkpoint = str(self.trainer.ckpt_path or self.init_from or "") if validating else ""
+        report = build_report(table, clips, checkpoint=checkpoint, data=self._val_data, digits=None)
+        self.val_report = {**report, "epoch": self.trainer.current_epoch, "global_step": self.trainer.global_step, "loss": values["val/loss"]}
 
     # --- optimizer -------------------------------------------------------------------------------
 

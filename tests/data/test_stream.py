@@ -10,14 +10,14 @@ from fleet import TINY_WINDOW, rewrite_shard
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, ShardRef, worker_caps
-from fsdtrain.errors import DataError
+from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.residency import AuditLog, ResidencyError
 
 
-def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, audit=None, seed=0):
+def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, pad=False, audit=None, seed=0):
     return FleetStream(
         load_manifests(urls, site), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
-        shuffle=shuffle, equalize=equalize, site_zone=site, audit=audit, seed=seed,
+        shuffle=shuffle, equalize=equalize, pad=pad, site_zone=site, audit=audit, seed=seed,
     )  # fmt: skip
 
 
@@ -159,10 +159,10 @@ def test_resize_scales_images_and_intrinsics(tiny_fleet):
     assert K[0, 2] == pytest.approx((32 - 1) / 2) and K[1, 2] == pytest.approx((24 - 1) / 2)
 
 
-def skip_stream(directory, *, fraction, equalize):
+def skip_stream(directory, *, fraction, equalize, order="sharded", pad=False, batch_size=4):
     return FleetStream(
-        load_manifests([str(directory)], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=4,
-        shuffle=False, equalize=equalize, on_error="skip", max_skip_fraction=fraction,
+        load_manifests([str(directory)], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
+        shuffle=order == "global", equalize=equalize, pad=pad, on_error="skip", max_skip_fraction=fraction, order=order,
     )  # fmt: skip
 
 
@@ -185,3 +185,72 @@ def test_skip_policy_drops_a_corrupt_shard_whole(tiny_fleet, tmp_path):
     shard.write_bytes(shard.read_bytes()[:5000])
     ids = window_ids(skip_stream(d, fraction=0.5, equalize=False))
     assert len(ids) == TINY_WINDOW.count(50, 10.0)
+
+
+def test_skip_policy_under_the_global_order_keeps_every_position(tiny_fleet, tmp_path, caplog):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip
+    good = window_ids(skip_stream(d, fraction=0.5, equalize=True, order="global"))
+    rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
+    per_worker = [window_ids(skip_stream(d, fraction=0.5, equalize=True, order="global"), workers=w) for w in (0, 2)]
+    for ids in per_worker:
+        assert len(ids) == len(good) == 2 * TINY_WINDOW.count(50, 10.0)  # every position still yields a window
+        assert set(ids) == {i for i in good if i.startswith("synth_us_s0_train_000001")}  # the good clip only
+    assert "skipped 1 clip(s)" in caplog.text and "CAM_FRONT.mp4" in caplog.text
+    with pytest.raises(DataError, match=r"skipped 1 of 2 clips, more than data.max_skip_fraction=0.4"):
+        window_ids(skip_stream(d, fraction=0.4, equalize=True, order="global"))
+    d2 = copy_split(tiny_fleet["US"]["train"], tmp_path / "US2")
+    (d2 / "shard-000001.tar").write_bytes((d2 / "shard-000001.tar").read_bytes()[:5000])
+    ids = window_ids(skip_stream(d2, fraction=0.5, equalize=True, order="global"))
+    assert len(ids) == 2 * TINY_WINDOW.count(50, 10.0) and {i.split("@")[0] for i in ids} == {"synth_us_s0_train_000000-000000"}
+
+
+def test_worker_caps_pad_uneven_shards_to_the_longest_rank():
+    rng = random.Random(1)
+    for _ in range(200):
+        shards = [ShardRef(f"s{i}", "global", "US", 1, "", rng.randint(1, 40)) for i in range(rng.randint(1, 9))]
+        world, workers, batch = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 8)
+        world = min(world, len(shards))  # every rank has a shard (the datamodule checks it)
+        caps = worker_caps(shards, world_size=world, workers=workers, batch_size=batch, equalize=True, pad=True)
+        per_rank = Counter()
+        for (rank, _), (assigned, cap) in caps.items():
+            windows = sum(s.windows for s in assigned)
+            assert cap % batch == 0 and cap >= windows  # every window, full batches
+            assert windows or not cap  # a worker without windows has nothing to pad with
+            per_rank[rank] += cap
+        longest = max(sum(-(-sum(s.windows for s in v) // batch) for (r, _), (v, _) in caps.items() if r == rank) for rank in range(world))
+        assert {per_rank[r] for r in range(world)} == {longest * batch}
+    empty = [ShardRef("s0", "global", "US", 1, "", 8), ShardRef("s1", "global", "US", 1, "", 0)]
+    with pytest.raises(ConfigError, match="rank 1 of 2 gets no window"):
+        worker_caps(empty, world_size=2, workers=1, batch_size=4, equalize=True, pad=True)
+
+
+def test_padded_validation_reads_every_window_once_in_equal_full_batches(tiny_fleet):
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"], tiny_fleet["DE"]["val"]]  # 5 shards: 3 + 2 over 2 ranks
+    everything = window_ids(make_stream(urls))  # 1 rank, no workers, not equalized
+    assert len(everything) == len(set(everything)) == 5 * TINY_WINDOW.count(50, 10.0)
+    counts, real = [], []
+    for rank in range(2):  # 2 workers each: shards 2 + 1 on rank 0, 1 + 1 on rank 1
+        stream = make_stream(urls, batch_size=3, equalize=True, pad=True)
+        stream.set_distributed(rank, 2, 2)
+        batches = list(DataLoader(stream, batch_size=3, num_workers=2))
+        assert all(len(b["clip_id"]) == 3 for b in batches) and len(batches) * 3 == len(stream)
+        counts.append(len(batches))
+        real += [f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
+    assert counts[0] == counts[1] == 9  # ceil(16 / 3) + ceil(8 / 3) on rank 0; rank 1 pads its 3 + 3 to 9
+    assert sorted(real) == sorted(everything)  # every window exactly once, the padding marked invalid
+    stream = make_stream(urls, batch_size=3, equalize=True, pad=True)  # 1 rank, in-process: 40 windows + 2 repeats
+    stream.set_distributed(0, 1, 0)
+    batches = list(DataLoader(stream, batch_size=3))
+    assert sorted(f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v) == sorted(everything)
+    assert len(batches) == 14 and sum(int(b["valid"].sum()) for b in batches) == 40
+
+
+def test_padded_stream_under_skip_policy_marks_every_stand_in_invalid(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip, the first one bad
+    rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
+    stream = skip_stream(d, fraction=0.5, equalize=True, pad=True, batch_size=3)
+    batches = list(DataLoader(stream, batch_size=3))
+    assert len(batches) * 3 == len(stream) == 18  # planned from the manifests: ceil(16 / 3) batches
+    real = [f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
+    assert len(real) == len(set(real)) == TINY_WINDOW.count(50, 10.0)
+    assert {i.split("@")[0] for i in real} == {"synth_us_s0_train_000001-000000"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors
+from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors, stable_key
 
 
 def test_both_l2_conventions_and_mode_metrics_by_hand():
@@ -50,3 +50,12 @@ def test_table_means_are_per_sample_whatever_the_batching():
     assert one.summary(None, "model") == split.summary(None, "model")
     assert one.summary("CN", "model")["ade"] == pytest.approx(round(rows[:4, 0].mean(), 4))
     assert one.count("US", "model") == 6
+
+
+def test_full_precision_summary_and_stable_keys():
+    rows = np.random.default_rng(1).random((7, len(METRIC_KEYS)))
+    table = MetricTable()
+    table.add(["DE"] * 7, "model", rows)
+    assert table.summary("DE", "model", digits=None)["fde"] == rows[:, 1].mean()
+    # the same in every process (Python's hash() of a str is not): gathered rows are sorted by it
+    assert stable_key("synth_us_s0_train_000000-000000@10") == 4268568010508405077

@@ -19,3 +19,13 @@ def test_exact_prediction_has_no_regression_loss():
     traj = target[:, None].repeat(1, 2, 1, 1)
     out = wta_loss(traj, torch.zeros(3, 2), target, LossConfig())
     assert out["reg"] == 0 and out["yaw"] == 0
+
+
+def test_per_sample_terms_average_to_the_batch_terms():
+    torch.manual_seed(0)
+    traj, logits, target = torch.randn(5, 3, 4, 3), torch.randn(5, 3), torch.randn(5, 4, 3)
+    mean = wta_loss(traj, logits, target, LossConfig())
+    each = wta_loss(traj, logits, target, LossConfig(), reduction="none")
+    for k, v in mean.items():
+        assert each[k].shape == (5,) and torch.allclose(each[k].mean(), v)
+    assert torch.allclose(wta_loss(traj[2:3], logits[2:3], target[2:3], LossConfig())["loss"], each["loss"][2])

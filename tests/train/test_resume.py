@@ -8,17 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from window_recorder import read_steps
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-def fit(*args, cwd=REPO):
+def fit(*args, cwd=REPO, rc=0):
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}
     env.pop("FSDTRAIN_SITE_ZONE", None)
     proc = subprocess.run([sys.executable, "-m", "fsdtrain", "fit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    assert proc.returncode == rc, proc.stdout[-2000:] + proc.stderr[-5000:]
+    return proc
 
 
 def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_path):
@@ -36,6 +38,14 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
         "--trainer.callbacks.every_n_train_steps=3", "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}")  # fmt: skip
     ckpt = full / "steps" / "step=3.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (full / "steps").iterdir())
+    data_state = torch.load(ckpt, map_location="cpu", weights_only=True)["FleetDataModule"]
+    assert data_state["epoch"] == 0 and data_state["windows_done"] == 3 * 4 and data_state["global_batch"] == 4
+    assert data_state["order"] == "global" and len(data_state["datasets"]) == 2
+
+    # another global batch cannot continue exactly mid-epoch: one line that says what to change
+    wrong = fit(*common, "--trainer.callbacks.path", str(tmp_path / "wrong"), "--workdir", str(tmp_path / "wrong"),
+                "--trainer.devices", "1", "--data.batch_size", "2", "--data.num_workers", "0", "--ckpt_path", str(ckpt), rc=2)  # fmt: skip
+    assert "global batch of 4 windows; this run's is 2" in wrong.stderr and "Traceback" not in wrong.stderr
 
     resumed = tmp_path / "resumed"
     fit(*common, f"--trainer.callbacks.path={resumed / 'windows'}", "--workdir", str(resumed), "--trainer.devices", "1",
