@@ -101,7 +101,6 @@ class FleetDataModule(pl.LightningDataModule):
         self.order, self.block_shards = order, block_shards
         self.weights = list(weights) if weights is not None else None
         self.augment = augment
-        self._restored: dict | None = None  # data state from a checkpoint, applied at the next set_position
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
 
@@ -162,18 +161,10 @@ class FleetDataModule(pl.LightningDataModule):
             self.val_stream = self._stream(self.val_urls, train=False)
 
     def set_position(self, epoch: int, batch: int = 0) -> None:
-        """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume).
-
-        After :meth:`load_state_dict` the position comes from the checkpoint's data state instead
-        (windows of the epoch already trained on), checked against this run's data and batch.
-        """
-        if self.train_stream is None:
-            return
-        if self._restored is not None:
-            epoch, batch = self._restored_position(epoch)
-            self._restored = None
-        self.train_stream.epoch = epoch
-        self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
+        """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume)."""
+        if self.train_stream is not None:
+            self.train_stream.epoch = epoch
+            self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
 
     def _global_batch(self) -> int:
         return self.batch_size * (self.trainer.world_size if self.trainer is not None else 1)
@@ -197,10 +188,13 @@ class FleetDataModule(pl.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._restored = dict(state) if state else None
+        """Continues from a checkpoint's data state, checked against this run's data and batch.
 
-    def _restored_position(self, epoch: int) -> tuple[int, int]:
-        state = self._restored
+        Applied at once: Lightning restores the datamodule before it creates the first training
+        iterator (which forks the loader workers), and the workers must start at this position.
+        """
+        if not state or self.train_stream is None:
+            return
         if state["datasets"] != self._datasets():
             raise ConfigError("the checkpoint was trained on other data.train manifests (their digests differ); resume with the same data.train")
         if state["seed"] != self.seed or state["order"] != self.train_stream.order:
@@ -208,15 +202,14 @@ class FleetDataModule(pl.LightningDataModule):
                 f"the checkpoint's data order is {state['order']} with seed {state['seed']}, this run's is "
                 f"{self.train_stream.order} with seed {self.seed}; resume with the same data.order and data.seed"
             )
-        if state["epoch"] != epoch:  # saved at the end of an epoch: the next one starts from its beginning
-            return epoch, 0
-        if state["windows_done"] and state["global_batch"] != self._global_batch():
+        if state["windows_done"] % self._global_batch():
             raise ConfigError(
-                f"the checkpoint stopped mid-epoch with a global batch of {state['global_batch']} windows; this run's is "
-                f"{self._global_batch()} (data.batch_size {self.batch_size} x {self._global_batch() // self.batch_size} ranks): "
-                "choose data.batch_size and trainer.devices/num_nodes with the same product to continue exactly"
+                f"the checkpoint stopped after {state['windows_done']} windows of epoch {state['epoch']} (global batch "
+                f"{state['global_batch']}), not a whole number of this run's global batches of {self._global_batch()} "
+                f"(data.batch_size {self.batch_size} x {self._global_batch() // self.batch_size} ranks): "
+                "resume with the checkpoint's global batch (data.batch_size x trainer.devices x trainer.num_nodes)"
             )
-        return epoch, state["windows_done"] // self._global_batch()
+        self.set_position(state["epoch"], state["windows_done"] // self._global_batch())
 
     def _loader(self, stream: FleetStream) -> DataLoader:
         return DataLoader(

@@ -15,14 +15,10 @@ __all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeigh
 
 
 class StreamEpoch(pl.Callback):
-    """Gives the data stream its position: the epoch (each has its own seeded order) and, when a run
-    resumes mid-epoch, the micro-batches of that epoch already trained on, taken from the Trainer's
-    restored loop state (Lightning skips ``on_train_epoch_start`` on such a restart)."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "set_position"):
-            dm.set_position(trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+    """Gives the data stream its epoch (each has its own seeded order) when an epoch starts. A run
+    resumed mid-epoch gets its position from the checkpoint's data state instead
+    (``FleetDataModule.load_state_dict``), before Lightning forks the loader workers; Lightning
+    skips ``on_train_epoch_start`` on such a restart."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule

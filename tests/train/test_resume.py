@@ -1,6 +1,6 @@
 """Exact mid-epoch resume through the Trainer: a run stopped after step 3 and resumed on another
-number of ranks and workers (same global batch) trains on exactly the windows the uninterrupted run
-saw, step by step; the data position travels in Lightning's own checkpoint loop state."""
+number of ranks and workers (2 ranks x 2 workers -> 1 rank x 1 worker, same global batch) trains on exactly the windows the uninterrupted run
+saw, step by step; the data position travels in the checkpoint (FleetDataModule.state_dict)."""
 
 import os
 import subprocess
@@ -42,14 +42,15 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
     assert data_state["epoch"] == 0 and data_state["windows_done"] == 3 * 4 and data_state["global_batch"] == 4
     assert data_state["order"] == "global" and len(data_state["datasets"]) == 2
 
-    # another global batch cannot continue exactly mid-epoch: one line that says what to change
+    # 12 windows done is not a whole number of global batches of 8: one line that says what to change
     wrong = fit(*common, "--trainer.callbacks.path", str(tmp_path / "wrong"), "--workdir", str(tmp_path / "wrong"),
-                "--trainer.devices", "1", "--data.batch_size", "2", "--data.num_workers", "0", "--ckpt_path", str(ckpt), rc=2)  # fmt: skip
-    assert "global batch of 4 windows; this run's is 2" in wrong.stderr and "Traceback" not in wrong.stderr
+                "--trainer.devices", "1", "--data.batch_size", "8", "--data.num_workers", "0", "--ckpt_path", str(ckpt), rc=2)  # fmt: skip
+    assert "after 12 windows of epoch 0 (global batch 4), not a whole number of this run's global batches of 8" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
     resumed = tmp_path / "resumed"
     fit(*common, f"--trainer.callbacks.path={resumed / 'windows'}", "--workdir", str(resumed), "--trainer.devices", "1",
-        "--data.batch_size", "4", "--data.num_workers", "0", "--ckpt_path", str(ckpt))  # fmt: skip
+        "--data.batch_size", "4", "--data.num_workers", "1", "--ckpt_path", str(ckpt))  # fmt: skip
 
     before, after = read_steps(str(full / "windows"), 2), read_steps(str(resumed / "windows"), 1)
     assert len(before) == 16  # 2 epochs x 32 windows / global batch 4
