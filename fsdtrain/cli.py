@@ -21,6 +21,11 @@ def _countries(text: str) -> list[str]:
     return [c.strip().upper() for c in text.split(",") if c.strip()]
 
 
+def _heads(text: str) -> list[str]:
+    """``CN,global`` -> head names: country codes upper case, ``global`` as is."""
+    return [h.lower() if h.lower() == "global" else h.upper() for h in (x.strip() for x in text.split(",")) if h]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fsdtrain", description="Train end-to-end driving models on sharded fleet video.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = data.add_parser("verify", help="check manifests, checksums, schema, and that every video decodes")
     verify.add_argument("url")
     verify.add_argument("--fast", action="store_true", help="skip decoding videos (checksums, structure and schema only)")
+    verify.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
 
     for name in _LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (fsdtrain {name} --help for all options)", add_help=False)
@@ -79,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
     ev.add_argument("--plots", default=None, metavar="DIR", help="folder for PNG pictures of predictions")
     ev.add_argument("--plots-per-country", type=int, default=4, metavar="N", help="pictures per country")
+
+    export = sub.add_parser("export", help="a training checkpoint -> one safetensors weights file with metadata (no DeepSpeed needed to load it)")
+    export.add_argument("--ckpt", required=True, help="checkpoint (<workdir>/checkpoints/step=N.ckpt or last.ckpt), a run's workdir (its last checkpoint), or a weights file")
+    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument("--heads", type=_heads, default=None, help="comma-separated heads to keep, e.g. CN (global always stays); default: all")
 
     demo = sub.add_parser("demo", help="the whole story on one machine: store, synth, pretrain, CN fine-tune, eval")
     demo.add_argument("--workdir", default="demo-run")
@@ -134,7 +145,7 @@ def _run(argv: list[str]) -> int:
         if args.data_command == "inspect":
             print(inspect_mod.format_inspect(inspect_mod.inspect(args.url)))
             return 0
-        problems = inspect_mod.verify(args.url, fast=args.fast, progress=print)
+        problems = inspect_mod.verify(args.url, fast=args.fast, progress=print, site_zone=args.site_zone)
         for line in problems:
             print(f"PROBLEM {line}")
         print(f"{len(problems)} problem(s)")
@@ -153,6 +164,12 @@ def _run(argv: list[str]) -> int:
             print(f"report: {args.out}")
         if args.plots:
             print(f"plots: {args.plots}")
+        return 0
+    if args.command == "export":
+        from fsdtrain.train.export import export_weights
+
+        meta = export_weights(args.ckpt, args.out, heads=args.heads)
+        print(f"fsdtrain: exported {meta['exported_from']} (step {meta.get('global_step')}, heads {','.join(meta['heads'])}) to {args.out}")
         return 0
     if args.command == "demo":
         from fsdtrain.demo import run_demo

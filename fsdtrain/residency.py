@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fsdtrain.errors import ConfigError, FsdtrainError
 
-__all__ = ["GLOBAL_ZONE", "ResidencyError", "AuditLog", "check_zone", "resolve_site_zone", "validate_zone"]
+__all__ = ["GLOBAL_ZONE", "ResidencyError", "AuditLog", "check_zone", "check_bucket_zone", "resolve_site_zone", "validate_zone"]
 
 GLOBAL_ZONE = "global"
 SITE_ZONE_ENV = "FSDTRAIN_SITE_ZONE"
@@ -48,6 +48,22 @@ def check_zone(url: str, data_zone: str, site_zone: str) -> None:
         f"residency: {url} is in zone '{data_zone}' but this job runs at site zone '{site_zone}'; "
         f"run it at a '{data_zone}' site (site.zone / {SITE_ZONE_ENV}={data_zone}) or drop that data"
     )
+
+
+def check_bucket_zone(url: str, site_zone: str) -> None:
+    """Before anything at ``url`` is requested: raises :class:`ResidencyError` when its bucket is tied
+    to a zone this site may not read (``FSDTRAIN_BUCKET_ZONES``, set by the store's ``env()``).
+
+    Training and evaluation jobs call this before they read a manifest, so a job at the wrong site
+    never sends a request to another zone's bucket. URLs in buckets with no declared zone are
+    checked from their manifest's zone instead (:func:`check_zone`).
+    """
+    from fsdtrain.store import objects
+
+    where = objects.parse_url(url)
+    zone = objects.bucket_zones().get(where.bucket) if where.scheme == "s3" else None
+    if zone is not None:
+        check_zone(url, zone, site_zone)
 
 
 class AuditLog:

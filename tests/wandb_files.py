@@ -44,17 +44,48 @@ def _payloads(data: bytes):
             parts = []
 
 
+def _item_key(item) -> list[str]:
+    return [item.key] if item.key else list(item.nested_key)
+
+
+def _put(target: dict, keys: list[str], value) -> None:
+    """Sets ``target[k0][k1]...`` = value; a media value is logged as nested keys (``val/table``, ``_type``)."""
+    for k in keys[:-1]:
+        target = target.setdefault(k, {})
+    target[keys[-1]] = value
+
+
+def _artifact(rec) -> dict:
+    return {
+        "name": rec.name,
+        "type": rec.type,
+        "aliases": list(rec.aliases),
+        "metadata": json.loads(rec.metadata) if rec.metadata else {},
+        "digest": rec.digest,
+        "entries": [{"path": c.path, "ref": c.ref, "size": c.size, "local_path": c.local_path} for c in rec.manifest.contents],
+    }
+
+
 def read_run(run_dir: str | Path) -> dict:
-    """-> {"history": [ {key: value} per logged step ], "config": {key: value}, "run": Record.run}"""
+    """-> {"history": [ {key: value} per logged step ], "config": {key: value}, "run": Record.run,
+    "artifacts": [ {name, type, aliases, metadata, digest, entries} per logged artifact ],
+    "used_artifacts": [ {id, name, type} per use_artifact record ], "files": [ paths under files/ ]}
+
+    Media in history are nested dicts (e.g. ``{"val/table": {"_type": "table-file", "path": ...}}``);
+    their files are under ``<run_dir>/files/<path>``.
+    """
     files = glob.glob(str(Path(run_dir) / "run-*.wandb"))
     assert len(files) == 1, f"expected one run file in {run_dir}, found {files}"
-    history, config, run = [], {}, None
+    history, config, run, artifacts, used, saved = [], {}, None, [], [], []
     for payload in _payloads(Path(files[0]).read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+            row: dict = {}
+            for i in rec.history.item:
+                _put(row, _item_key(i), json.loads(i.value_json))
+            history.append(row)
         elif kind == "config":
             for item in rec.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
@@ -62,7 +93,13 @@ def read_run(run_dir: str | Path) -> dict:
             run = rec.run
             for item in rec.run.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return {"history": history, "config": config, "run": run}
+        elif kind == "artifact":
+            artifacts.append(_artifact(rec.artifact))
+        elif kind == "use_artifact":
+            used.append({"id": rec.use_artifact.id, "name": rec.use_artifact.name, "type": rec.use_artifact.type})
+        elif kind == "files":
+            saved += [f.path for f in rec.files.files]
+    return {"history": history, "config": config, "run": run, "artifacts": artifacts, "used_artifacts": used, "files": saved}
 
 
 def offline_runs(save_dir: str | Path) -> list[Path]:

@@ -13,13 +13,16 @@ from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, init_loader_worker
 from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import AuditLog, check_zone, resolve_site_zone
+from fsdtrain.residency import AuditLog, check_bucket_zone, check_zone, resolve_site_zone
 
 __all__ = ["FleetDataModule", "load_manifests"]
 
 
 def load_manifests(urls: list[str], site_zone: str) -> list[Manifest]:
-    """Manifests of the given shard directories, each checked against the site zone."""
+    """Manifests of the given shard directories, each checked against the site zone: first from the
+    bucket's declared zone (before any request), then from the manifest's own zone."""
+    for url in urls:
+        check_bucket_zone(url, site_zone)
     manifests = []
     for url in urls:
         m = load_manifest(url)
@@ -39,6 +42,10 @@ class FleetDataModule(pl.LightningDataModule):
         cameras: camera names, in model order.
         window: how windows are cut from clips (history, stride, horizon...).
         batch_size: micro batch per rank.
+        global_batch_size: windows per optimizer step over all ranks; empty means ``batch_size x
+            trainer.accumulate_grad_batches x world size``. When set, the accumulation is derived from it
+            (it must divide by ``batch_size x world size``), so one config keeps its optimisation on any
+            number of ranks (fsdtrain/train/batching.py).
         num_workers: loader worker processes per rank (0 = load in the training process).
         shuffle_buffer: windows held per worker for shuffling.
         seed: base seed of the data order.
@@ -68,6 +75,7 @@ class FleetDataModule(pl.LightningDataModule):
         cameras: list[str] | None = None,
         window: WindowSpec = WindowSpec(),  # noqa: B008 (frozen dataclass)
         batch_size: int = 4,
+        global_batch_size: int | None = None,
         num_workers: int = 1,
         shuffle_buffer: int = 64,
         seed: int = 0,
@@ -84,6 +92,8 @@ class FleetDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ConfigError(f"data.global_batch_size must be >= 1 (or empty), got {global_batch_size}")
         if image_size is not None and len(image_size) != 2:
             raise ConfigError(f"data.image_size must be [H, W], got {image_size}")
         self.train_urls = list(train or [])
@@ -91,6 +101,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.cameras = list(cameras or DEFAULT_CAMERAS)
         self.window = window
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed

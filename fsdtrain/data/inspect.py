@@ -33,6 +33,7 @@ from fsdtrain.data.decode import decode_video
 from fsdtrain.data.index import ShardIndex, parse_index
 from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
 from fsdtrain.errors import DataError
+from fsdtrain.residency import check_zone, resolve_site_zone
 from fsdtrain.store import objects
 
 __all__ = ["find_manifests", "inspect", "format_inspect", "verify", "verify_manifest"]
@@ -103,13 +104,17 @@ def format_inspect(rows: list[dict]) -> str:
 # --- verify --------------------------------------------------------------------------------------
 
 
-def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | None = None, site_zone: str | None = None) -> list[str]:
     """Every problem found under ``url`` (a shard directory or a dataset root), one line each.
+
+    Verifying reads every shard, so each manifest's zone is checked against the site zone before
+    the first shard byte (reading manifests is allowed anywhere, DESIGN.md §4).
 
     Args:
         url: ``s3://`` or ``file://`` URL of a shard directory or of a root with manifests below it.
         fast: skip video decoding (objects, checksums, tar structure and schema are still checked).
         progress: called with one line per checked shard.
+        site_zone: zone this job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
 
     Returns:
         Problem lines (empty when intact); a manifest that does not load is one problem.
@@ -117,14 +122,19 @@ def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | No
     Raises:
         DataError: there is no manifest at or below ``url``.
         StoreError: the store cannot be read (unreachable, access denied).
+        ResidencyError: a manifest's zone may not be read at this site (nothing of it was read).
     """
+    zone = resolve_site_zone(site_zone)
     problems: list[str] = []
+    manifests = []
     for murl in _manifest_dirs(url):
         try:
-            m = load_manifest(murl)
+            manifests.append(load_manifest(murl))
         except DataError as exc:
             problems.append(str(exc))
-            continue
+    for m in manifests:  # every zone checked before the first shard byte of any of them
+        check_zone(m.url, m.zone, zone)
+    for m in manifests:
         problems += verify_manifest(m, fast=fast, progress=progress)
     return problems
 

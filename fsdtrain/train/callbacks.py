@@ -7,9 +7,12 @@ import time
 from dataclasses import asdict
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.accelerators.cuda import CUDAAccelerator
 
 from fsdtrain.eval.report import write_report
 from fsdtrain.train.export import git_sha, save_weights
+from fsdtrain.train.mfu import mfu, peak_flops, training_flops_per_window
 
 __all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
 
@@ -27,13 +30,23 @@ class StreamEpoch(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs windows/s per rank and the fraction of step time spent waiting for data, every
-    ``trainer.log_every_n_steps`` steps (rank 0's figures; every rank measures its own)."""
+    """Logs rank 0's training speed every ``trainer.log_every_n_steps`` steps (every rank measures its own):
+    ``perf/windows_per_s_per_rank`` (also in the progress bar), ``perf/step_time_s`` (seconds per optimizer
+    step, data wait included), ``perf/data_wait_fraction`` (the share of that time spent waiting for the
+    next batch) and, where the device's peak FLOP/s is known (fsdtrain/train/mfu.py: some NVIDIA GPUs at
+    bf16/fp16; not the CPU), ``perf/mfu``: model FLOPs per window x windows/s / peak."""
 
     def __init__(self) -> None:
         self._batch_end: float | None = None
         self._wait = self._busy = 0.0
-        self._windows = 0
+        self._windows = self._batches = 0
+        self._peak: float | None = None  # FLOP/s of this rank's device, where known
+        self._flops: int | None = None  # model FLOPs per training window, counted on the first batch
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._peak = self._flops = None
+        if isinstance(trainer.accelerator, CUDAAccelerator) and hasattr(pl_module, "net_config"):
+            self._peak = peak_flops(torch.cuda.get_device_name(pl_module.device), trainer.precision)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -45,15 +58,21 @@ class Throughput(pl.Callback):
         now = time.perf_counter()
         self._busy += now - self._start
         self._windows += int(batch["future"].shape[0])
+        self._batches += 1
+        if self._peak is not None and self._flops is None:
+            self._flops = training_flops_per_window(pl_module, tuple(batch["images"].shape[-2:]))  # fake tensors, ~1 s
+            now = time.perf_counter()  # not data wait
         self._batch_end = now
         if (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0:
-            total = self._wait + self._busy
-            pl_module.log_dict(
-                {"perf/windows_per_s_per_rank": self._windows / max(total, 1e-9), "perf/data_wait_fraction": self._wait / max(total, 1e-9)},
-                rank_zero_only=True,
-            )
+            total = max(self._wait + self._busy, 1e-9)
+            rate = self._windows / total
+            pl_module.log("perf/windows_per_s_per_rank", rate, prog_bar=True, rank_zero_only=True)
+            values = {"perf/data_wait_fraction": self._wait / total, "perf/step_time_s": total / self._batches * trainer.accumulate_grad_batches}
+            if self._flops is not None:
+                values["perf/mfu"] = mfu(self._flops, rate, self._peak)
+            pl_module.log_dict(values, rank_zero_only=True)
             self._wait = self._busy = 0.0
-            self._windows = 0
+            self._windows = self._batches = 0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._batch_end = None
@@ -108,7 +127,8 @@ def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
         "countries_trained": sorted(countries),
         "manifests": {m.url: m.digest() for m in manifests},
         "git_sha": git_sha(),
-        "parent": {k: parent.get(k) for k in ("weights", "zones", "manifests", "git_sha")} if parent else None,
+        "parent": {k: parent.get(k) for k in ("weights", "zones", "manifests", "git_sha", "artifact")} if parent else None,
+        "artifact": getattr(trainer.logger, "model_artifact", None),  # W&B model artifact of this run (wandb_log.py)
         "global_step": trainer.global_step,
     }
 
@@ -119,7 +139,7 @@ class RunInfo(pl.Callback):
     def __init__(self, config: dict) -> None:
         self.config = config
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # fit, validate, test
         if trainer.logger is not None:
             meta = run_metadata(trainer, pl_module)
             trainer.logger.log_hyperparams({"config": self.config, "git_sha": meta["git_sha"], "manifests": meta["manifests"], "zones": meta["zones"]})

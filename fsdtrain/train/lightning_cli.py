@@ -1,24 +1,26 @@
 """``FleetCLI``: LightningCLI for ``fsdtrain fit|validate|test`` and ``fsdtrain finetune``.
 
 Adds to LightningCLI what every run needs and a YAML should not repeat: ``--workdir`` (checkpoints,
-weights, audit log, W&B files), ``--site.zone``, ``--wandb.*``, the model's input shapes taken from the data config
+weights, audit log, W&B files), ``--site.zone``, ``--wandb.*``, ``--checkpoint.*``, the model's input shapes taken from the data config
 (cameras, window), the W&B logger in offline mode by default, and the callbacks (checkpoints, weights export,
-throughput, run info, ``<workdir>/val_metrics.json`` after every validation). DeepSpeed strategy names are registered so they also run on CPU.
+throughput, run info, ``<workdir>/val_metrics.json`` after every validation; W&B tables, pictures and model
+artifacts from ``wandb_log.py``). DeepSpeed strategy names are registered so they also run on CPU.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fsdtrain.data.datamodule import FleetDataModule
 from fsdtrain.errors import ConfigError
+from fsdtrain.residency import resolve_site_zone
+from fsdtrain.train.batching import plan_batches
 from fsdtrain.train.callbacks import (
     ExportWeights,
     ProgressLines,
@@ -27,8 +29,10 @@ from fsdtrain.train.callbacks import (
     Throughput,
     ValidationReport,
 )
+from fsdtrain.train.checkpoints import CheckpointConfig, FleetCheckpoint, last_checkpoint, resolve_checkpoint
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.train.strategies import register_strategies
+from fsdtrain.train.wandb_log import FleetWandbLogger, WandbReview, WandbTarget, sync_line
 
 __all__ = ["WandbConfig", "SiteConfig", "FleetCLI", "WEIGHTS_NAME", "VAL_METRICS_NAME"]
 
@@ -47,6 +51,9 @@ class WandbConfig:
         group: run group (e.g. one experiment's pretrain, finetune and eval runs).
         name: run name; empty lets W&B choose.
         base_url: self-hosted W&B server (e.g. one inside the site's zone).
+        zone: residency zone the ``base_url`` server is inside (e.g. ``cn``); camera frames go only to a server
+            in their own zone (docs/residency.md). Empty: the server counts as ``global``.
+        images: validation windows drawn after each validation (bird's-eye plots; camera frames where allowed).
     """
 
     mode: str = "offline"
@@ -54,6 +61,8 @@ class WandbConfig:
     group: str | None = None
     name: str | None = None
     base_url: str | None = None
+    zone: str | None = None
+    images: int = 4
 
 
 @dataclass
@@ -88,6 +97,7 @@ class FleetCLI(LightningCLI):
         parser.add_argument("--workdir", type=str, default="runs/fsdtrain", help="Run directory: checkpoints, weights, audit log, W&B files.")
         parser.add_dataclass_arguments(WandbConfig, "wandb")
         parser.add_dataclass_arguments(SiteConfig, "site")
+        parser.add_dataclass_arguments(CheckpointConfig, "checkpoint")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -103,32 +113,52 @@ class FleetCLI(LightningCLI):
         if not cfg.data.audit_log:
             cfg.data.audit_log = str(workdir / "audit.jsonl")
         self._cfg = cfg
+        self._wandb_target = WandbTarget.resolve(
+            mode=cfg.wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.data.site_zone)
+        )
         self._preflight(cfg)
+        if "ckpt_path" in cfg:
+            cfg.ckpt_path = self._ckpt_path(cfg.ckpt_path, workdir)
+        if "weights_only" in cfg and cfg.weights_only is None:  # single-file checkpoints never unpickle (docs/checkpoints.md)
+            cfg.weights_only = True
 
     @staticmethod
     def _preflight(cfg) -> None:
         """Fails on unreadable data and residency violations before any process, logger or model starts."""
         from fsdtrain.data.datamodule import load_manifests
-        from fsdtrain.residency import resolve_site_zone
 
         zone = resolve_site_zone(cfg.data.site_zone)
         load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), zone)
+
+    @staticmethod
+    def _ckpt_path(ckpt_path: str | None, workdir: Path) -> str | None:
+        """``last``: the newest complete checkpoint in ``<workdir>/checkpoints`` (none yet: start from the
+        beginning, so a preemptible job can always pass it); a path must be a complete checkpoint."""
+        if ckpt_path == "last":
+            found = last_checkpoint(workdir / "checkpoints")
+            if rank_zero_only.rank == 0:
+                print(f"fsdtrain: resuming from {found}" if found else f"fsdtrain: no checkpoint in {workdir / 'checkpoints'} yet; starting from the beginning", flush=True)
+            return str(found) if found else None
+        if ckpt_path is None or ckpt_path in ("best", "hpc") or "://" in str(ckpt_path):
+            return ckpt_path
+        return str(resolve_checkpoint(ckpt_path))
 
     def _logger(self, workdir: Path):
         wb = self._cfg.wandb
         if wb.mode == "disabled":
             return CSVLogger(str(workdir), name="metrics")
-        if wb.base_url:
-            os.environ["WANDB_BASE_URL"] = wb.base_url
+        import wandb
+
         (workdir / "wandb").mkdir(parents=True, exist_ok=True)
-        return WandbLogger(
+        settings = {"settings": wandb.Settings(base_url=wb.base_url)} if wb.base_url else {}
+        return FleetWandbLogger(
             project=wb.project,
             name=wb.name,
             group=wb.group,
-            job_type=self.job_type,
+            job_type=self.job_type if self.subcommand == "fit" else "eval",
             save_dir=str(workdir),
             offline=wb.mode == "offline",
-            log_model=False,
+            **settings,
         )
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
@@ -138,19 +168,40 @@ class FleetCLI(LightningCLI):
         resolved = self._cfg.as_dict()
         callbacks = [
             *callbacks,
-            ModelCheckpoint(dirpath=str(workdir / "checkpoints"), save_last=True, save_top_k=0, save_on_train_epoch_end=True),
+            FleetCheckpoint(str(workdir / "checkpoints"), every_n_steps=self._cfg.checkpoint.every_n_steps, keep=self._cfg.checkpoint.keep, config_yaml=self._resolved_yaml()),
             ExportWeights(str(workdir / WEIGHTS_NAME)),
             ValidationReport(str(workdir / VAL_METRICS_NAME)),
             StreamEpoch(),
             Throughput(),
             RunInfo(resolved),
         ]
+        self._review = None
+        if isinstance(config["logger"], FleetWandbLogger):  # after ExportWeights: it logs the weights that one writes
+            site_zone = resolve_site_zone(self._cfg.data.site_zone)
+            self._review = WandbReview(self._wandb_target, site_zone=site_zone, weights=str(workdir / WEIGHTS_NAME), images=self._cfg.wandb.images)
+            callbacks.append(self._review)
         if config.get("enable_progress_bar") is False:
             callbacks.append(ProgressLines())
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        self._plan_batches(trainer)
+        return trainer
+
+    def _plan_batches(self, trainer) -> None:
+        """The run's batch plan (fsdtrain/train/batching.py), before any process starts: sets the accumulation
+        that ``data.global_batch_size`` asks for, and a global batch the world size cannot split fails in one line."""
+        dm, accumulation = self.datamodule, trainer.accumulate_grad_batches
+        if dm.global_batch_size is not None and accumulation == 1:
+            accumulation = None  # the Trainer's default: derive it from the global batch
+        plan = plan_batches(micro_batch=dm.batch_size, world_size=trainer.world_size, accumulation=accumulation, global_batch=dm.global_batch_size)
+        trainer.accumulate_grad_batches = plan.accumulation
+        if rank_zero_only.rank == 0 and self.subcommand in (None, "fit"):
+            print(f"fsdtrain: {plan.describe()}", flush=True)
+
+    def _resolved_yaml(self) -> str:
+        """The resolved config as LightningCLI's SaveConfigCallback writes it (after the workdir, site and shape links)."""
+        return self._parser(self.subcommand).dump(self.config.get(str(self.subcommand), self.config), skip_none=False)
 
     def after_fit(self) -> None:
-        logger = self.trainer.logger
-        if self.trainer.is_global_zero and isinstance(logger, WandbLogger) and self._cfg.wandb.mode == "offline":
-            run_dir = Path(logger.experiment.dir).parent
-            print(f"fsdtrain: W&B offline run in {run_dir}; upload it with: wandb sync {run_dir}", flush=True)
+        line = sync_line(self.trainer.logger, self._review) if self.trainer.is_global_zero else None
+        if line:
+            print(line, flush=True)

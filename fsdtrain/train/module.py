@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_vel
 from fsdtrain.model.losses import LossConfig, wta_loss
 from fsdtrain.train.export import load_weights
 from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, merge_initial_weights
+from fsdtrain.train.optim import param_groups, warmup_cosine_scheduler
+from fsdtrain.train.strategies import adamw_class
 
 __all__ = ["OptimConfig", "DrivingModule"]
 
@@ -38,8 +39,8 @@ class OptimConfig:
 
     Args:
         lr: peak learning rate.
-        weight_decay: AdamW decay on weights (not on norms, biases and embeddings).
-        warmup_steps: optimizer steps of linear warmup.
+        weight_decay: AdamW decay on weights (not on norms, biases and embeddings: fsdtrain/train/optim.py).
+        warmup_steps: optimizer steps of linear warmup (at most a fifth of the run's optimizer steps).
         min_lr_ratio: final learning rate as a fraction of ``lr``.
     """
 
@@ -150,7 +151,7 @@ class DrivingModule(pl.LightningModule):
         self._val_ids: list[np.ndarray] = []
         self.val_report: dict | None = None
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         losses, traj, logits, base_traj = self._losses(batch, reduction="none")
         hz = self.window.future_hz
         target = batch["future"]
@@ -169,6 +170,7 @@ class DrivingModule(pl.LightningModule):
                 raise DataError(f"clip {clip} has country {country!r}, not one of its val manifests' {self._val_countries}")
             ids.append((stable_key(f"{clip}@{frame}"), stable_key(clip), index[country], int(valid)))
         self._val_ids.append(np.array(ids, dtype=np.int64).reshape(-1, 4))  # [B, 4]
+        return {"traj": traj.detach(), "logits": logits.detach()}  # for callbacks that draw predictions (W&B images)
 
     def on_validation_epoch_end(self) -> None:
         rows, ids = self._val_rows, self._val_ids
@@ -212,22 +214,10 @@ class DrivingModule(pl.LightningModule):
     # --- optimizer -------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "emb" in name or name.endswith("queries") else decay).append(p)
-        groups = [g for g in ({"params": decay, "weight_decay": self.optim_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=self.optim_config.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.optim_config.warmup_steps, max(1, total // 5))
-        floor = self.optim_config.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # decay groups and schedule: fsdtrain/train/optim.py; the AdamW class suits the strategy (DeepSpeed's
+        # CPU Adam under ZeRO optimizer offload); clipping by norm is trainer.gradient_clip_val (the strategy's)
+        cfg = self.optim_config
+        optimizer = adamw_class(self.trainer.strategy)(param_groups(self, cfg.weight_decay), lr=cfg.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))  # optimizer steps of the run
+        scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=total, min_lr_ratio=cfg.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

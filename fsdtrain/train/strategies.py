@@ -5,17 +5,27 @@ with gloo. ``FleetDeepSpeedStrategy`` lifts the refusal (three CUDA-only steps a
 accelerator is the CPU) and is registered under Lightning's own ``deepspeed*`` names, so one config
 with ``strategy: deepspeed_stage_2`` runs on a laptop CPU and on GPU nodes, switched by
 ``--trainer.accelerator``. The model never imports this module (STYLE.md: parallelism apart).
+
+On the CPU the strategy also makes DeepSpeed use its CPU accelerator (gloo), whatever devices the
+machine has; on CUDA, Lightning's own path runs unchanged (NCCL, one device per rank). The batch keys
+of the DeepSpeed config come from :func:`fsdtrain.train.batching.plan_batches` and
+``gradient_clipping`` from ``trainer.gradient_clip_val``. With optimizer offload the run needs
+DeepSpeed's CPU Adam (:func:`adamw_class`), a C++ op built on first use (JIT, about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
 from lightning.pytorch.accelerators.cuda import CUDAAccelerator
-from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.strategies.ddp import DDPStrategy
 
-__all__ = ["FleetDeepSpeedStrategy", "register_strategies", "STRATEGY_NAMES"]
+from fsdtrain.errors import ConfigError
+from fsdtrain.train.batching import plan_batches
+
+__all__ = ["FleetDeepSpeedStrategy", "register_strategies", "adamw_class", "STRATEGY_NAMES"]
 
 STRATEGY_NAMES = ("ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 
@@ -28,12 +38,77 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
     def _on_cpu(self) -> bool:
         return not isinstance(self.accelerator, CUDAAccelerator)
 
+    @property
+    def offloads_optimizer(self) -> bool:
+        """Whether ZeRO keeps the optimizer state (and runs the optimizer step) on the CPU or NVMe."""
+        zero = (self.config or {}).get("zero_optimization") or {}
+        return (zero.get("offload_optimizer") or {}).get("device", "none") != "none"
+
     def setup_environment(self) -> None:
+        self._select_deepspeed_accelerator()
         if not self._on_cpu():
             super().setup_environment()
             return
         # DeepSpeedStrategy.setup_environment only adds a CUDA check before the DDP set-up.
         DDPStrategy.setup_environment(self)
+
+    def _select_deepspeed_accelerator(self) -> None:
+        """DeepSpeed picks its accelerator from the machine; Lightning's ``--trainer.accelerator`` decides here."""
+        from deepspeed.accelerator import get_accelerator, set_accelerator
+
+        found = get_accelerator().device_name()
+        if self._on_cpu() and found != "cpu":
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+            set_accelerator(CPU_Accelerator())  # gloo, tensors on the CPU
+        elif not self._on_cpu() and found != "cuda":
+            raise ConfigError(
+                f"--trainer.accelerator is {type(self.accelerator).__name__} but DeepSpeed's accelerator is {found!r}: "
+                "unset DS_ACCELERATOR (or set it to cuda) or train with --trainer.accelerator cpu"
+            )
+
+    def _format_config(self) -> None:
+        super()._format_config()
+        # DeepSpeed >= 0.19 casts only the parameters to bf16/fp16 and keeps buffers in fp32 unless told
+        # otherwise; BatchNorm then fails on mixed dtypes and the encoder's normalisation would feed fp32 into
+        # bf16 convolutions. Cast the buffers with the weights, as module.bfloat16() (older DeepSpeed) did.
+        for key in ("bf16", "fp16"):
+            if (self.config.get(key) or {}).get("enabled"):
+                self.config.setdefault("data_types", {}).setdefault("buffer_dtype", key)
+
+    @staticmethod
+    def _micro_batch(trainer) -> int:
+        """``data.batch_size``, else the train loader's batch size, else 1 (a loader that yields ready-made
+        batches; DeepSpeed reads the micro batch only for its own throughput log)."""
+        micro = getattr(trainer.datamodule, "batch_size", None)
+        if isinstance(micro, int):
+            return micro
+        source = trainer.fit_loop._data_source  # as DeepSpeedStrategy._auto_select_batch_size, without its crash on batch_size=None
+        loader = source.dataloader() if source.is_defined() else None
+        return getattr(getattr(loader, "batch_sampler", None), "batch_size", None) or 1
+
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        """Writes the batch keys from the one batch plan and ``gradient_clipping`` from the Trainer."""
+        if self.lightning_module is None:
+            return
+        trainer = self.lightning_module.trainer
+        datamodule = trainer.datamodule
+        plan = plan_batches(
+            micro_batch=self._micro_batch(trainer),
+            world_size=self.world_size,
+            accumulation=trainer.accumulate_grad_batches,
+            global_batch=getattr(datamodule, "global_batch_size", None),
+        )
+        wanted = {**plan.deepspeed_config(), "gradient_clipping": float(trainer.gradient_clip_val or 0.0)}
+        for key, value in wanted.items():
+            if key in self.config and self.config[key] != value:
+                raise ConfigError(
+                    f"the DeepSpeed config sets {key}={self.config[key]!r}, but this run has {key}={value!r} "
+                    f"({plan.describe()}, trainer.gradient_clip_val {trainer.gradient_clip_val}): leave {key} out of the "
+                    "DeepSpeed config; fsdtrain sets it from data.batch_size, trainer.accumulate_grad_batches and "
+                    "trainer.gradient_clip_val"
+                )
+        self.config.update(wanted)
 
     def setup_distributed(self) -> None:
         if not self._on_cpu():
@@ -61,6 +136,21 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, ds_optimizer
+
+
+def adamw_class(strategy: Strategy) -> type[torch.optim.Optimizer]:
+    """The AdamW implementation for ``strategy``: DeepSpeed's CPU Adam (AdamW mode) where ZeRO offloads the
+    optimizer (DeepSpeed refuses a torch optimizer there), ``torch.optim.AdamW`` everywhere else.
+
+    Both take the same parameter groups and ``lr``/``betas``/``eps``/``weight_decay``. CPU Adam is a C++
+    op that DeepSpeed builds on first use (needs a C++ compiler and ninja; cached under
+    ``~/.cache/torch_extensions``).
+    """
+    if isinstance(strategy, FleetDeepSpeedStrategy) and strategy.offloads_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam
+    return torch.optim.AdamW
 
 
 def register_strategies() -> None:

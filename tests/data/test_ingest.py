@@ -26,6 +26,7 @@ from fsdtrain.data.stream import FleetStream
 from fsdtrain.data.synth_raw import plan_drive, synth_raw_drives
 from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import DataError
+from fsdtrain.residency import ResidencyError
 from fsdtrain.store import objects
 
 CAMERAS = [c.name for c in default_rig()]
@@ -153,7 +154,9 @@ def test_clips_decode_and_show_the_raw_frames(ingested, raw_root):
 
 def test_written_shards_are_read_by_the_loader_and_verify(ingested):
     summary, out, _ = ingested
-    assert verify(f"file://{out}") == []
+    with pytest.raises(ResidencyError, match="zone 'cn' but this job runs at site zone 'global'"):
+        verify(f"file://{out}")  # the CN drives: before any shard byte
+    assert verify(f"file://{out}", site_zone="cn") == []
     stream = FleetStream(summary.manifests, WINDOW, cameras=CAMERAS, batch_size=4, shuffle=False, equalize=False, site_zone="cn")
     batches = list(DataLoader(stream, batch_size=4))
     assert sum(len(b["clip_id"]) for b in batches) == len(stream) == 16 * WINDOW.count(10, FPS) == 32

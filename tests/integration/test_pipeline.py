@@ -100,3 +100,18 @@ def test_global_site_cannot_read_cn_data(fleet_env, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("fsdtrain: error: residency: s3://fleet-cn/demo/train/CN is in zone 'cn'")
     assert not (tmp_path / "audit.jsonl").exists()  # no shard was opened
+
+
+def test_wrong_site_fails_before_any_request_to_the_cn_bucket(fleet_env, local_store, tmp_path):
+    # with the global zone's key the store itself refuses every request to the CN bucket (tested in
+    # tests/store), so a ResidencyError rather than an access error shows that nothing was requested
+    env = {**fleet_env, **local_store.zone_env("global")}
+    proc = fsdtrain(
+        "fit", "--config", "configs/finetune_cn.yaml", "--site.zone", "global", "--workdir", str(tmp_path), *TINY,
+        "--model.init_from", "unused.safetensors", "--data.audit_log", str(tmp_path / "audit.jsonl"), env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fsdtrain: error: residency: s3://fleet-cn/demo/train/CN is in zone 'cn'"), last
+    assert "denied" not in proc.stderr.lower()
+    assert not (tmp_path / "audit.jsonl").exists()

@@ -1,0 +1,298 @@
+"""W&B for reviewers: what a run sends to Weights & Biases beyond the scalars Lightning logs.
+
+- run config: where the W&B files go (mode, base URL, zone), the site zone, and lineage (the weights
+  a run started from and their model artifact); :class:`~fsdtrain.train.callbacks.RunInfo` adds
+  the resolved config, git SHA, manifest digests and zones;
+- after every validation: a per-country metric table, bird's-eye plots of a few validation
+  windows, and the same windows with the front camera only where residency allows it (below);
+- every checkpoint save becomes a version of the run's ``model`` artifact, in offline mode too
+  (Lightning's own ``log_model`` refuses offline runs), with the ``latest`` and ``best`` aliases;
+  the version written at the end of fit holds the exported weights (alias ``weights``); a run
+  that starts from weights whose metadata names such an artifact uses it (lineage global -> CN).
+
+Residency of camera frames (DESIGN.md §4): a figure with camera pixels of a window is logged only
+when the W&B destination is inside the window's zone (or the window's zone is ``global``). The
+destination's zone is, in offline mode, the site zone (the files stay on the site's disk); online,
+``wandb.zone`` when a self-hosted ``wandb.base_url`` is declared to be in that zone, otherwise
+``global`` (the public W&B cloud, or a server nobody declared). Bird's-eye plots hold ego
+coordinates only and are always logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from fsdtrain.errors import ConfigError
+from fsdtrain.eval.metrics import METRIC_KEYS
+from fsdtrain.eval.report import PREDICTORS
+from fsdtrain.eval.viz import window_at, window_figure
+from fsdtrain.residency import GLOBAL_ZONE, validate_zone
+
+__all__ = [
+    "BEST_METRIC",
+    "TABLE_COLUMNS",
+    "WEIGHTS_ALIAS",
+    "WandbTarget",
+    "metric_table",
+    "validation_images",
+    "FleetWandbLogger",
+    "WandbReview",
+    "sync_line",
+]
+
+BEST_METRIC = "val/l2_3s"
+"""The ``best`` alias goes to the checkpoint with the lowest value of this metric."""
+WEIGHTS_ALIAS = "weights"
+"""Alias of the model artifact version that holds the weights exported at the end of fit."""
+TABLE_COLUMNS = ("country", "predictor", "clips", "windows", *METRIC_KEYS)
+
+
+@dataclass(frozen=True)
+class WandbTarget:
+    """Where a run's W&B files go and the residency zone of that place."""
+
+    mode: str
+    """``offline``, ``online`` or ``disabled``."""
+    base_url: str | None
+    """Self-hosted server, or None for the public W&B cloud."""
+    zone: str
+    """Zone the logged files end up in: the site zone offline, the declared server zone online, else ``global``."""
+    server_zone: str
+    """Zone of the server the files are (or will be, with ``wandb sync``) uploaded to."""
+
+    @classmethod
+    def resolve(cls, *, mode: str, base_url: str | None, zone: str | None, site_zone: str) -> WandbTarget:
+        """Args: the ``wandb.*`` settings and the job's (resolved) site zone.
+
+        Raises ConfigError for a ``wandb.zone`` that is not a zone name, or that is not ``global``
+        while no ``wandb.base_url`` says which server sits in it.
+        """
+        if zone:
+            validate_zone(zone, "wandb.zone")
+            if zone != GLOBAL_ZONE and not base_url:
+                raise ConfigError(
+                    f"wandb.zone {zone!r} needs wandb.base_url: the public W&B cloud counts as zone 'global'; "
+                    f"give the URL of the W&B server inside zone {zone!r}"
+                )
+        server_zone = zone if base_url and zone else GLOBAL_ZONE
+        return cls(mode=mode, base_url=base_url or None, zone=site_zone if mode == "offline" else server_zone, server_zone=server_zone)
+
+    def allows_camera(self, window_zone: str) -> bool:
+        """Whether camera pixels of a window of ``window_zone`` may be logged to this target."""
+        return window_zone == GLOBAL_ZONE or window_zone == self.zone
+
+    def as_config(self) -> dict:
+        return {"mode": self.mode, "base_url": self.base_url, "zone": self.zone, "server_zone": self.server_zone}
+
+
+def metric_table(report: dict) -> list[list]:
+    """Rows of :data:`TABLE_COLUMNS` from a report dict (DESIGN.md §7): per country and predictor,
+    then ``overall``; a metric the report lacks (beyond the horizon) is None."""
+    rows = []
+    for country, entry in [*report["per_country"].items(), ("overall", report["overall"])]:
+        for predictor in PREDICTORS:
+            metrics = entry.get(predictor)
+            if metrics:
+                rows.append([country, predictor, entry.get("clips"), entry.get("windows"), *(metrics.get(k) for k in METRIC_KEYS)])
+    return rows
+
+
+def validation_images(samples: list[dict], target: WandbTarget, *, cameras: list[str]) -> tuple[list, list]:
+    """-> (bird's-eye images of every sample, camera figures of the samples ``target`` allows), as
+    ``(PIL image, caption)`` pairs. A sample: ``window`` (:func:`~fsdtrain.eval.viz.window_at`),
+    ``traj`` [K, S, 3], ``logits`` [K]."""
+    bev, camera = [], []
+    for s in samples:
+        w = s["window"]
+        caption = f"{w['country']} {w['clip_id']} frame {w['frame']}"
+        bev.append((window_figure(w, s["traj"], s["logits"], cameras=cameras, with_camera=False), caption))
+        if target.allows_camera(str(w["zone"])):
+            camera.append((window_figure(w, s["traj"], s["logits"], cameras=cameras, with_camera=True), caption))
+    return bev, camera
+
+
+def _pick(countries: list[str], valid: list[bool], n: int) -> list[int]:
+    """Up to ``n`` valid windows of a batch, taking countries in turn (first window of each, then the second...)."""
+    by_country: dict[str, list[int]] = {}
+    for i, (c, ok) in enumerate(zip(countries, valid)):
+        if ok:
+            by_country.setdefault(c, []).append(i)
+    picked, rank = [], 0
+    while len(picked) < n and any(rank < len(v) for v in by_country.values()):
+        picked += [v[rank] for _, v in sorted(by_country.items()) if rank < len(v)]
+        rank += 1
+    return sorted(picked[:n])
+
+
+class FleetWandbLogger(WandbLogger):
+    """WandbLogger whose checkpoint saves become model artifact versions (through :class:`WandbReview`),
+    offline too. ``log_model`` is always off: Lightning's own artifact logging refuses offline runs."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(log_model=False, **kwargs)
+        self.review: WandbReview | None = None
+
+    @property
+    def model_artifact(self) -> str | None:
+        """``<project>/model-<run id>:weights``, the artifact version that holds this run's exported
+        weights (recorded in the weights metadata for lineage); None on ranks other than 0."""
+        if rank_zero_only.rank != 0:
+            return None
+        run = self.experiment
+        return f"{run.project}/model-{run.id}:{WEIGHTS_ALIAS}"
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        if self.review is not None and rank_zero_only.rank == 0:
+            self.review.checkpoint_saved(checkpoint_callback)
+
+
+class WandbReview(pl.Callback):
+    """Rank 0 logs the reviewer's view of a run to a :class:`FleetWandbLogger` (module doc).
+
+    Add it after :class:`~fsdtrain.train.callbacks.ExportWeights`: its ``on_fit_end`` logs the file
+    that one writes.
+
+    Args:
+        target: where the W&B files go (decides which camera frames may be logged).
+        site_zone: the job's site zone (run config).
+        weights: path of the weights file written at the end of fit.
+        images: validation windows drawn after each validation (0: none).
+    """
+
+    def __init__(self, target: WandbTarget, *, site_zone: str, weights: str, images: int = 4) -> None:
+        if images < 0:
+            raise ConfigError(f"wandb.images={images} must be >= 0")
+        self.target, self.site_zone, self.weights, self.images = target, site_zone, Path(weights), images
+        self.camera_zones: set[str] = set()  # zones whose camera frames this run logged
+        self._trainer: pl.Trainer | None = None
+        self._samples: list[dict] = []
+        self._best: float | None = None
+        self._parent: str | None = None
+
+    @staticmethod
+    def _run(trainer: pl.Trainer):
+        logger = trainer.logger
+        return logger.experiment if isinstance(logger, FleetWandbLogger) else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if isinstance(trainer.logger, FleetWandbLogger):
+            trainer.logger.review = self
+        run = self._run(trainer) if trainer.is_global_zero else None
+        if run is None:
+            return
+        parent = getattr(pl_module, "parent_metadata", None) or {}
+        self._parent = parent.get("artifact")
+        lineage = {"init_from": getattr(pl_module, "init_from", None), "parent_artifact": self._parent}
+        run.config.update({"site_zone": self.site_zone, "wandb_target": self.target.as_config(), "lineage": lineage}, allow_val_change=True)
+        if self._parent and self.target.mode == "online":
+            self._use_parent(run)
+
+    def _use_parent(self, run) -> None:
+        """Declares the starting weights' artifact an input of this run (online only: W&B refuses
+        ``use_artifact`` offline, so offline runs record it in ``lineage`` of the run config)."""
+        from wandb.errors import CommError
+
+        try:
+            run.use_artifact(self._parent, type="model")
+        except (CommError, ValueError) as exc:  # the parent run logged offline and is not synced, or to another server
+            print(f"fsdtrain: W&B lineage: cannot use artifact {self._parent} ({str(exc).splitlines()[0]}); sync the parent run first", flush=True)
+
+    # --- validation media ------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._samples = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx or self._samples or not self.images or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if not isinstance(outputs, dict) or "traj" not in outputs:
+            return
+        keep = _pick(list(batch["country"]), [bool(v) for v in batch["valid"]], self.images)
+        for i in keep:
+            window = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in window_at(batch, i).items()}
+            self._samples.append({"window": window, "traj": outputs["traj"][i].float().cpu(), "logits": outputs["logits"][i].float().cpu()})
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        report = getattr(pl_module, "val_report", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or report is None or self._run(trainer) is None:
+            return
+        import wandb
+
+        values: dict = {"val/metrics_table": wandb.Table(columns=list(TABLE_COLUMNS), data=metric_table(report))}
+        bev, camera = validation_images(self._samples, self.target, cameras=pl_module.cameras)
+        if bev:
+            values["val/birds_eye"] = [wandb.Image(img, caption=c) for img, c in bev]
+        if camera:
+            values["val/camera"] = [wandb.Image(img, caption=c) for img, c in camera]
+            self.camera_zones |= {str(s["window"]["zone"]) for s in self._samples if self.target.allows_camera(str(s["window"]["zone"]))}
+        trainer.logger.log_metrics(values, step=trainer.global_step)
+        self._samples = []
+
+    # --- model artifacts -------------------------------------------------------------------------
+
+    def checkpoint_saved(self, checkpoint_callback) -> None:
+        """Called by :class:`FleetWandbLogger` on rank 0 after each ModelCheckpoint save."""
+        path = getattr(checkpoint_callback, "_last_checkpoint_saved", None) or checkpoint_callback.last_model_path
+        if self._trainer is not None and path and Path(path).exists():
+            self._log_model(self._trainer, Path(path), weights=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.weights.is_file():
+            self._log_model(trainer, self.weights, weights=True)
+
+    def _log_model(self, trainer: pl.Trainer, path: Path, *, weights: bool) -> None:
+        run = self._run(trainer)
+        if run is None:
+            return
+        import wandb
+
+        score = trainer.callback_metrics.get(BEST_METRIC)
+        score = float(score) if score is not None and math.isfinite(float(score)) else None
+        best = score is not None and (self._best is None or score <= self._best)
+        if best:
+            self._best = score
+        info = {
+            "kind": "weights" if weights else "checkpoint",
+            "path": str(path.resolve()),
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            BEST_METRIC: score,
+            "parent_artifact": self._parent,
+        }
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=info)
+        with artifact.new_file("checkpoint.json", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+        if weights:
+            artifact.add_file(str(path), name=path.name)
+        else:  # not uploaded: DeepSpeed checkpoints are large and `last.ckpt` is replaced by the next save
+            artifact.add_reference(path.resolve().as_uri(), name="checkpoint", checksum=False)
+        aliases = ["latest", WEIGHTS_ALIAS] if weights else ["latest", f"step-{trainer.global_step}"]
+        run.log_artifact(artifact, aliases=aliases + (["best"] if best else []))
+
+
+def sync_line(logger, review: WandbReview | None) -> str | None:
+    """The line that tells how to upload an offline run (None for other runs), with the self-hosted
+    server when one is configured, and a warning when the files hold camera frames of a zone the
+    upload target is not declared in."""
+    if not isinstance(logger, FleetWandbLogger) or review is None or review.target.mode != "offline":
+        return None
+    run_dir = Path(logger.experiment.dir).parent
+    target = review.target
+    env = f"WANDB_BASE_URL={target.base_url} " if target.base_url else ""
+    line = f"fsdtrain: W&B offline run in {run_dir}; upload it with: {env}wandb sync {run_dir}"
+    foreign = sorted(z for z in review.camera_zones if z not in (GLOBAL_ZONE, target.server_zone))
+    if foreign:
+        line += (
+            f"\nfsdtrain: it holds camera frames of zone {', '.join(foreign)}: upload it only to a W&B server inside that zone "
+            f"(--wandb.base_url with --wandb.zone {foreign[0]})"
+        )
+    return line
