@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
-__all__ = ["cpu_name"]
+__all__ = ["cpu_name", "describe"]
 
 
 def cpu_name() -> str:
@@ -17,3 +18,13 @@ def cpu_name() -> str:
     except OSError:
         pass  # not Linux: fall back to platform below
     return platform.processor() or platform.machine()
+
+
+def describe(*, load_before: float) -> dict:
+    """The trailer of a benchmark's JSON line: load average before/after and the machine."""
+    import torch
+
+    return {
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}",
+    }

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from machine import cpu_name
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "model" / "tiny.yaml"
@@ -207,9 +206,8 @@ def main() -> None:
         "input": f"{CAMERAS} cam x {HISTORY} frames x {IMAGE[0]}x{IMAGE[1]}",
         "strategy": f"{args.strategy}, 1 CPU rank, fp32",
         "threads": threads,
-        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - t0, 1),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}",
+        **describe(load_before=load_before[0]),
     }
     print(json.dumps(result))
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from machine import cpu_name
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(Path(__file__).resolve())
@@ -163,9 +162,8 @@ def main() -> None:
         "model": args.model,
         "ranks": RANKS,
         "figures": figures,
-        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - t0, 1),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}",
+        **describe(load_before=load_before[0]),
     }
     print(json.dumps(result))
 
