@@ -29,7 +29,10 @@ def load_predictors(weights: str) -> tuple[DrivingTransformer, EgoStatusMLP, dic
     state, meta = load_weights(weights)
     window = WindowSpec(**meta["window"])
     dt = 1.0 / window.future_hz
-    net = DrivingTransformer(ModelConfig(**meta["net"]), cameras=len(meta["cameras"]), history=window.history, future_steps=window.future_steps, future_dt=dt)
+    # every weight is in the file: the encoder's starting-weights file of the run is not needed (and
+    # is usually not on the machine that evaluates)
+    config = ModelConfig(**{**meta["net"], "encoder_weights": None})
+    net = DrivingTransformer(config, cameras=len(meta["cameras"]), history=window.history, future_steps=window.future_steps, future_dt=dt)
     base = EgoStatusMLP(history=window.history, future_steps=window.future_steps, future_dt=dt, heads=net.heads.names)
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
     base.load_state_dict({k[len("baseline.") :]: v for k, v in state.items() if k.startswith("baseline.")})

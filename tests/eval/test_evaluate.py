@@ -1,6 +1,13 @@
+from dataclasses import asdict
+
 import torch
 
-from fsdtrain.eval.evaluate import _real_windows
+from fleet import TINY_WINDOW
+from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.eval.evaluate import _real_windows, load_predictors
+from fsdtrain.model.driving import ModelConfig
+from fsdtrain.train.export import save_weights
+from fsdtrain.train.module import DrivingModule
 
 
 def test_stream_made_repeats_are_left_out_of_the_report():
@@ -19,3 +26,15 @@ def test_stream_made_repeats_are_left_out_of_the_report():
     assert real["valid"].all()
     full = {**batch, "valid": torch.ones(3, dtype=torch.bool)}
     assert _real_windows(full) is full
+
+
+def test_weights_load_without_the_runs_encoder_weights_file(tmp_path):
+    # a run that started its encoder from a local file records that path; the weights file holds
+    # every tensor, so another machine without that file still loads it, with the same values
+    net = ModelConfig(encoder="test_resnet", d_model=32, depth=1, num_heads=2, grid=[1, 2], modes=2)
+    module = DrivingModule(net=net, cameras=list(DEFAULT_CAMERAS), window=TINY_WINDOW)
+    meta = {"net": {**asdict(net), "encoder_weights": str(tmp_path / "gone.safetensors")}, "cameras": list(DEFAULT_CAMERAS), "window": asdict(TINY_WINDOW)}
+    save_weights(tmp_path / "model.safetensors", module.state_dict(), meta)
+    loaded, _, _ = load_predictors(str(tmp_path / "model.safetensors"))
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, module.net.state_dict()[name]), name
