@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -52,3 +54,13 @@ def rewrite_shard(directory: Path, edit) -> None:
     m.shards[0].sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
     m.shards[0].bytes = len(buf.getvalue())
     save_manifest(str(directory), m)
+
+
+def clone_drive(src: Path, root: Path, name: str = "bad_drive") -> Path:
+    """A copy of raw drive ``src`` under ``root`` with its own drive id, to damage in a test."""
+    dst = root / name
+    shutil.copytree(src, dst)
+    info = json.loads((dst / "drive.json").read_text())
+    info["drive_id"] = name
+    (dst / "drive.json").write_text(json.dumps(info))
+    return dst

@@ -12,6 +12,7 @@ go (``with_camera=False`` gives the ego-only picture).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -466,6 +467,8 @@ def save_plots(
         window = window_at(batch, i)
         fig = window_figure(window, traj[i], logits[i], cameras=cameras, with_camera=with_camera)
         path = directory / plot_name(str(window["country"]), str(window["clip_id"]), int(window["frame"]))
-        fig.save(path, format="PNG")
+        partial = path.with_name(f".{path.name}.partial")  # a crash never leaves a truncated PNG under the real name
+        fig.save(partial, format="PNG")
+        os.replace(partial, path)
         written.append(path)
     return written

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from fleet import clone_drive
 from fsdtrain.cli import main
 from fsdtrain.data.index import IndexedShards
 from fsdtrain.data.ingest import ego_array, write_drives
@@ -50,15 +50,6 @@ def ingested(raw_root, tmp_path_factory):
     messages: list[str] = []
     summary = write_drives(str(raw_root), f"file://{out}", clip_seconds=1.0, fps=FPS, shard_bytes=SHARD_BYTES, progress=messages.append)
     return summary, out, messages
-
-
-def clone(src: Path, root: Path, name: str) -> Path:
-    dst = root / name
-    shutil.copytree(src, dst)
-    info = json.loads((dst / "drive.json").read_text())
-    info["drive_id"] = name
-    (dst / "drive.json").write_text(json.dumps(info))
-    return dst
 
 
 def samples(m: Manifest) -> list[dict[str, bytes]]:
@@ -173,15 +164,15 @@ def test_same_input_gives_the_same_bytes_with_any_worker_count(ingested, raw_roo
 
 def test_skip_bad_lists_bad_drives_and_writes_the_good_ones(raw_root, tmp_path):
     root = tmp_path / "raw"
-    clone(raw_root / "synth_us_s3_d0000", root, "a_good")
-    clone(raw_root / "synth_us_s3_d0001", root, "d_good")
-    gap = clone(raw_root / "synth_us_s3_d0000", root, "b_gap")  # found by the first pass
+    clone_drive(raw_root / "synth_us_s3_d0000", root, "a_good")
+    clone_drive(raw_root / "synth_us_s3_d0001", root, "d_good")
+    gap = clone_drive(raw_root / "synth_us_s3_d0000", root, "b_gap")  # found by the first pass
     lines = (gap / "poses.csv").read_text().splitlines()
     (gap / "poses.csv").write_text("\n".join(lines[:30] + lines[50:]) + "\n")
-    broken = clone(raw_root / "synth_us_s3_d0001", root, "c_broken_jpeg")  # found while encoding
+    broken = clone_drive(raw_root / "synth_us_s3_d0001", root, "c_broken_jpeg")  # found while encoding
     victim = sorted((broken / "CAM_BACK").iterdir())[12]
     victim.write_bytes(b"not a jpeg")
-    zone = clone(raw_root / "synth_us_s3_d0000", root, "e_zone")  # disagrees with the other US drives
+    zone = clone_drive(raw_root / "synth_us_s3_d0000", root, "e_zone")  # disagrees with the other US drives
     info = json.loads((zone / "drive.json").read_text())
     (zone / "drive.json").write_text(json.dumps({**info, "zone": "eu"}))
 
@@ -206,8 +197,8 @@ def test_skip_bad_lists_bad_drives_and_writes_the_good_ones(raw_root, tmp_path):
 
 def test_a_drive_failing_while_encoding_publishes_no_manifest(raw_root, tmp_path):
     root = tmp_path / "raw"
-    clone(raw_root / "synth_cn_s3_d0000", root, "a_good")
-    broken = clone(raw_root / "synth_cn_s3_d0001", root, "b_broken")
+    clone_drive(raw_root / "synth_cn_s3_d0000", root, "a_good")
+    broken = clone_drive(raw_root / "synth_cn_s3_d0001", root, "b_broken")
     (broken / "CAM_FRONT_LEFT" / sorted(p.name for p in (broken / "CAM_FRONT_LEFT").iterdir())[30]).write_bytes(b"\xff\xd8\xff")
     out = tmp_path / "fleet"
     with pytest.raises(DataError, match="^drive b_broken: unreadable frame CAM_FRONT_LEFT/"):

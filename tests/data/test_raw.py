@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleet import clone_drive
 from fsdtrain.data.ingest import cut_drive
 from fsdtrain.data.raw import CameraReader, RawLimits, find_drives, load_drive
 from fsdtrain.data.rig import default_rig
@@ -27,15 +28,6 @@ def good(tmp_path_factory) -> Path:
     """One synthetic CN drive: even cameras as MP4 + timestamps, odd cameras as JPEG folders."""
     (drive,) = synth_raw_drives(tmp_path_factory.mktemp("raw") / "raw", ["CN"], 1, seed=5, **SIZE)
     return drive
-
-
-def clone(src: Path, root: Path, name: str = "bad_drive") -> Path:
-    dst = root / name
-    shutil.copytree(src, dst)
-    info = json.loads((dst / "drive.json").read_text())
-    info["drive_id"] = name
-    (dst / "drive.json").write_text(json.dumps(info))
-    return dst
 
 
 def edit_json(drive: Path, **fields) -> None:
@@ -170,7 +162,7 @@ BAD: dict[str, tuple[Callable[[Path], None], str]] = {
 @pytest.mark.parametrize("case", list(BAD), ids=lambda c: c.replace(" ", "_"))
 def test_bad_raw_input_is_one_line_naming_the_drive(good, tmp_path, case):
     mutate, match = BAD[case]
-    drive = clone(good, tmp_path)
+    drive = clone_drive(good, tmp_path)
     mutate(drive)
     with pytest.raises(DataError, match=match) as info:
         load_drive(drive)
@@ -179,7 +171,7 @@ def test_bad_raw_input_is_one_line_naming_the_drive(good, tmp_path, case):
 
 
 def test_unreadable_frame(good, tmp_path):
-    drive_dir = clone(good, tmp_path)
+    drive_dir = clone_drive(good, tmp_path)
     victim = sorted((drive_dir / "CAM_BACK").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated JPEG
     drive = load_drive(drive_dir)  # frames are only decoded when used
@@ -212,7 +204,7 @@ def test_cut_drive_frame_grid_and_problems(good, tmp_path):
     with pytest.raises(DataError, match="CAM_FRONT has no frame within 25 ms of frame time .* the nearest is 50 ms away"):
         cut_drive(drive, fps=20.0, clip_frames=10)  # 10 Hz cameras cannot give 20 fps
 
-    dropped = clone(good, tmp_path)
+    dropped = clone_drive(good, tmp_path)
     frames = sorted((dropped / "CAM_BACK").iterdir())
     for f in frames[10:14]:  # 0.4 s of dropped frames
         f.unlink()
@@ -225,6 +217,6 @@ def test_cut_drive_frame_grid_and_problems(good, tmp_path):
 def test_limits_are_validated_and_configurable(good, tmp_path):
     with pytest.raises(ConfigError, match="max_pose_gap_s"):
         RawLimits(max_pose_gap_s=0)
-    drive = clone(good, tmp_path)
+    drive = clone_drive(good, tmp_path)
     _drop_rows(drive / "poses.csv", 20, 40)
     assert load_drive(drive, limits=RawLimits(max_pose_gap_s=1.0)).info.drive_id == "bad_drive"
