@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=float, default=10.0, help="frame rate")
     synth.add_argument("--width", type=int, default=160, help="image width, pixels (even)")
     synth.add_argument("--height", type=int, default=96, help="image height, pixels (even)")
-    synth.add_argument("--rig", default="surround6", help="camera rig: surround6 (nuScenes-like) or surround8 (+ CAM_LEFT, CAM_RIGHT)")
+    synth.add_argument("--rig", default="surround6", help="camera rig: surround6 (nuScenes-like), surround6_narrow (+ CAM_FRONT_NARROW, 30 degrees, long range) or surround8 (+ CAM_LEFT, CAM_RIGHT)")
     synth.add_argument("--conditions", default=None, help="weights of day, night and rain clips, e.g. day=3,night=1,rain=1 (default: day)")
     synth.add_argument("--vehicles", default="0-4", help="other vehicles per clip, MIN-MAX or N")
     synth.add_argument("--lane-change", type=float, default=0.0, help="fraction of clips in which the ego changes lanes, 0..1")
@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="per-country metrics of a checkpoint vs baselines")
     ev.add_argument("--ckpt", required=True, help="weights file written by fit/finetune (<workdir>/model.safetensors)")
+    ev.add_argument("--head", default=None, help="head-only file (head-CN.safetensors) to put on --ckpt, the backbone weights it was fine-tuned from")
+    ev.add_argument("--audit-log", default=None, help="JSONL file recording every shard read")
     ev.add_argument("--data", required=True, nargs="+", help="shard directory URLs to evaluate on")
     ev.add_argument("--out", default=None, help="report JSON path")
     ev.add_argument("--batch-size", type=int, default=8)
@@ -90,6 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--ckpt", required=True, help="checkpoint (<workdir>/checkpoints/step=N.ckpt or last.ckpt), a run's workdir (its last checkpoint), or a weights file")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
     export.add_argument("--heads", type=_heads, default=None, help="comma-separated heads to keep, e.g. CN (global always stays); default: all")
+    export.add_argument("--head-only", action="store_true", help="write only --heads, with the hash of the backbone they need (head-CN.safetensors)")
+    export.add_argument("--head", default=None, help="head-only file to put back on --ckpt (the backbone weights it was fine-tuned from)")
+    export.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    export.add_argument("--dest-zone", default=None, help="zone the written file is for (default: the site zone)")
+    export.add_argument("--policy", default=None, help="export policy YAML: zone -> parts allowed to leave it, e.g. 'cn: [CN]' (default: none may)")
+
+    launch = sub.add_parser(
+        "launch", help="render a multi-node job file (SLURM, torchrun, DeepSpeed, Kubernetes) for a config, after pre-flight checks",
+        usage="fsdtrain launch {slurm,torchrun,deepspeed,k8s} --config X --nodes N --gpus-per-node G [options] [-- FIT_OVERRIDES...]",
+        description="Resolves the config as `fsdtrain fit` would, checks it for the job's size and writes the job file with the "
+        "resolved config inside (docs/multi-node.md). Flags after `--` override the config, as on the fsdtrain fit command line.",
+    )  # fmt: skip
+    launch.add_argument("kind", choices=["slurm", "torchrun", "deepspeed", "k8s"], help="the launcher")
+    launch.add_argument("--config", required=True, help="the fsdtrain fit config, e.g. configs/pretrain_global.yaml")
+    launch.add_argument("--nodes", required=True, type=int, help="nodes (pods on Kubernetes)")
+    launch.add_argument("--gpus-per-node", required=True, type=int, help="GPUs per node: one process each")
+    launch.add_argument("--dry-run", action="store_true", help="print the job file to stdout instead of writing it")
+    launch.add_argument("--out", default=None, help="job file (or folder) to write; default launch-jobs/<name>/<file>")
+    launch.add_argument("--name", default=None, help="job name (default fsdtrain-<config file name>)")
+    launch.add_argument("--image", default=None, help="container image with fsdtrain installed (k8s)")
+    launch.add_argument("--no-embed", action="store_true", help="reference --config by path (it must be readable on every node) instead of embedding the resolved config")
+    launch.add_argument("--skip-store-check", action="store_true", help="skip the store/data reachability check (for stores only the compute nodes reach)")
 
     demo = sub.add_parser("demo", help="the whole story on one machine: store, synth, pretrain, CN fine-tune, eval")
     demo.add_argument("--workdir", default="demo-run")
@@ -109,6 +133,9 @@ def _run(argv: list[str]) -> int:
         FleetCLI(_finetune_args(argv[1:]), job_type="finetune")
         return 0
 
+    overrides: list[str] = []
+    if argv and argv[0] == "launch" and "--" in argv:  # fsdtrain fit flags for the rendered job
+        argv, overrides = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = _parser().parse_args(argv)
     if args.command == "store":
         from fsdtrain.store.seaweed import serve
@@ -156,7 +183,7 @@ def _run(argv: list[str]) -> int:
 
         report = evaluate(
             args.ckpt, args.data, batch_size=args.batch_size, site_zone=args.site_zone, plots=args.plots,
-            plots_per_country=args.plots_per_country,
+            plots_per_country=args.plots_per_country, head=args.head, audit_log=args.audit_log,
         )  # fmt: skip
         print(format_table(report))
         if args.out:
@@ -166,11 +193,24 @@ def _run(argv: list[str]) -> int:
             print(f"plots: {args.plots}")
         return 0
     if args.command == "export":
+        from fsdtrain.residency import ExportPolicy
         from fsdtrain.train.export import export_weights
 
-        meta = export_weights(args.ckpt, args.out, heads=args.heads)
-        print(f"fsdtrain: exported {meta['exported_from']} (step {meta.get('global_step')}, heads {','.join(meta['heads'])}) to {args.out}")
+        meta = export_weights(
+            args.ckpt, args.out, heads=args.heads, head_only=args.head_only, head=args.head, site_zone=args.site_zone,
+            dest_zone=args.dest_zone, policy=ExportPolicy.load(args.policy),
+        )  # fmt: skip
+        heads = meta.get("head_only") or meta["heads"]
+        what = "head-only" if meta.get("head_only") else "heads"
+        print(f"fsdtrain: exported {meta['exported_from']} (step {meta.get('global_step')}, {what} {','.join(heads)}) to {args.out} for zone {meta['exported_for_zone']}")
         return 0
+    if args.command == "launch":
+        from fsdtrain.launch.render import LaunchSpec, launch
+
+        spec = LaunchSpec(
+            args.kind, args.config, args.nodes, args.gpus_per_node, overrides=overrides, embed=not args.no_embed, name=args.name, image=args.image
+        )  # fmt: skip
+        return launch(spec, out=args.out, dry_run=args.dry_run, check_store=not args.skip_store_check)
     if args.command == "demo":
         from fsdtrain.demo import run_demo
 

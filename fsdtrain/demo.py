@@ -1,7 +1,7 @@
 """``fsdtrain demo``: the whole story on one machine, on CPU, in minutes.
 
 1. start a local SeaweedFS store (buckets ``fleet-global`` and ``fleet-cn``, as two zones would have);
-2. synthesize CN, US and DE clips (CN lands in the CN bucket with zone ``cn``);
+2. synthesize CN, US and DE clips (CN lands in the CN bucket with zone ``cn``), 7 cameras each;
 3. pretrain the global model on US + DE at a ``global`` site (DeepSpeed ZeRO-2, 2 CPU ranks);
 4. fine-tune a CN head on CN clips at a ``cn`` site, backbone frozen;
 5. evaluate on held-out clips of every country against the baselines, write ``report.json``;
@@ -26,7 +26,8 @@ __all__ = ["run_demo", "config_path"]
 DATASET = "demo"
 BUCKETS = {"global": "fleet-global", "cn": "fleet-cn"}
 COUNTRIES = {"US": "global", "DE": "global", "CN": "cn"}
-SPLITS = {"train": 24, "val": 4, "test": 8}  # clips per country
+SPLITS = {"train": 160, "val": 4, "test": 8}  # clips per country
+RIG = "surround6_narrow"  # surround cameras + a long-range front camera, which the demo's model reads
 CLIPS_PER_SHARD = {"val": 1, "test": 2}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
@@ -83,7 +84,7 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
                 per_shard = max(1, clips // 6) if split == "train" else CLIPS_PER_SHARD[split]  # several shards per rank
                 synth_fleet(
                     dataset_url(country), [country], clips, clips_per_shard=per_shard, split=split,
-                    seed=SPLIT_SEEDS[split], workers=2,
+                    seed=SPLIT_SEEDS[split], rig=RIG, workers=2,
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)
 

@@ -3,6 +3,10 @@
 DESIGN.md §4: a job runs at a site with a zone (``site.zone`` or ``FSDTRAIN_SITE_ZONE``;
 ``global`` when undeclared). It may read a shard only when the shard's zone is ``global`` or
 equals the site zone. The check runs before the first byte of a shard is requested.
+
+Weights carry the zones each part was trained on (``trained_on_zones``: ``backbone`` and each head);
+:class:`ExportPolicy` says which parts may leave the zone of their data, and ``fsdtrain export``
+enforces it (:func:`check_export`) from the weights' metadata, before their tensors are read.
 """
 
 from __future__ import annotations
@@ -12,11 +16,23 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsdtrain.errors import ConfigError, FsdtrainError
 
-__all__ = ["GLOBAL_ZONE", "ResidencyError", "AuditLog", "check_zone", "check_bucket_zone", "resolve_site_zone", "validate_zone"]
+__all__ = [
+    "GLOBAL_ZONE",
+    "ResidencyError",
+    "AuditLog",
+    "ExportPolicy",
+    "check_zone",
+    "check_bucket_zone",
+    "check_export",
+    "part_zones",
+    "resolve_site_zone",
+    "validate_zone",
+]
 
 GLOBAL_ZONE = "global"
 SITE_ZONE_ENV = "FSDTRAIN_SITE_ZONE"
@@ -96,3 +112,60 @@ class AuditLog:
         """All records of an audit log, oldest first."""
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
+
+
+@dataclass
+class ExportPolicy:
+    """Which parts of trained weights may leave the zone of the data they were trained on.
+
+    Args:
+        allow: data zone -> parts (head names such as ``CN``, or ``backbone``) whose weights, trained
+            on that zone's data, may be exported outside it. A part not listed never leaves: exporting
+            it needs a job at a site in that zone writing for that zone. Empty (the default): nothing
+            trained on restricted data leaves its zone.
+    """
+
+    allow: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for zone, parts in self.allow.items():
+            validate_zone(zone, "export policy zone")
+            if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+                raise ConfigError(f"export policy: zone {zone!r} needs a list of parts (head names or 'backbone'), got {parts!r}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None) -> ExportPolicy:
+        """From a YAML file mapping zone -> parts (``cn: [CN]``); None gives the empty policy."""
+        if path is None:
+            return cls()
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"export policy {path}: unreadable ({type(exc).__name__}); give a YAML file like 'cn: [CN]'") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"export policy {path}: must map zones to parts, like 'cn: [CN]'")
+        return cls(allow={str(k): v for k, v in data.items()})
+
+
+def part_zones(meta: dict, parts: list[str]) -> dict[str, list[str]]:
+    """Zones each of ``parts`` was trained on, from weights metadata (``trained_on_zones``; weights
+    written before it have only ``zones``, which then count for every part)."""
+    per_part = meta.get("trained_on_zones") or {}
+    return {p: list(per_part.get(p, meta.get("zones", []))) for p in parts}
+
+
+def check_export(zones_by_part: dict[str, list[str]], *, site_zone: str, dest_zone: str, policy: ExportPolicy, source: str) -> None:
+    """Raises :class:`ResidencyError` unless every part may be read at ``site_zone`` and written for
+    ``dest_zone``: each restricted zone it was trained on equals both, or the policy lets the part leave it."""
+    for part, zones in sorted(zones_by_part.items()):
+        for zone in zones:
+            if zone == GLOBAL_ZONE or (zone == site_zone == dest_zone) or part in policy.allow.get(zone, []):
+                continue
+            where = f"this export runs at site zone '{site_zone}'" if site_zone != zone else f"this export is for zone '{dest_zone}'"
+            raise ResidencyError(
+                f"residency: {part} in {source} was trained on zone '{zone}' data and may not leave it, but {where}; "
+                f"export it at a '{zone}' site for '{zone}' (--site-zone/--dest-zone {zone}), or allow it in the export policy "
+                f"('{zone}: [{part}]') if your approval lets it leave"
+            )

@@ -15,9 +15,10 @@ from fsdtrain.data.manifest import load_manifest, save_manifest
 from fsdtrain.data.synth import synth_fleet
 from fsdtrain.data.windows import WindowSpec
 
-# 5 s clips at 10 Hz, 64x48 pixels: 8 windows per clip with this spec, fast to render and decode
+# 5 s clips at 10 Hz, 64x48 pixels: 8 windows per clip with this spec, fast to render and decode; the
+# demo's rig (surround6 + CAM_FRONT_NARROW), so configs/demo.yaml's cameras are there
 TINY_WINDOW = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=2)
-TINY_SIZE = {"width": 64, "height": 48, "seconds": 5.0}
+TINY_SIZE = {"width": 64, "height": 48, "seconds": 5.0, "rig": "surround6_narrow"}
 COUNTRIES = ("US", "DE", "CN")
 
 

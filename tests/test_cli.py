@@ -9,7 +9,7 @@ from fsdtrain.cli import main
 
 COMMANDS = [
     ["--help"], ["store", "serve", "--help"], ["data", "synth", "--help"], ["data", "inspect", "--help"],
-    ["data", "verify", "--help"], ["data", "write", "--help"], ["eval", "--help"], ["export", "--help"], ["demo", "--help"], ["fit", "--help"], ["finetune", "--help"],
+    ["data", "verify", "--help"], ["data", "write", "--help"], ["eval", "--help"], ["export", "--help"], ["launch", "--help"], ["demo", "--help"], ["fit", "--help"], ["finetune", "--help"],
 ]  # fmt: skip
 
 

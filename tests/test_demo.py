@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_leaves_a_report_and_wandb_runs(tmp_path):
     work = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "fsdtrain", "demo", "--workdir", str(work), "--clips", "4"],
+        [sys.executable, "-m", "fsdtrain", "demo", "--workdir", str(work), "--clips", "6"],
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -31,3 +31,30 @@ def test_audit_log_appends_one_json_line_per_shard(tmp_path):
     rows = AuditLog.read(tmp_path / "a" / "audit.jsonl")
     assert [r["url"] for r in rows] == ["s3://b/s0.tar", "s3://b/s1.tar"]
     assert rows[0]["rank"] == 1 and rows[0]["job"] == "j" and rows[0]["zone"] == "cn"
+
+
+def test_every_read_path_refuses_another_zones_bucket_before_any_request(use_zone_key, tmp_path, capsys, monkeypatch):
+    """eval, data verify and training at a global site, given CN shards in the CN bucket: with the
+    global zone's key the store refuses every CN request (tests/store), so a ResidencyError rather than
+    an access error shows that nothing was requested; and no shard is in the audit log."""
+    from fleet import TINY_SIZE
+    from fsdtrain.cli import main
+    from fsdtrain.data.synth import synth_fleet
+
+    monkeypatch.delenv("FSDTRAIN_SITE_ZONE", raising=False)
+    url = f"s3://fleet-cn/{tmp_path.name}"
+    synth_fleet(url, ["CN"], 1, split="val", **TINY_SIZE)  # with the admin key
+    use_zone_key("global")
+    want = f"fsdtrain: error: residency: {url}/val/CN is in zone 'cn' but this job runs at site zone 'global'"
+    audit = tmp_path / "audit.jsonl"
+    runs = {
+        "eval": ["eval", "--ckpt", str(tmp_path / "never-read.safetensors"), "--data", f"{url}/val/CN", "--audit-log", str(audit)],
+        "verify": ["data", "verify", f"{url}/val/CN"],
+        "fit": ["fit", "--config", "configs/finetune_cn.yaml", "--site.zone", "global", "--data.train", f"[{url}/val/CN]", "--data.val", "[]",
+                "--workdir", str(tmp_path / "run"), "--data.audit_log", str(audit), "--wandb.mode", "disabled"],
+    }  # fmt: skip
+    for name, argv in runs.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith(want) and "denied" not in err.lower(), (name, err)
+    assert not audit.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.augment import Augment
@@ -63,6 +64,10 @@ class FleetDataModule(pl.LightningDataModule):
         block_shards: with ``order: global``, shards whose windows are shuffled together.
         weights: with ``order: global``, one weight per ``train`` entry: how often each of its windows
             is used per epoch on average (e.g. ``[1.0, 0.5]`` halves the second dataset's share).
+        country_weights: with ``order: global``, sampling weight per country of ``train`` (e.g.
+            ``{US: 1.0, DE: 2.0}``; unlisted countries 1.0), multiplied into ``weights``: multi-country
+            pretraining with each country's share set once, whatever its datasets. Countries that
+            ``train`` lacks are reported and unused (a shared config on a run with fewer countries).
         augment: training augmentations (colour jitter, camera dropout), in the loader workers,
             deterministic per window given the seed and epoch; validation is never augmented.
     """
@@ -87,6 +92,7 @@ class FleetDataModule(pl.LightningDataModule):
         order: str = "global",
         block_shards: int = 4,
         weights: list[float] | None = None,
+        country_weights: dict[str, float] | None = None,
         augment: Augment = Augment(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         super().__init__()
@@ -111,6 +117,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
         self.weights = list(weights) if weights is not None else None
+        self.country_weights = dict(country_weights) if country_weights is not None else None
         self.augment = augment
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
@@ -151,7 +158,7 @@ class FleetDataModule(pl.LightningDataModule):
             max_skip_fraction=self.max_skip_fraction,
             order=self.order if train else "sharded",
             block_shards=self.block_shards,
-            weights=self.weights if train else None,
+            weights=self._train_weights(manifests) if train else None,
             augment=self.augment if train else None,
         )
         stream.set_distributed(rank, world, self.num_workers)
@@ -162,6 +169,23 @@ class FleetDataModule(pl.LightningDataModule):
                 "add clips or shards (each rank reads whole shards), or lower data.batch_size"
             )
         return stream
+
+    def _train_weights(self, manifests: list[Manifest]) -> list[float] | None:
+        """Per ``train`` manifest: ``weights`` x its country's ``country_weights``."""
+        if self.country_weights is None:
+            return self.weights
+        countries = sorted({m.country for m in manifests})
+        unknown = sorted(set(self.country_weights) - set(countries))
+        if unknown:  # a shared config's weights, on a run that trains on fewer countries: said, not fatal
+            if rank_zero_only.rank == 0:
+                print(f"fsdtrain: data.country_weights: {', '.join(unknown)} not in data.train (countries {', '.join(countries)}); unused", flush=True)
+        if any(w < 0 for w in self.country_weights.values()):
+            raise ConfigError(f"data.country_weights must be >= 0, got {self.country_weights}")
+        base = self.weights if self.weights is not None else [1.0] * len(manifests)
+        if len(base) != len(manifests):
+            return base  # the stream reports the length mismatch of data.weights
+        weights = [w * self.country_weights.get(m.country, 1.0) for w, m in zip(base, manifests)]
+        return None if self.weights is None and all(w == 1.0 for w in weights) else weights  # None: no mixing asked for
 
     def setup(self, stage: str) -> None:
         if stage == "fit":

@@ -33,7 +33,7 @@ from fsdtrain.data.decode import decode_video
 from fsdtrain.data.index import ShardIndex, parse_index
 from fsdtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
 from fsdtrain.errors import DataError
-from fsdtrain.residency import check_zone, resolve_site_zone
+from fsdtrain.residency import check_bucket_zone, check_zone, resolve_site_zone
 from fsdtrain.store import objects
 
 __all__ = ["find_manifests", "inspect", "format_inspect", "verify", "verify_manifest"]
@@ -125,6 +125,7 @@ def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | No
         ResidencyError: a manifest's zone may not be read at this site (nothing of it was read).
     """
     zone = resolve_site_zone(site_zone)
+    check_bucket_zone(url, zone)  # a bucket tied to another zone gets no request at all, not even a listing
     problems: list[str] = []
     manifests = []
     for murl in _manifest_dirs(url):

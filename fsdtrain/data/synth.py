@@ -533,7 +533,7 @@ def synth_fleet(
         width, height: image size, even numbers.
         fps, seconds: frame rate and clip length.
         gop: keyframe interval of the videos, in frames.
-        rig: camera rig name, see :data:`~fsdtrain.data.rig.RIGS` (``surround6``, ``surround8``).
+        rig: camera rig name, see :data:`~fsdtrain.data.rig.RIGS` (``surround6``, ``surround6_narrow``, ``surround8``).
         conditions: weights of day, night and rain clips, see :attr:`Scenario.conditions`; default: all day.
         vehicles: other vehicles per clip, ``(min, max)`` or ``"min-max"``.
         lane_change: fraction of clips in which the ego changes lanes.

@@ -18,15 +18,23 @@ from fsdtrain.eval.report import build_report
 from fsdtrain.eval.viz import save_plots
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
 from fsdtrain.model.heads import GLOBAL_HEAD
-from fsdtrain.residency import AuditLog, resolve_site_zone
+from fsdtrain.residency import AuditLog, check_bucket_zone, resolve_site_zone
 from fsdtrain.train.export import load_weights
 
 __all__ = ["load_predictors", "evaluate"]
 
 
-def load_predictors(weights: str) -> tuple[DrivingTransformer, EgoStatusMLP, dict]:
-    """Model and ego-status baseline from a weights file, in eval mode, plus its metadata."""
-    state, meta = load_weights(weights)
+def load_predictors(weights: str, head: str | None = None) -> tuple[DrivingTransformer, EgoStatusMLP, dict]:
+    """Model and ego-status baseline from a weights file (plus, optionally, a head-only file fine-tuned
+    on it: fsdtrain/train/head_only.py), in eval mode, plus its metadata."""
+    if head is not None:
+        from fsdtrain.train.head_only import load_with_head
+
+        state, meta = load_with_head(weights, head)
+    else:
+        state, meta = load_weights(weights)
+        if meta.get("kind") == "head":
+            raise ConfigError(f"{weights} is a head-only file; give the backbone weights as --ckpt and it as --head")
     window = WindowSpec(**meta["window"])
     dt = 1.0 / window.future_hz
     # every weight is in the file: the encoder's starting-weights file of the run is not needed (and
@@ -42,7 +50,7 @@ def load_predictors(weights: str) -> tuple[DrivingTransformer, EgoStatusMLP, dic
 @torch.no_grad()
 def evaluate(
     weights: str, data: list[str], *, batch_size: int = 8, site_zone: str | None = None, audit_log: str | None = None,
-    num_workers: int = 1, plots: str | None = None, plots_per_country: int = 4,
+    num_workers: int = 1, plots: str | None = None, plots_per_country: int = 4, head: str | None = None,
 ) -> dict:  # fmt: skip
     """Every window of ``data`` through the model (routed heads), the global head (for countries
     with their own head), the ego-status MLP and constant velocity.
@@ -59,6 +67,7 @@ def evaluate(
             frames, which stay at this site: every shard was checked against the site zone before
             it was read, and the pictures are written only to this local folder.
         plots_per_country: pictures per country: its first windows in stream order.
+        head: head-only file to put on ``weights`` (the backbone weights it was fine-tuned from).
 
     Returns:
         The report dict (DESIGN.md §7).
@@ -67,11 +76,14 @@ def evaluate(
         raise ConfigError(f"plots_per_country={plots_per_country} must be >= 0")
     if plots is not None and "://" in str(plots):
         raise ConfigError(f"plots={plots}: give a local folder, not a URL (the pictures hold camera frames)")
-    net, base, meta = load_predictors(weights)
-    window = WindowSpec(**meta["window"])
     zone = resolve_site_zone(site_zone)
+    for url in data:  # before anything is read: no request to a bucket of a zone this site may not read
+        check_bucket_zone(url, zone)
+    net, base, meta = load_predictors(weights, head)
+    manifests = load_manifests(data, zone)  # each manifest's zone, before the first shard byte
+    window = WindowSpec(**meta["window"])
     stream = FleetStream(
-        load_manifests(data, zone),
+        manifests,
         window,
         cameras=meta["cameras"],
         batch_size=batch_size,
@@ -116,7 +128,7 @@ def evaluate(
         table.add(countries, "ego_mlp", sample_errors(b_traj, b_logits, target, hz))
         cv = constant_velocity(batch["ego_hist"], window.future_steps, 1.0 / hz)[:, None]
         table.add(countries, "constant_velocity", sample_errors(cv, torch.zeros(cv.shape[:2]), target, hz))
-    return build_report(table, clips, checkpoint=weights, data=data)
+    return build_report(table, clips, checkpoint=weights if head is None else f"{weights} + {head}", data=data)
 
 
 def _real_windows(batch: dict) -> dict:

@@ -30,6 +30,8 @@ class ModelConfig:
         depth: fusion transformer layers (with ``fusion: factorized``, each is a spatial and a temporal layer).
         num_heads: attention heads.
         grid: token grid ``[h, w]`` each image is pooled to.
+        feature_level: the encoder's feature map to pool (-1: last, stride 32; -2: stride 16, the
+            later stages are not built).
         modes: trajectory modes K per head.
         heads: head bank: ``global`` plus country codes that get their own head.
         dropout: dropout in the fusion transformer.
@@ -53,6 +55,7 @@ class ModelConfig:
     depth: int = 2
     num_heads: int = 4
     grid: list[int] = field(default_factory=lambda: [2, 4])
+    feature_level: int = -1
     modes: int = 3
     heads: list[str] = field(default_factory=lambda: [GLOBAL_HEAD])
     dropout: float = 0.0
@@ -110,6 +113,7 @@ class DrivingTransformer(nn.Module):
             config.encoder,
             d_model=D,
             grid=tuple(config.grid),
+            feature_level=config.feature_level,
             weights=config.encoder_weights,
             freeze_bn=config.freeze_bn,
         )

@@ -30,6 +30,10 @@ class ImageEncoder(nn.Module):
         name: timm model name (``timm.list_models()``), e.g. ``test_resnet``, ``resnet18``, ``convnext_tiny``.
         d_model: token width.
         grid: ``(h, w)`` token grid each feature map is pooled to.
+        feature_level: which of the timm model's feature maps to use (``feature_info`` index; -1 is
+            the last, stride 32 for ResNets; -2 the one before, stride 16, with twice the rows and
+            columns, and the stages after it are not built). Finer maps keep the far road, a few
+            rows under the horizon, apart from the near road.
         weights: optional local weights file (safetensors or a weights-only torch file) for the
             timm model; there is no hub access, so the default is random init.
         freeze_bn: replace every BatchNorm of the timm model by a frozen one (timm's
@@ -43,6 +47,7 @@ class ImageEncoder(nn.Module):
         *,
         d_model: int,
         grid: tuple[int, int],
+        feature_level: int = -1,
         weights: str | None = None,
         freeze_bn: bool = False,
     ) -> None:
@@ -52,7 +57,10 @@ class ImageEncoder(nn.Module):
             raise ConfigError(
                 f"model.encoder '{name}' is not a timm model name (e.g. {known}, resnet18, convnext_tiny)"
             )
-        self.backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,))
+        try:
+            self.backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_level,))
+        except IndexError:
+            raise ConfigError(f"model.feature_level {feature_level} is not a feature map of {name}; use -1 (last), -2, ...") from None
         if weights:
             load_encoder_weights(self.backbone, weights)
         if freeze_bn:  # after loading, so the frozen statistics are the loaded ones

@@ -3,8 +3,10 @@ validation metrics file."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -12,6 +14,8 @@ from lightning.pytorch.accelerators.cuda import CUDAAccelerator
 
 from fsdtrain.eval.report import write_report
 from fsdtrain.train.export import git_sha, save_weights
+from fsdtrain.train.finetune import trained_on_zones
+from fsdtrain.train.head_only import head_file_name, path_bytes, save_head
 from fsdtrain.train.mfu import mfu, peak_flops, training_flops_per_window
 
 __all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
@@ -116,6 +120,11 @@ def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
     parent = getattr(module, "parent_metadata", None) or {}
     zones |= set(parent.get("zones", []))
     countries |= set(parent.get("countries_trained", []))
+    by_country: dict[str, set[str]] = {}
+    for m in train_stream.manifests if train_stream is not None else []:
+        by_country.setdefault(m.country, set()).add(m.zone)
+    finetune = module.finetune
+    per_part = trained_on_zones(list(module.named_parameters()), init_head_from=finetune.init_head_from, zones_by_country=by_country, parent=parent)
     return {
         "format": 1,
         "net": asdict(module.net_config),
@@ -124,10 +133,12 @@ def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
         "heads": module.net.heads.names,
         "trained_heads": module.finetune.train_heads or module.net.heads.names,
         "zones": sorted(zones),
+        "trained_on_zones": per_part,  # backbone and each head: the zones of the data it learned from
+        "site_zone": getattr(dm, "site_zone", None),
         "countries_trained": sorted(countries),
         "manifests": {m.url: m.digest() for m in manifests},
         "git_sha": git_sha(),
-        "parent": {k: parent.get(k) for k in ("weights", "zones", "manifests", "git_sha", "artifact")} if parent else None,
+        "parent": {k: parent.get(k) for k in ("weights", "zones", "trained_on_zones", "manifests", "git_sha", "artifact")} if parent else None,
         "artifact": getattr(trainer.logger, "model_artifact", None),  # W&B model artifact of this run (wandb_log.py)
         "global_step": trainer.global_step,
     }
@@ -148,6 +159,10 @@ class RunInfo(pl.Callback):
 class ExportWeights(pl.Callback):
     """At the end of fit, writes the full model as one safetensors file with run metadata.
 
+    A fine-tune that trained only its ``train_heads`` (everything else frozen, from ``init_from``)
+    also writes them as a head-only file beside it (``head-CN.safetensors``, fsdtrain/train/head_only.py)
+    and prints its size against the full weights and the last checkpoint.
+
     Under ZeRO-3 the parameters are partitioned, so every rank joins the gather; rank 0 writes.
     """
 
@@ -163,13 +178,40 @@ class ExportWeights(pl.Callback):
                 state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         else:
             state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        heads = _head_only_heads(pl_module)
         if trainer.is_global_zero:
             meta = run_metadata(trainer, pl_module)
             meta["weights"] = self.path
-            save_weights(self.path, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta)
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            save_weights(self.path, state, meta)
+            if heads:
+                self._write_head(trainer, state, meta, heads, pl_module.init_from)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             print(f"fsdtrain: weights written to {self.path}", flush=True)
+
+    def _write_head(self, trainer: pl.Trainer, state: dict, meta: dict, heads: list[str], init_from: str) -> None:
+        path = Path(self.path).with_name(head_file_name(heads))
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        sizes = {"full_weights_bytes": path_bytes(self.path)}
+        if last and os.path.exists(last):
+            sizes["checkpoint_bytes"] = path_bytes(last)
+        save_head(path, state, {**meta, "weights": str(path), "sizes": sizes}, heads, backbone_source=init_from)
+        head = path_bytes(path)
+        of_ckpt = f", {head / sizes['checkpoint_bytes']:.3f} of the checkpoint" if "checkpoint_bytes" in sizes else ""
+        print(
+            f"fsdtrain: head-only weights ({','.join(heads)}) written to {path}: {head / 1024:.0f} KiB, "
+            f"{head / sizes['full_weights_bytes']:.3f} of {Path(self.path).name}{of_ckpt}",
+            flush=True,
+        )
+
+
+def _head_only_heads(module: pl.LightningModule) -> list[str]:
+    """The heads a head-only file holds: a fine-tune from ``init_from`` in which nothing else trained."""
+    heads = list(getattr(getattr(module, "finetune", None), "train_heads", []) or [])
+    if not heads or not getattr(module, "init_from", None):
+        return []
+    return heads if set(module.trainable_parts()) <= set(heads) else []
 
 
 class ValidationReport(pl.Callback):

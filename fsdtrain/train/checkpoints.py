@@ -48,6 +48,7 @@ __all__ = [
     "check_checkpoint",
     "resolve_checkpoint",
     "read_checkpoint",
+    "read_checkpoint_metadata",
 ]
 
 LAST_NAME = "last.ckpt"
@@ -423,11 +424,9 @@ def _zero3_params(state: dict, param_shapes: list[dict], flats: list[torch.Tenso
         raise ConfigError(f"{ckpt}: each shard holds {flats[0].numel()} values, the parameters {offset}; the shards do not match the model")
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """-> (fp32 weights, run metadata with the resolved config under ``config``, the checkpoint path).
-
-    ``path`` is a checkpoint, a checkpoints folder or a run's workdir (its ``last``).
-    """
+def read_checkpoint_metadata(path: str | os.PathLike) -> tuple[dict, Path]:
+    """-> (run metadata with the resolved config under ``config``, the checkpoint path), without
+    reading any weights (``fsdtrain export`` checks residency from it first)."""
     ckpt = resolve_checkpoint(path)
     meta_file = _sidecar(ckpt, META_NAME)
     if not meta_file.is_file():
@@ -435,6 +434,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     config_file = _sidecar(ckpt, CONFIG_NAME)
     meta["config"] = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+    return meta, ckpt
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """-> (fp32 weights, run metadata with the resolved config under ``config``, the checkpoint path).
+
+    ``path`` is a checkpoint, a checkpoints folder or a run's workdir (its ``last``).
+    """
+    meta, ckpt = read_checkpoint_metadata(path)
     if ckpt.is_dir():
         state = _zero_state(ckpt)
     else:

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fsdtrain.data.datamodule import FleetDataModule
 from fsdtrain.errors import ConfigError
+from fsdtrain.launch.cluster import cluster_setup, detect_cluster
 from fsdtrain.residency import resolve_site_zone
 from fsdtrain.train.batching import plan_batches
 from fsdtrain.train.callbacks import (
@@ -137,7 +138,9 @@ class FleetCLI(LightningCLI):
         if ckpt_path == "last":
             found = last_checkpoint(workdir / "checkpoints")
             if rank_zero_only.rank == 0:
-                print(f"fsdtrain: resuming from {found}" if found else f"fsdtrain: no checkpoint in {workdir / 'checkpoints'} yet; starting from the beginning", flush=True)
+                restart = detect_cluster().restart  # torchrun restarted the workers after a failure
+                again = f" (torchelastic restart {restart})" if restart else ""
+                print(f"fsdtrain: resuming from {found}{again}" if found else f"fsdtrain: no checkpoint in {workdir / 'checkpoints'} yet; starting from the beginning{again}", flush=True)
             return str(found) if found else None
         if ckpt_path is None or ckpt_path in ("best", "hpc") or "://" in str(ckpt_path):
             return ckpt_path
@@ -174,6 +177,7 @@ class FleetCLI(LightningCLI):
             StreamEpoch(),
             Throughput(),
             RunInfo(resolved),
+            *cluster_setup(config),  # SLURM, torchrun, DeepSpeed launcher or Kubeflow: fsdtrain/launch/cluster.py
         ]
         self._review = None
         if isinstance(config["logger"], FleetWandbLogger):  # after ExportWeights: it logs the weights that one writes

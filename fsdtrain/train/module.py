@@ -19,9 +19,16 @@ from fsdtrain.eval.baselines import EgoStatusMLP
 from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors, stable_key
 from fsdtrain.eval.report import build_report
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
+from fsdtrain.model.heads import GLOBAL_HEAD
 from fsdtrain.model.losses import LossConfig, wta_loss
 from fsdtrain.train.export import load_weights
-from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, merge_initial_weights
+from fsdtrain.train.finetune import (
+    FinetuneConfig,
+    apply_freeze,
+    frozen_modules,
+    merge_initial_weights,
+    part_of,
+)
 from fsdtrain.train.optim import param_groups, warmup_cosine_scheduler
 from fsdtrain.train.strategies import adamw_class
 
@@ -90,13 +97,23 @@ class DrivingModule(pl.LightningModule):
         if init_from:
             loaded, self.parent_metadata = load_weights(init_from)
             self.load_state_dict(merge_initial_weights(self.state_dict(), loaded, init_head_from=finetune.init_head_from, source=init_from))
-        apply_freeze(self, finetune.train_heads)
-        self.backbone_frozen = bool(finetune.train_heads)
+        apply_freeze(self, finetune.train_heads, finetune.freeze)
+        self.frozen_modules = frozen_modules(self) if finetune.train_heads or finetune.policy != "none" else []
+        self.backbone_frozen = not any(p.requires_grad for p in self.net.backbone_parameters())
+        # the global head learns from every window (a country head only from its own country's)
+        global_trains = any(p.requires_grad for p in self.net.heads.heads[GLOBAL_HEAD].parameters())
+        self.global_every_window = global_trains and len(self.net.heads.names) > 1
         self.val_report: dict | None = None  # the last validation's metrics, report format (ValidationReport writes it)
 
     # --- steps -----------------------------------------------------------------------------------
 
-    def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def trainable_parts(self) -> list[str]:
+        """Parts of the model (``backbone`` and head names) with a parameter that trains in this run."""
+        return sorted({part_of(n) for n, p in self.named_parameters() if p.requires_grad})
+
+    def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
+        """-> routed trajectories, logits, the baseline's trajectories, the route, and the global head's
+        (trajectories, logits) on every window when it learns from windows routed to a country head."""
         route = self.net.heads.route(batch["country"], device=self.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             fused, ego_token = self.net.encode(
@@ -107,14 +124,20 @@ class DrivingModule(pl.LightningModule):
                 cam_to_ego=batch["cam_to_ego"],
             )
         traj, logits = self.net.decode(fused, ego_token, batch["ego_hist"], route)
+        every = self.net.decode(fused, ego_token, batch["ego_hist"], route, head=GLOBAL_HEAD) if self.global_every_window else None
         base_traj, _ = self.baseline(batch["ego_hist"], batch["command"], route)
-        return traj, logits, base_traj, route
+        return traj, logits, base_traj, route, every
 
     def _losses(self, batch: dict, *, reduction: str = "mean") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss terms (batch means, or [B] per sample with ``reduction="none"``) and the predictions."""
-        traj, logits, base_traj, _ = self._predict(batch)
+        traj, logits, base_traj, route, every = self._predict(batch)
         target = batch["future"]
         losses = wta_loss(traj, logits, target, self.loss_config, reduction=reduction)
+        if every is not None:  # + the global head on windows routed to a country head (same graph on every rank)
+            own = route != self.net.heads.names.index(GLOBAL_HEAD)  # [B] windows routed to a country head
+            extra = wta_loss(*every, target, self.loss_config, reduction="none")["loss"] * own  # [B]
+            losses["global_extra"] = extra.detach().mean() if reduction == "mean" else extra.detach()
+            losses["loss"] = losses["loss"] + (extra.mean() if reduction == "mean" else extra)
         base_xy = F.smooth_l1_loss(base_traj[:, 0, :, :2], target[..., :2], reduction="none").mean((1, 2))  # [B]
         base = base_xy + self.loss_config.yaw_weight * F.l1_loss(base_traj[:, 0, :, 2], target[..., 2], reduction="none").mean(1)
         base = base.mean() if reduction == "mean" else base
@@ -123,9 +146,8 @@ class DrivingModule(pl.LightningModule):
         return losses, traj, logits, base_traj
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        if self.backbone_frozen:  # frozen BatchNorm statistics and no dropout in the backbone
-            self.net.encoder.eval()
-            self.net.fusion.eval()
+        for name in self.frozen_modules:  # frozen BatchNorm statistics and no dropout where nothing trains
+            self.get_submodule(name).eval()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses, traj, logits, _ = self._losses(batch)

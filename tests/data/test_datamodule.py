@@ -34,3 +34,24 @@ def test_sharded_training_stream_still_drops_tail_windows(tiny_fleet):
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
         dm.setup("fit")
         assert not dm.train_stream.pad and len(dm.train_stream) == 6  # the 1-shard rank's 2 full batches
+
+
+def test_country_weights_set_each_countrys_share_of_the_training_windows(tiny_fleet, capsys):
+    train = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]
+
+    def stream(**kwargs):
+        dm = FleetDataModule(train=train, window=TINY_WINDOW, batch_size=2, num_workers=0, **kwargs)
+        dm.setup("fit")
+        return dm.train_stream
+
+    even = stream()
+    assert even.weights is None and len(even) == 32  # 2 countries x 2 clips x 8 windows
+    doubled = stream(country_weights={"DE": 2.0}, weights=[1.0, 0.5])
+    assert doubled.weights == [1.0, 1.0]
+    us_only = stream(country_weights={"DE": 0.0})
+    assert us_only.weights == [1.0, 0.0] and len(us_only) == 16
+    assert {w["country"] for w in us_only} == {"US"}
+    capsys.readouterr()
+    # a shared config's weight for a country this run does not train on: said once, unused
+    assert stream(country_weights={"CN": 3.0, "DE": 2.0}).weights == [1.0, 2.0]
+    assert capsys.readouterr().out == "fsdtrain: data.country_weights: CN not in data.train (countries DE, US); unused\n"

@@ -103,15 +103,15 @@ def test_inspect_finds_every_manifest_below_a_root(tiny_fleet):
     for r in rows:
         assert r["clips"] == (2 if r["split"] == "train" else 1)
         assert r["hours"] == pytest.approx(r["clips"] * 5.0 / 3600)  # 5 s clips
-        assert r["bytes"] > 0 and r["cameras"] == 6 and r["fps"] == 10.0
-        assert r["camera_names"] == list(schema.DEFAULT_CAMERAS)
+        assert r["bytes"] > 0 and r["cameras"] == 7 and r["fps"] == 10.0  # the tiny fleet's rig: surround6_narrow
+        assert r["camera_names"] == [*schema.DEFAULT_CAMERAS, "CAM_FRONT_NARROW"]
     table = format_inspect(rows)
     lines = table.splitlines()
     for by, value in (("zone", "cn"), ("zone", "global"), ("country", "CN"), ("split", "val")):
         assert any(line.startswith(f"total {by}") and f" {value} " in line for line in lines), (by, value)
     cn_total = next(line for line in lines if line.startswith("total zone") and " cn " in line)
     assert cn_total.split()[3] == "3"  # 2 train + 1 val CN clips
-    assert any(line.startswith("cameras (6): CAM_FRONT,") for line in lines)
+    assert any(line.startswith("cameras (7): CAM_FRONT,") for line in lines)
 
 
 # --- verify: intact --------------------------------------------------------------------------

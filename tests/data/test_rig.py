@@ -59,9 +59,25 @@ def test_rigs_by_name():
         cam = eight[names.index(name)]
         xy, hit = ground_lut(cam, W, H, 30.0)
         assert hit.mean() > 0.5 and (np.sign(xy[hit][:, 1]) == sign).all() and np.abs(xy[hit][:, 1]).min() < 2.5
-    with pytest.raises(ConfigError, match="known: surround6, surround8"):
+    with pytest.raises(ConfigError, match="known: surround6, surround6_narrow, surround8"):
         make_rig("surround7")
-    assert sorted(RIGS) == ["surround6", "surround8"]
+    assert sorted(RIGS) == ["surround6", "surround6_narrow", "surround8"]
+
+
+def test_narrow_camera_magnifies_the_far_road():
+    rig = make_rig("surround6_narrow")
+    assert rig[:6] == surround6() and rig[6].name == "CAM_FRONT_NARROW"
+    front, narrow = rig[0], rig[6]
+
+    def rows_under_horizon(cam, distance):
+        K, T = intrinsics(cam, W, H), cam_to_ego(cam)
+        (uv_near, _), (uv_far, _) = (_project(K, T, np.array([[d, 0.0, 0.0]])) for d in (distance, 1e6))
+        return uv_near[0, 1] - uv_far[0, 1]
+
+    for distance in (40.0, 60.0, 90.0):  # where the curves that decide the next seconds are: > 2.2x the rows of CAM_FRONT
+        assert rows_under_horizon(narrow, distance) > 2.2 * rows_under_horizon(front, distance)
+    xy, hit = ground_lut(narrow, W, H, 100.0)
+    assert hit.any() and (xy[hit][:, 0] > 5.0).all() and np.abs(xy[hit][:, 1]).max() < 100.0 * np.tan(np.radians(16.0))
 
 
 @pytest.mark.parametrize("cam", make_rig("surround8"), ids=lambda c: c.name)

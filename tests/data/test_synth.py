@@ -117,7 +117,7 @@ def test_zones_and_bad_arguments(tmp_path):
         (dict(zone="CN!"), "zone"),
         (dict(seconds=0.1), "2 frames"),
         (dict(clips_per_shard=0), "clips_per_shard"),
-        (dict(rig="surround7"), "known: surround6, surround8"),
+        (dict(rig="surround7"), "known: surround6, surround6_narrow, surround8"),
         (dict(conditions="day,fog"), "day, night, rain"),
         (dict(conditions="night=x"), "NAME=WEIGHT"),
         (dict(conditions={"day": 0}), "positive sum"),

@@ -10,6 +10,7 @@ import pytest
 from window_recorder import read_steps
 
 from fleet import TINY_SIZE, rewrite_shard
+from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.synth import synth_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ def common(train: list[str], workdir: Path) -> list[str]:
     return [
         "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml", "--data.train", "[" + ",".join(train) + "]",
         "--data.val", "[]", "--data.window.window_stride", "2", "--data.batch_size", "4", "--wandb.mode", "disabled",
+        "--data.cameras", "[" + ",".join(DEFAULT_CAMERAS) + "]", "--data.country_weights", "null",  # every camera, no mixing
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
         "--workdir", str(workdir),
     ]  # fmt: skip

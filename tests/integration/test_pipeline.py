@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fleet import TINY_SIZE
+from fsdtrain.data.manifest import load_manifest
 from fsdtrain.residency import AuditLog
 from fsdtrain.store import objects
 from wandb_files import offline_runs, read_run
@@ -44,14 +45,14 @@ def fleet_env(local_store, tmp_path_factory):
         objects.ensure_bucket("s3://fleet-global")
         objects.ensure_bucket("s3://fleet-cn")
         objects.reset_clients()
-    size = ["--seconds", str(TINY_SIZE["seconds"])]
+    size = ["--seconds", str(TINY_SIZE["seconds"]), "--rig", TINY_SIZE["rig"]]
     for out, countries in (("s3://fleet-global/demo", "US,DE"), ("s3://fleet-cn/demo", "CN")):
         fsdtrain("data", "synth", "--out", out, "--countries", countries, "--clips", "4", "--clips-per-shard", "1", *size, env=env)
         fsdtrain("data", "synth", "--out", out, "--countries", countries, "--clips", "2", "--clips-per-shard", "1", "--split", "val", "--seed", "1", *size, env=env)
     return env
 
 
-def test_pretrain_finetune_eval_on_the_real_store(fleet_env, tmp_path):
+def test_pretrain_finetune_eval_on_the_real_store(fleet_env, local_store, tmp_path):
     env = fleet_env
     pre, cn = tmp_path / "pre", tmp_path / "cn"
 
@@ -76,6 +77,7 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, tmp_path):
     assert changed and all(".heads.heads.CN." in k for k in changed)  # backbone and global head frozen
     meta = json.loads(__import__("safetensors").safe_open(str(cn / "model.safetensors"), "pt").metadata()["fsdtrain"])
     assert meta["zones"] == ["cn", "global"] and meta["heads"] == ["global", "CN"]
+    assert meta["trained_on_zones"] == {"CN": ["cn", "global"], "backbone": ["global"], "global": ["global"]}
     assert {r["zone"] for r in AuditLog.read(cn / "audit.jsonl")} == {"cn"}
     assert read_run(offline_runs(cn)[-1])["run"].job_type == "finetune"
 
@@ -90,6 +92,27 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, tmp_path):
         for p in ("model", "constant_velocity", "ego_mlp"):
             assert report["per_country"][country][p]["l2_3s"] > 0
     assert "global_head" in proc.stdout  # the printed table
+
+    # the backbone and global head were frozen: US and DE get the pretrained model's numbers exactly
+    pre_out = tmp_path / "pre-report.json"
+    fsdtrain("eval", "--ckpt", str(pre / "model.safetensors"), "--data", *data[1:], "--out", str(pre_out), env=env)
+    before = json.loads(pre_out.read_text())["per_country"]
+    for country in ("US", "DE"):
+        assert report["per_country"][country]["model"] == before[country]["model"]
+    # the head-only file on the pretrained backbone is the fine-tuned model; the audit log lists exactly the shards read
+    head_out, audit = tmp_path / "head-report.json", tmp_path / "eval-audit.jsonl"
+    fsdtrain(
+        "eval", "--ckpt", str(pre / "model.safetensors"), "--head", str(cn / "head-CN.safetensors"), "--data", data[0],
+        "--out", str(head_out), "--site-zone", "cn", "--audit-log", str(audit), env=env,
+    )  # fmt: skip
+    assert json.loads(head_out.read_text())["per_country"]["CN"] == report["per_country"]["CN"]
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in local_store.env().items():
+            mp.setenv(k, v)
+        objects.reset_clients()
+        manifest = load_manifest(data[0])
+    objects.reset_clients()
+    assert sorted(r["url"] for r in AuditLog.read(audit)) == sorted(manifest.shard_url(s) for s in manifest.shards)
 
 
 def test_global_site_cannot_read_cn_data(fleet_env, tmp_path):

@@ -125,3 +125,19 @@ def test_tokens_are_pooled_to_the_grid(grid):
     enc = ImageEncoder("test_resnet", d_model=8, grid=grid)
     assert enc.tokens_per_image == grid[0] * grid[1]
     assert enc(images()).shape == (4, grid[0] * grid[1], 8)
+
+
+def test_feature_level_picks_a_finer_map_and_drops_later_stages():
+    last = ImageEncoder("test_resnet", d_model=8, grid=(6, 10))
+    finer = ImageEncoder("test_resnet", d_model=8, grid=(6, 10), feature_level=-2)
+    x = torch.randint(0, 256, (2, 3, 96, 160), dtype=torch.uint8)
+    assert last.backbone(x.float())[-1].shape[-2:] == (3, 5)  # stride 32
+    assert finer.backbone(x.float())[-1].shape[-2:] == (6, 10)  # stride 16: no pooling needed for a 6x10 grid
+    assert finer(x).shape == (2, 60, 8)
+    assert not any(name.startswith("layer4") for name, _ in finer.backbone.named_parameters())
+    assert sum(p.numel() for p in finer.parameters()) < sum(p.numel() for p in last.parameters())
+
+
+def test_feature_level_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="feature_level -9 is not a feature map of test_resnet"):
+        ImageEncoder("test_resnet", d_model=8, grid=(1, 1), feature_level=-9)

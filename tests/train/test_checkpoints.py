@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from tiny_module import Tiny
 
 from fsdtrain.cli import main
 from fsdtrain.errors import ConfigError
@@ -23,21 +23,6 @@ from fsdtrain.train import checkpoints
 from fsdtrain.train.checkpoints import FleetCheckpoint, check_checkpoint, last_checkpoint, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return DataLoader(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), batch_size=2)
 
 
 def tiny_trainer(dirpath: Path, max_steps: int) -> pl.Trainer:
@@ -170,7 +155,9 @@ net, base, meta = load_predictors(sys.argv[1])
 B, N, T = 2, len(meta["cameras"]), meta["window"]["history"]
 images = torch.randint(0, 255, (B, N, T, 3, 48, 64), dtype=torch.uint8)
 with torch.no_grad():
-    traj, logits = net(images, torch.zeros(B, T, 6), torch.zeros(B, dtype=torch.long), net.heads.route(["US", "CN"]))
+    K = torch.tensor([[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]).expand(B, N, 3, 3)  # for the ray embedding
+    cam_to_ego = torch.eye(4).expand(B, N, 4, 4)
+    traj, logits = net(images, torch.zeros(B, T, 6), torch.zeros(B, dtype=torch.long), net.heads.route(["US", "CN"]), intrinsics=K, cam_to_ego=cam_to_ego)
 assert torch.isfinite(traj).all() and not any(m.split(".")[0] == "deepspeed" for m, mod in sys.modules.items() if mod is not None)
 print("predicted", list(traj.shape), list(logits.shape), ",".join(meta["heads"]), ",".join(meta["zones"]))
 """

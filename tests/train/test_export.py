@@ -13,7 +13,7 @@ from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
 from fsdtrain.eval.evaluate import load_predictors
 from fsdtrain.model.driving import ModelConfig
-from fsdtrain.train.export import export_weights, load_weights, save_weights
+from fsdtrain.train.export import export_weights, load_weights, read_metadata, save_weights
 from fsdtrain.train.module import DrivingModule
 
 NET = {"encoder": "test_resnet", "d_model": 32, "depth": 1, "num_heads": 2, "grid": [1, 2], "modes": 2}
@@ -26,12 +26,14 @@ def weights_file(path, heads=("global", "CN")):
     meta = {
         "net": asdict(module.net_config), "cameras": CAMS, "window": asdict(WindowSpec()), "heads": module.net.heads.names,
         "trained_heads": ["CN"], "zones": ["cn", "global"], "countries_trained": ["CN"], "git_sha": "abc",
+        "trained_on_zones": {"backbone": ["global"], "global": ["global"], "CN": ["cn", "global"]},
     }  # fmt: skip
     save_weights(path, module.state_dict(), meta)
     return module
 
 
-def test_export_keeps_the_chosen_heads_and_global(tmp_path):
+def test_export_keeps_the_chosen_heads_and_global(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSDTRAIN_SITE_ZONE", raising=False)
     module = weights_file(tmp_path / "full.safetensors")
     meta = export_weights(tmp_path / "full.safetensors", tmp_path / "global.safetensors", heads=["global"])
     state, written = load_weights(tmp_path / "global.safetensors")
@@ -43,8 +45,8 @@ def test_export_keeps_the_chosen_heads_and_global(tmp_path):
     net, base, _ = load_predictors(str(tmp_path / "global.safetensors"))
     assert net.heads.names == ["global"] and base.heads.names == ["global"]
 
-    # `--heads CN`: global stays (countries without a head of their own are routed to it)
-    export_weights(tmp_path / "full.safetensors", tmp_path / "cn.safetensors", heads=["CN"])
+    # `--heads CN`: global stays (countries without a head of their own are routed to it); at a cn site
+    export_weights(tmp_path / "full.safetensors", tmp_path / "cn.safetensors", heads=["CN"], site_zone="cn")
     state, meta = load_weights(tmp_path / "cn.safetensors")
     assert meta["heads"] == ["global", "CN"] and len(state) == len(full)
     with pytest.raises(ConfigError, match="--heads DE: not in this checkpoint, whose heads are global,CN"):
@@ -107,3 +109,34 @@ def test_fit_refuses_an_unfinished_checkpoint(tiny_fleet, tmp_path, capsys, monk
     argv = ["fit", "--config", "configs/demo.yaml", "--data.train", f"[{tiny_fleet['US']['train']}]", "--data.val", "[]", "--wandb.mode", "disabled"]
     assert main([*argv, "--workdir", str(tmp_path), "--ckpt_path", str(partial)]) == 2
     assert "is an unfinished checkpoint" in capsys.readouterr().err
+
+
+def test_export_policy_decides_which_heads_leave_their_zone(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FSDTRAIN_SITE_ZONE", raising=False)
+    weights_file(tmp_path / "full.safetensors")
+    full, out = str(tmp_path / "full.safetensors"), str(tmp_path / "out.safetensors")
+    # the CN head was trained on cn data: a job at a global site may not even read it ...
+    assert main(["export", "--ckpt", full, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fsdtrain: error: residency: CN in {full} was trained on zone 'cn' data and may not leave it, but this export runs at site "
+        "zone 'global'; export it at a 'cn' site for 'cn' (--site-zone/--dest-zone cn), or allow it in the export policy ('cn: [CN]') "
+        "if your approval lets it leave"
+    )
+    assert not (tmp_path / "out.safetensors").exists()
+    # ... nor may a cn site write it for another zone
+    assert main(["export", "--ckpt", full, "--out", out, "--heads", "CN", "--head-only", "--site-zone", "cn", "--dest-zone", "global"]) == 2
+    assert "this export is for zone 'global'" in capsys.readouterr().err
+    # in zone: fine; and what the policy allows may leave
+    assert main(["export", "--ckpt", full, "--out", out, "--heads", "CN", "--head-only", "--site-zone", "cn"]) == 0
+    assert "head-only CN" in capsys.readouterr().out and read_metadata(out)["exported_for_zone"] == "cn"
+    (tmp_path / "policy.yaml").write_text("cn: [CN]\n")
+    policy = ["--policy", str(tmp_path / "policy.yaml")]
+    assert main(["export", "--ckpt", full, "--out", out, "--heads", "CN", "--head-only", "--site-zone", "cn", "--dest-zone", "global", *policy]) == 0
+    meta = read_metadata(out)
+    assert meta["exported_for_zone"] == "global" and meta["head_only"] == ["CN"] and meta["trained_on_zones"]["CN"] == ["cn", "global"]
+    # the global head alone never touched cn data: it leaves without any policy
+    assert main(["export", "--ckpt", full, "--out", out, "--heads", "global"]) == 0
+    (tmp_path / "bad.yaml").write_text("cn: CN\n")
+    assert main(["export", "--ckpt", full, "--out", out, "--policy", str(tmp_path / "bad.yaml")]) == 2
+    assert "export policy: zone 'cn' needs a list of parts" in capsys.readouterr().err

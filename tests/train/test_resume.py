@@ -28,6 +28,7 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
     common = [
         "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml", "--data.train", train, "--data.val", "[]",
         "--data.window.window_stride", "2", "--data.order", "global", "--data.block_shards", "2", "--wandb.mode", "disabled",
+        "--data.country_weights", "null",
         "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=window_recorder.RecordWindows",
     ]  # fmt: skip
