@@ -72,7 +72,7 @@ class RequeueOnSignal(pl.Callback):
 
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, FleetCheckpoint):
-                callback._save_now(trainer)
+                callback.save_now(trainer)
         trainer.should_stop = True
         if trainer.is_global_zero:
             saved = f"saved step {trainer.global_step}"

@@ -261,18 +261,19 @@ class FleetCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 < trainer.max_steps <= trainer.global_step:
-            self._save_now(trainer)
+            self.save_now(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1:
-            self._save_now(trainer)
+            self.save_now(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Training stopped otherwise (early stopping, max_time) after the last save: saves once more."""
-        self._save_now(trainer)
+        self.save_now(trainer)
 
-    def _save_now(self, trainer: pl.Trainer) -> None:
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """Saves a checkpoint of the current step now (every rank calls it: ZeRO shards are collective)."""
         if not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
