@@ -226,6 +226,19 @@ def hostfile(nodes: int, gpus_per_node: int) -> str:
     return _fill(HOSTFILE, {"hosts": "\n".join(f"node{i:02d} slots={gpus_per_node}" for i in range(nodes))})
 
 
+def _write_whole(path: Path, text: str, *, mode: int) -> None:
+    """Writes ``path`` under a temporary name and renames it: an interrupted write never leaves a
+    truncated job file under the real name (an old one stays as it was)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def launch(spec: LaunchSpec, *, out: str | None, dry_run: bool, check_store: bool = True) -> int:
     """The ``fsdtrain launch`` command: prints the job file (``dry_run``) or writes it and says how to submit it."""
     job = render_job(spec, check_store=check_store)
@@ -238,13 +251,11 @@ def launch(spec: LaunchSpec, *, out: str | None, dry_run: bool, check_store: boo
     if target.is_dir() or (out and out.endswith("/")):
         target = target / job.file_name
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(job.text, encoding="utf-8")
-    if spec.kind != "k8s":
-        target.chmod(0o755)
+    _write_whole(target, job.text, mode=0o644 if spec.kind == "k8s" else 0o755)
     extra = ""
     if spec.kind == "deepspeed":
         hosts = target.parent / "hostfile.example"
-        hosts.write_text(hostfile(spec.nodes, spec.gpus_per_node), encoding="utf-8")
+        _write_whole(hosts, hostfile(spec.nodes, spec.gpus_per_node), mode=0o644)
         extra = f" (and {hosts})"
     print(f"fsdtrain: wrote {target}{extra}")
     print(f"fsdtrain: submit with: cd {target.parent} && {job.submit}")

@@ -2,6 +2,7 @@
 rendered from one config with the resolved config inside; shell files pass ``bash -n``, the Kubernetes
 file is a PyTorchJob; no credentials are written; the files in launch/ are what the command renders."""
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -149,6 +150,7 @@ def test_without_dry_run_the_file_is_written_with_how_to_submit_it(capsys, tmp_p
     ]
     assert "fsdtrain deepspeed job `my-run`" in (tmp_path / "job" / "run.sh").read_text()
     assert (tmp_path / "job" / "hostfile.example").read_text().splitlines()[-2:] == ["node00 slots=8", "node01 slots=8"]
+    assert os.access(tmp_path / "job" / "run.sh", os.X_OK) and sorted(p.name for p in (tmp_path / "job").iterdir()) == ["hostfile.example", "run.sh"]
 
 
 @pytest.mark.parametrize(
