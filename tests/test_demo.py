@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fsdtrain.demo import SPLITS
 from wandb_files import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_demo_leaves_a_report_and_wandb_runs(tmp_path):
     report = json.loads((work / "report.json").read_text())
     assert report["metric_version"] == 1 and set(report["per_country"]) == {"CN", "US", "DE"}
     assert set(report["per_country"]["CN"]) >= {"model", "constant_velocity", "ego_mlp", "global_head"}
-    assert report["per_country"]["CN"]["clips"] == 8  # the held-out test split
+    assert report["per_country"]["CN"]["clips"] == SPLITS["test"]  # the held-out test split
     for name in ("pretrain", "finetune-cn"):
         history = read_run(offline_runs(work / name)[-1])["history"]
         assert any("train/loss" in h for h in history)

@@ -27,7 +27,9 @@ class TrajectoryHead(nn.Module):
         self.attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, future_steps * 3))
-        self.logit = nn.Linear(d_model, 1)
+        # no bias: one bias shared by every mode shifts all logits alike, which softmax ignores (a dead
+        # parameter); and no layer at all for one mode, whose classification loss is always zero
+        self.logit = nn.Linear(d_model, 1, bias=False) if modes > 1 else None
 
     def forward(self, memory: torch.Tensor, query_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``memory`` [B, L, D], ``query_bias`` [B, D] -> trajectories [B, K, S, 3], logits [B, K]."""
@@ -36,7 +38,8 @@ class TrajectoryHead(nn.Module):
         q = q + self.attn(q, memory, memory, need_weights=False)[0]
         q = self.norm(q)
         traj = self.mlp(q).view(B, self.modes, self.future_steps, 3)
-        return traj, self.logit(q).squeeze(-1)
+        logits = self.logit(q).squeeze(-1) if self.logit is not None else q.new_zeros(B, 1)  # [B, K]
+        return traj, logits
 
 
 class HeadBank(nn.Module):
