@@ -30,6 +30,7 @@ class TrajectoryHead(nn.Module):
         # no bias: one bias shared by every mode shifts all logits alike, which softmax ignores (a dead
         # parameter); and no layer at all for one mode, whose classification loss is always zero
         self.logit = nn.Linear(d_model, 1, bias=False) if modes > 1 else None
+        self.register_load_state_dict_pre_hook(_drop_dead_logit_parameters)
 
     def forward(self, memory: torch.Tensor, query_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``memory`` [B, L, D], ``query_bias`` [B, D] -> trajectories [B, K, S, 3], logits [B, K]."""
@@ -40,6 +41,15 @@ class TrajectoryHead(nn.Module):
         traj = self.mlp(q).view(B, self.modes, self.future_steps, 3)
         logits = self.logit(q).squeeze(-1) if self.logit is not None else q.new_zeros(B, 1)  # [B, K]
         return traj, logits
+
+
+def _drop_dead_logit_parameters(module: TrajectoryHead, state_dict: dict, prefix: str, *_args) -> None:
+    """Weight files written before the logit layer lost its bias (and, for one mode, the layer) still
+    load: those parameters never changed a prediction (softmax ignores a shift of every logit; one
+    mode's logit is never used), so they are dropped, not loaded."""
+    dead = ["logit.bias"] + (["logit.weight"] if module.logit is None else [])
+    for name in dead:
+        state_dict.pop(prefix + name, None)
 
 
 class HeadBank(nn.Module):

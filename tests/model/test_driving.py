@@ -13,16 +13,16 @@ from fsdtrain.model.heads import HeadBank, TrajectoryHead
 
 
 def tiny_model(**overrides) -> DrivingTransformer:
-    cfg = ModelConfig(
-        encoder="test_resnet",
-        d_model=32,
-        depth=1,
-        num_heads=2,
-        grid=[1, 2],
-        modes=3,
-        heads=["global", "CN"],
+    cfg = ModelConfig(**{
+        "encoder": "test_resnet",
+        "d_model": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "grid": [1, 2],
+        "modes": 3,
+        "heads": ["global", "CN"],
         **overrides,
-    )
+    })
     return DrivingTransformer(cfg, cameras=2, history=2, future_steps=4, future_dt=0.5)
 
 
@@ -204,3 +204,23 @@ def test_net_dicts_of_older_weight_files_build_the_same_model():
     }  # fmt: skip
     assert {k.split(".")[0] for k in keys} == {"encoder", "ego_embed", "command_embed", "fusion", "heads"}
     assert "encoder.backbone.conv1.1.num_batches_tracked" in keys  # plain BatchNorm
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_weights_with_the_old_logit_bias_load_and_predict_the_same(modes):
+    """Older weight files have ``heads.heads.<name>.logit.bias`` (and, for one mode, a logit weight):
+    they load, and the model predicts what it predicted (the bias shifted every mode's logit alike)."""
+    torch.manual_seed(0)
+    model = tiny_model(modes=modes).eval()
+    old = dict(model.state_dict())
+    for name in model.heads.names:
+        prefix = f"heads.heads.{name}.logit."
+        old[prefix + "bias"] = torch.tensor([0.7])
+        old.setdefault(prefix + "weight", torch.randn(1, 32))
+    images, ego, command = batch()
+    args = (images, ego, command, model.heads.route(["CN", "US", "DE"]))
+    before = model(*args)
+    fresh = tiny_model(modes=modes).eval()
+    fresh.load_state_dict(old)  # strict: nothing missing, nothing unexpected once the dead ones are dropped
+    after = fresh(*args)
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
