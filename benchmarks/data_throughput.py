@@ -1,4 +1,4 @@
-"""Loader throughput vs a raw PyAV decode of exactly the frames the windows need (DESIGN.md §10).
+"""Loader throughput vs a raw PyAV decode of exactly the frames the windows need (docs/contributing.md).
 
 Builds a small synthetic fleet (US, 160x96, 6 cameras) on file:// and copies it into a local
 SeaweedFS store, then measures, in one run and with the same number of processes (one loader
@@ -35,12 +35,15 @@ import av
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream
-from fsdtrain.data.synth import synth_fleet
-from fsdtrain.data.windows import WindowSpec, window_frames
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.format.windows import WindowSpec, window_frames
 from fsdtrain.store import objects
-from fsdtrain.store.seaweed import LocalStore
+from fsdtrain.store.gate import ZoneGate
+from fsdtrain.store.local.seaweed import LocalStore
+from fsdtrain.synth.fleet import synth_fleet
+
+GLOBAL_GATE = ZoneGate("global")
 
 SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
 
@@ -48,7 +51,7 @@ SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, windo
 def loader_rate(url: str, *, order: str = "sharded", workers: int = 1) -> tuple[float, int, list[list[str]]]:
     """Windows/s, windows, and each batch's window ids (``clip@frame``)."""
     stream = FleetStream(
-        load_manifests([url], "global"), SPEC, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True,
+        load_manifests([url], GLOBAL_GATE), SPEC, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True,
         equalize=order == "global", order=order,
     )  # fmt: skip
     stream.set_distributed(0, 1, workers)

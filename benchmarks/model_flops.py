@@ -20,7 +20,7 @@ math backend (``torch.bmm``), because ``FlopCounterMode`` has no formula for the
 ``--real`` runs the real arithmetic on the CPU instead; it gives the same counts. The counting itself
 lives in fsdtrain/model/flops.py (the training's MFU figure uses it too); this script re-exports it.
 
-Prints a markdown table, then one JSON object as its last line (DESIGN.md §10).
+Prints a markdown table, then one JSON object as its last line (docs/contributing.md, "Benchmarks").
 
     python benchmarks/model_flops.py [--out table.md] [--real] [--configs configs/model]
 """
@@ -56,7 +56,8 @@ MODEL_CONFIGS = REPO / "configs" / "model"
 
 #: YAML stem in configs/model/ -> the window it is sized for (the YAML's header comment says the same).
 INPUTS: dict[str, ModelInput] = {
-    "tiny": ModelInput(cameras=6, history=2, image_size=(96, 160)),  # configs/demo.yaml, synthetic fleet size
+    "demo_net": ModelInput(cameras=1, history=2, image_size=(96, 160)),  # configs/demo.yaml: CAM_FRONT_NARROW, synthetic fleet size
+    "tiny": ModelInput(cameras=6, history=2, image_size=(96, 160)),  # CI, synthetic fleet size
     "small": ModelInput(cameras=6, history=2, image_size=(128, 224)),
     "resnet34_6cam": ModelInput(cameras=6, history=4, image_size=(256, 448)),  # configs/pretrain_global.yaml
     "convnext_tiny_6cam4f": ModelInput(cameras=6, history=4, image_size=(256, 448)),

@@ -1,4 +1,4 @@
-"""Our training step (Lightning + FleetDeepSpeedStrategy ZeRO-2) vs a bare PyTorch loop (DESIGN.md §10).
+"""Our training step (Lightning + FleetDeepSpeedStrategy ZeRO-2) vs a bare PyTorch loop (docs/contributing.md).
 
 Both sides train the same ``DrivingModule`` (the tiny ``DrivingTransformer`` of configs/model/tiny.yaml
 plus the ego-status baseline trained beside it, fp32) on the same CPU, with the same in-memory
@@ -56,7 +56,7 @@ def _module():
 
 def _batches(n: int, batch: int) -> list[dict]:
     """``n`` distinct in-memory batches with the loader's keys, shapes and dtypes."""
-    from fsdtrain.data.windows import WindowSpec
+    from fsdtrain.format.windows import WindowSpec
 
     g = torch.Generator().manual_seed(1)
     steps = WindowSpec().future_steps

@@ -1,4 +1,4 @@
-"""Bytes per clip in our shards vs the same frames as JPEG q90 files (DESIGN.md §10, ``storage.py``).
+"""Bytes per clip in our shards vs the same frames as JPEG q90 files (docs/contributing.md, ``storage.py``).
 
 The anchors store every camera frame as its own JPEG file. This builds a few 10 s synthetic clips
 of CN, US and DE with the 6-camera rig (at 160x96, the default, and at 224x128), then compares, per
@@ -31,9 +31,9 @@ import time
 from machine import cpu_name
 from PIL import Image
 
-from fsdtrain.data.decode import decode_video
-from fsdtrain.data.synth import synth_fleet
+from fsdtrain.format.video import decode_video
 from fsdtrain.store import objects
+from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
 COUNTRIES = ["CN", "US", "DE"]
 SIZES = [(160, 96), (224, 128)]
@@ -57,8 +57,8 @@ def _measure(root: str, width: int, height: int, gop: int, clips: int, quality: 
     """Writes ``clips`` clips per country at ``width`` x ``height`` and compares the two layouts."""
     t0 = time.perf_counter()
     manifests = synth_fleet(
-        f"file://{root}", COUNTRIES, clips, clips_per_shard=clips, split="bench", width=width, height=height, fps=FPS,
-        seconds=SECONDS, gop=gop,
+        f"file://{root}", COUNTRIES, clips, clips_per_shard=clips, split="bench",
+        clip=ClipSpec(width=width, height=height, fps=FPS, seconds=SECONDS, gop=gop),
     )  # fmt: skip
     synth_s = time.perf_counter() - t0
     n_clips = sum(m.samples for m in manifests)

@@ -1,4 +1,4 @@
-"""Synthetic camera frames rendered (+ encoded) per second per core (DESIGN.md §10, ``synth_speed.py``).
+"""Synthetic camera frames rendered (+ encoded) per second per core (docs/contributing.md, ``synth_speed.py``).
 
 Goal (issue 3): at least 500 camera frames/s per core rendered + H.264-encoded at 224x128.
 
@@ -31,9 +31,10 @@ import time
 
 from machine import cpu_name
 
-from fsdtrain.data.render import Renderer
-from fsdtrain.data.rig import make_rig
-from fsdtrain.data.synth import Scenario, clip_seed, plan_clip, synth_fleet
+from fsdtrain.synth.fleet import ClipSpec, synth_fleet
+from fsdtrain.synth.render import Renderer
+from fsdtrain.synth.rig import make_rig
+from fsdtrain.synth.scene import Scenario, clip_seed, plan_clip
 
 COUNTRIES = ["CN", "US", "DE"]
 FPS, SECONDS = 10.0, 10.0
@@ -68,7 +69,9 @@ def _fleet(root: str, config: dict, clips: int, workers: int) -> tuple[float, fl
     """Wall and CPU seconds (this process only) for ``synth_fleet``, camera frames written, bytes written."""
     t0, c0 = time.perf_counter(), time.process_time()
     manifests = synth_fleet(
-        f"file://{root}", COUNTRIES, clips, clips_per_shard=clips, split="bench", fps=FPS, seconds=SECONDS, workers=workers, **config
+        f"file://{root}", COUNTRIES, clips, clips_per_shard=clips, split="bench", workers=workers,
+        clip=ClipSpec(fps=FPS, seconds=SECONDS, **{k: v for k, v in config.items() if k in ("width", "height", "rig")}),
+        scenario=Scenario(**{k: v for k, v in config.items() if k in ("conditions", "vehicles", "lane_change")}),
     )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     frames = sum(m.samples * m.frames * len(m.cameras) for m in manifests)

@@ -1,4 +1,4 @@
-"""Per-rank parameter + optimizer bytes under DDP and DeepSpeed ZeRO-1/2/3 on 2 CPU ranks (DESIGN.md §10).
+"""Per-rank parameter + optimizer bytes under DDP and DeepSpeed ZeRO-1/2/3 on 2 CPU ranks (docs/contributing.md).
 
 For each strategy, ``DrivingModule`` (default: configs/model/resnet34_6cam.yaml, the model of
 configs/pretrain_global.yaml, 25 M parameters) trains one optimizer step through ``Trainer.fit`` on 2
@@ -77,7 +77,7 @@ def run_worker(strategy: str, precision: str, model: str, out: Path) -> None:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, Dataset
 
-    from fsdtrain.data.windows import WindowSpec
+    from fsdtrain.format.windows import WindowSpec
     from fsdtrain.model.driving import ModelConfig
     from fsdtrain.train.module import DrivingModule
     from fsdtrain.train.strategies import register_strategies

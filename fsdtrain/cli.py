@@ -1,4 +1,4 @@
-"""``fsdtrain`` command line (DESIGN.md §7). Dispatches; the work lives in the modules it calls.
+"""``fsdtrain`` command line (docs/cli.md). Dispatches; the work lives in the modules it calls.
 
 User errors (:class:`~fsdtrain.errors.FsdtrainError`, bad flags) print one line and exit 2,
 without a traceback.
@@ -7,14 +7,19 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from fsdtrain.errors import ConfigError, FsdtrainError
+from fsdtrain.logs import LEVEL_ENV, LEVELS, setup_logging
 
 __all__ = ["main"]
 
 _LIGHTNING_COMMANDS = ("fit", "validate", "test")
+_LOG_LEVEL_HELP = f"operations output on stderr: {', '.join(LEVELS)} (default $FSDTRAIN_LOG_LEVEL or INFO); any command, before or after its name"
+
+log = logging.getLogger(__name__)
 
 
 def _countries(text: str) -> list[str]:
@@ -24,6 +29,24 @@ def _countries(text: str) -> list[str]:
 def _heads(text: str) -> list[str]:
     """``CN,global`` -> head names: country codes upper case, ``global`` as is."""
     return [h.lower() if h.lower() == "global" else h.upper() for h in (x.strip() for x in text.split(",")) if h]
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: still works (one release), with a warning naming the new one."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        log.warning("%s is deprecated and goes away in the next release; write %s", option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def _site_zone_flag(parser: argparse.ArgumentParser) -> None:
+    """``--site.zone``: one spelling for every command (as ``fsdtrain fit --site.zone``); ``--site-zone`` still works."""
+    parser.add_argument("--site.zone", dest="site_zone", default=None, metavar="ZONE", help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    parser.add_argument("--site-zone", dest="site_zone", action=_DeprecatedFlag, new="--site.zone", help=argparse.SUPPRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,10 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--max-pose-gap", type=float, default=0.5, help="largest gap between poses, seconds")
     inspect = data.add_parser("inspect", help="clips, hours and bytes per country, zone and split")
     inspect.add_argument("url")
+    _site_zone_flag(inspect)
     verify = data.add_parser("verify", help="check manifests, checksums, schema, and that every video decodes")
     verify.add_argument("url")
     verify.add_argument("--fast", action="store_true", help="skip decoding videos (checksums, structure and schema only)")
-    verify.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    _site_zone_flag(verify)
 
     for name in _LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (fsdtrain {name} --help for all options)", add_help=False)
@@ -84,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, nargs="+", help="shard directory URLs to evaluate on")
     ev.add_argument("--out", default=None, help="report JSON path")
     ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    _site_zone_flag(ev)
     ev.add_argument("--plots", default=None, metavar="DIR", help="folder for PNG pictures of predictions")
     ev.add_argument("--plots-per-country", type=int, default=4, metavar="N", help="pictures per country")
 
@@ -94,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--heads", type=_heads, default=None, help="comma-separated heads to keep, e.g. CN (global always stays); default: all")
     export.add_argument("--head-only", action="store_true", help="write only --heads, with the hash of the backbone they need (head-CN.safetensors)")
     export.add_argument("--head", default=None, help="head-only file to put back on --ckpt (the backbone weights it was fine-tuned from)")
-    export.add_argument("--site-zone", default=None, help="zone this job runs in (default $FSDTRAIN_SITE_ZONE or global)")
+    _site_zone_flag(export)
     export.add_argument("--dest-zone", default=None, help="zone the written file is for (default: the site zone)")
     export.add_argument("--policy", default=None, help="export policy YAML: zone -> parts allowed to leave it, e.g. 'cn: [CN]' (default: none may)")
 
@@ -118,7 +142,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole story on one machine: store, synth, pretrain, CN fine-tune, eval")
     demo.add_argument("--workdir", default="demo-run")
     demo.add_argument("--clips", type=int, default=None, help="training clips per country (default: the demo's size)")
+    _log_level_flag(p)
     return p
+
+
+def _log_level_flag(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` in the help of ``parser`` and of its sub-commands (main() takes it out of argv before parsing)."""
+    if parser.add_help:
+        parser.add_argument("--log-level", choices=LEVELS, metavar="LEVEL", help=_LOG_LEVEL_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                _log_level_flag(child)
 
 
 def _run(argv: list[str]) -> int:
@@ -138,41 +173,43 @@ def _run(argv: list[str]) -> int:
         argv, overrides = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = _parser().parse_args(argv)
     if args.command == "store":
-        from fsdtrain.store.seaweed import serve
+        from fsdtrain.store.local.seaweed import serve
 
         return serve(args.dir, args.port, zones=args.zones)
     if args.command == "data":
         if args.data_command == "synth" and args.raw:
-            from fsdtrain.data.synth_raw import synth_raw_drives
+            from fsdtrain.synth.raw_drives import synth_raw_drives
 
-            synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, zone=args.zone, progress=print)
+            synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, zone=args.zone, progress=log.info)
             return 0
         if args.data_command == "write":
-            from fsdtrain.data.ingest import write_drives
-            from fsdtrain.data.raw import RawLimits
+            from fsdtrain.ingest.drives import write_drives
+            from fsdtrain.ingest.raw import RawLimits
 
             summary = write_drives(
                 args.raw, args.out, clip_seconds=args.clip_seconds, fps=args.fps, gop=args.gop, shard_bytes=args.shard_bytes,
                 workers=args.workers, skip_bad=args.skip_bad, split=args.split, limits=RawLimits(max_pose_gap_s=args.max_pose_gap),
-                progress=print,
+                progress=log.info,
             )  # fmt: skip
             print(summary.format())
             return 0
         if args.data_command == "synth":
-            from fsdtrain.data.synth import synth_fleet
+            from fsdtrain.synth.fleet import ClipSpec, synth_fleet
+            from fsdtrain.synth.scene import Scenario
 
+            clip = ClipSpec(width=args.width, height=args.height, fps=args.fps, seconds=args.seconds, rig=args.rig)
+            scenario = Scenario(conditions=args.conditions or {"day": 1.0}, vehicles=args.vehicles, lane_change=args.lane_change)
             synth_fleet(
                 args.out, args.countries, args.clips, clips_per_shard=args.clips_per_shard, split=args.split, seed=args.seed,
-                zone=args.zone, seconds=args.seconds, workers=args.workers, progress=print, fps=args.fps, width=args.width,
-                height=args.height, rig=args.rig, conditions=args.conditions, vehicles=args.vehicles, lane_change=args.lane_change,
+                zone=args.zone, clip=clip, scenario=scenario, workers=args.workers, progress=log.info,
             )  # fmt: skip
             return 0
-        from fsdtrain.data import inspect as inspect_mod
+        from fsdtrain.format import verify as verify_mod
 
         if args.data_command == "inspect":
-            print(inspect_mod.format_inspect(inspect_mod.inspect(args.url)))
+            print(verify_mod.format_inspect(verify_mod.inspect(args.url, site_zone=args.site_zone)))
             return 0
-        problems = inspect_mod.verify(args.url, fast=args.fast, progress=print, site_zone=args.site_zone)
+        problems = verify_mod.verify(args.url, fast=args.fast, progress=log.info, site_zone=args.site_zone)
         for line in problems:
             print(f"PROBLEM {line}")
         print(f"{len(problems)} problem(s)")
@@ -194,18 +231,18 @@ def _run(argv: list[str]) -> int:
         return 0
     if args.command == "export":
         from fsdtrain.residency import ExportPolicy
-        from fsdtrain.train.export import export_weights
+        from fsdtrain.weights.export import export_weights
 
         meta = export_weights(
             args.ckpt, args.out, heads=args.heads, head_only=args.head_only, head=args.head, site_zone=args.site_zone,
             dest_zone=args.dest_zone, policy=ExportPolicy.load(args.policy),
         )  # fmt: skip
-        heads = meta.get("head_only") or meta["heads"]
-        what = "head-only" if meta.get("head_only") else "heads"
-        print(f"fsdtrain: exported {meta['exported_from']} (step {meta.get('global_step')}, {what} {','.join(heads)}) to {args.out} for zone {meta['exported_for_zone']}")
+        heads = meta.head_only or meta.heads
+        what = "head-only" if meta.head_only else "heads"
+        print(f"fsdtrain: exported {meta.exported_from} (step {meta.global_step}, {what} {','.join(heads)}) to {args.out} for zone {meta.exported_for_zone}")
         return 0
     if args.command == "launch":
-        from fsdtrain.launch.render import LaunchSpec, launch
+        from fsdtrain.launch.jobs import LaunchSpec, launch
 
         spec = LaunchSpec(
             args.kind, args.config, args.nodes, args.gpus_per_node, overrides=overrides, embed=not args.no_embed, name=args.name, image=args.image
@@ -255,10 +292,44 @@ def _peer_lost(exc: BaseException) -> bool:
     return isinstance(exc, dist_error) or "Connection closed by peer" in text or "Connection reset by peer" in text
 
 
+def _take_log_level(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--log-level X`` (or ``--log-level=X``) anywhere before a ``--``, and argv without it: every command
+    takes it, LightningCLI's included, which does not know the flag."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    level, rest, i = None, [], 0
+    while i < end:
+        a = argv[i]
+        if a == "--log-level":
+            if i + 1 >= end:
+                raise ConfigError(f"--log-level needs a level: {', '.join(LEVELS)}")
+            level, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--log-level="):
+            level = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return level, rest + argv[end:]
+
+
+def _setup_logging(argv: list[str]) -> list[str]:
+    """Configures the ``fsdtrain`` loggers (fsdtrain/logs.py) from ``--log-level`` or ``$FSDTRAIN_LOG_LEVEL``;
+    a given flag goes into ``$FSDTRAIN_LOG_LEVEL`` too, so every child process (Lightning's per-rank
+    re-launch, the demo's ``fsdtrain fit``) logs at the same level. Returns argv without the flag."""
+    level, argv = _take_log_level(argv)
+    try:
+        setup_logging(level)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if level is not None:
+        os.environ[LEVEL_ENV] = level.upper()
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(argv)
+        return _run(_setup_logging(argv))
     except FsdtrainError as exc:
         print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
         return 2

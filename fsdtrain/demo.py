@@ -19,7 +19,7 @@ from pathlib import Path
 from fsdtrain.errors import ConfigError, FsdtrainError
 from fsdtrain.eval.evaluate import evaluate
 from fsdtrain.eval.report import format_table, write_report
-from fsdtrain.store.seaweed import LocalStore
+from fsdtrain.store.local.seaweed import LocalStore
 
 __all__ = ["run_demo", "config_path"]
 
@@ -65,7 +65,7 @@ def _fsdtrain(args: list[str], *, env: dict[str, str], log: Path) -> None:
 
 
 def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
-    from fsdtrain.data.synth import synth_fleet
+    from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
     started = time.time()
     root = Path(workdir).resolve()
@@ -84,7 +84,7 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
                 per_shard = max(1, clips // 6) if split == "train" else CLIPS_PER_SHARD[split]  # several shards per rank
                 synth_fleet(
                     dataset_url(country), [country], clips, clips_per_shard=per_shard, split=split,
-                    seed=SPLIT_SEEDS[split], rig=RIG, workers=2,
+                    seed=SPLIT_SEEDS[split], clip=ClipSpec(rig=RIG), workers=2,
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)
 

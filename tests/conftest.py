@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from fsdtrain.store import objects
-from fsdtrain.store.seaweed import CONFLICTING_AWS_ENV, LocalStore
+from fsdtrain.store.local.seaweed import CONFLICTING_AWS_ENV, LocalStore
 
-# tiny synthetic fleets (tests/fleet.py): the `tiny_fleet` fixture
-pytest_plugins = ["fleet"]
+# tiny synthetic fleets (tests/helpers/fleet.py): the `tiny_fleet` fixture
+pytest_plugins = ["helpers.fleet"]
 
 #: zone -> bucket of the session store; each zone's key may read, write and list its bucket only.
 STORE_ZONES = {"global": "fleet-global", "cn": "fleet-cn", "us": "fleet-us"}

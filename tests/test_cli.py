@@ -80,3 +80,19 @@ def test_store_serve_on_a_busy_port():
         s.listen()
         port = s.getsockname()[1]
         assert_one_line_error(run_cli("store", "serve", "--port", str(port)), f"port {port} is in use")
+
+
+def test_site_zone_has_one_spelling_and_the_old_one_still_works_with_a_warning(tiny_fleet, capsys):
+    """``--site.zone`` on every command, as on fit; ``--site-zone`` (earlier releases) warns but works."""
+    cn = tiny_fleet["CN"]["train"]
+    assert main(["data", "verify", cn, "--fast", "--site.zone", "cn"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["data", "verify", cn, "--fast", "--site-zone", "cn"]) == 0
+    assert "--site-zone is deprecated and goes away in the next release; write --site.zone" in capsys.readouterr().err
+    assert main(["data", "verify", cn, "--fast", "--site.zone", "global"]) == 2  # the zone is applied: CN data is refused
+    assert "residency:" in capsys.readouterr().err
+    for command in (["eval", "--help"], ["export", "--help"], ["data", "inspect", "--help"], ["data", "verify", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        out = capsys.readouterr().out
+        assert "--site.zone" in out and "--site-zone" not in out, command

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from fsdtrain.demo import SPLITS
-from wandb_files import offline_runs, read_run
+from helpers.wandb_files import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,8 @@
 import pytest
 
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import AuditLog, ResidencyError, check_zone, resolve_site_zone
+from fsdtrain.residency import ResidencyError, check_zone, resolve_site_zone
+from fsdtrain.store.gate import AuditLog
 
 
 def test_zone_rules():
@@ -37,13 +38,13 @@ def test_every_read_path_refuses_another_zones_bucket_before_any_request(use_zon
     """eval, data verify and training at a global site, given CN shards in the CN bucket: with the
     global zone's key the store refuses every CN request (tests/store), so a ResidencyError rather than
     an access error shows that nothing was requested; and no shard is in the audit log."""
-    from fleet import TINY_SIZE
     from fsdtrain.cli import main
-    from fsdtrain.data.synth import synth_fleet
+    from fsdtrain.synth.fleet import synth_fleet
+    from helpers.fleet import TINY_CLIP
 
     monkeypatch.delenv("FSDTRAIN_SITE_ZONE", raising=False)
     url = f"s3://fleet-cn/{tmp_path.name}"
-    synth_fleet(url, ["CN"], 1, split="val", **TINY_SIZE)  # with the admin key
+    synth_fleet(url, ["CN"], 1, split="val", clip=TINY_CLIP)  # with the admin key
     use_zone_key("global")
     want = f"fsdtrain: error: residency: {url}/val/CN is in zone 'cn' but this job runs at site zone 'global'"
     audit = tmp_path / "audit.jsonl"

@@ -1,1 +1,1 @@
-"""Fleet data: clip schema, synthetic fleet, shards, streaming."""
+"""The loader: shard directories -> window batches (order, stream, augmentations, data module)."""

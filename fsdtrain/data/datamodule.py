@@ -1,35 +1,33 @@
-"""``FleetDataModule``: the LightningDataModule over sharded fleet data (DESIGN.md §2)."""
+"""``FleetDataModule``: the LightningDataModule over sharded fleet data (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from fsdtrain.batching import BatchPlan
 from fsdtrain.data.augment import Augment
-from fsdtrain.data.manifest import Manifest, load_manifest
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, init_loader_worker
-from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import AuditLog, check_bucket_zone, check_zone, resolve_site_zone
+from fsdtrain.format.manifest import Manifest, load_manifest
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.format.windows import WindowSpec
+from fsdtrain.store.gate import AuditLog, ZoneGate
 
 __all__ = ["FleetDataModule", "load_manifests"]
 
+log = logging.getLogger(__name__)
 
-def load_manifests(urls: list[str], site_zone: str) -> list[Manifest]:
-    """Manifests of the given shard directories, each checked against the site zone: first from the
-    bucket's declared zone (before any request), then from the manifest's own zone."""
-    for url in urls:
-        check_bucket_zone(url, site_zone)
-    manifests = []
-    for url in urls:
-        m = load_manifest(url)
-        check_zone(url, m.zone, site_zone)
-        manifests.append(m)
-    return manifests
+
+def load_manifests(urls: list[str], gate: ZoneGate) -> list[Manifest]:
+    """Manifests of the given shard directories, each checked by ``gate``: every URL's bucket zone
+    first (no request leaves for any of them otherwise), then each manifest's own zone."""
+    gate.check_urls(urls)
+    return [load_manifest(url, gate) for url in urls]
 
 
 class FleetDataModule(pl.LightningDataModule):
@@ -46,7 +44,7 @@ class FleetDataModule(pl.LightningDataModule):
         global_batch_size: windows per optimizer step over all ranks; empty means ``batch_size x
             trainer.accumulate_grad_batches x world size``. When set, the accumulation is derived from it
             (it must divide by ``batch_size x world size``), so one config keeps its optimisation on any
-            number of ranks (fsdtrain/train/batching.py).
+            number of ranks (fsdtrain/batching.py).
         num_workers: loader worker processes per rank (0 = load in the training process).
         shuffle_buffer: windows held per worker for shuffling.
         seed: base seed of the data order.
@@ -112,7 +110,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.image_size = tuple(image_size) if image_size else None
-        self.site_zone = resolve_site_zone(site_zone)
+        self.site_zone = ZoneGate(site_zone).site_zone  # a malformed zone fails here, at construction
         self.audit_log = audit_log
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
@@ -121,6 +119,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.augment = augment
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
+        self.batch_plan: BatchPlan | None = None  # handed over by the CLI once the world size is known
 
     @property
     def manifests(self) -> list[Manifest]:
@@ -130,7 +129,8 @@ class FleetDataModule(pl.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
         job = os.environ.get("FSDTRAIN_JOB", "fsdtrain")
-        manifests = load_manifests(urls, self.site_zone)
+        gate = ZoneGate(self.site_zone, audit=AuditLog(self.audit_log, job=job, rank=rank) if self.audit_log else None)
+        manifests = load_manifests(urls, gate)
         if not train:
             # validation pads each rank with repeats of its own windows (every window is read once): a rank
             # without a shard has none to repeat. Workers without one are fine: the others pad for them.
@@ -151,8 +151,7 @@ class FleetDataModule(pl.LightningDataModule):
             pad=not train,
             seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
-            site_zone=self.site_zone,
-            audit=AuditLog(self.audit_log, job=job, rank=rank) if self.audit_log else None,
+            gate=gate,
             image_size=self.image_size,
             on_error=self.on_error,
             max_skip_fraction=self.max_skip_fraction,
@@ -178,7 +177,7 @@ class FleetDataModule(pl.LightningDataModule):
         unknown = sorted(set(self.country_weights) - set(countries))
         if unknown:  # a shared config's weights, on a run that trains on fewer countries: said, not fatal
             if rank_zero_only.rank == 0:
-                print(f"fsdtrain: data.country_weights: {', '.join(unknown)} not in data.train (countries {', '.join(countries)}); unused", flush=True)
+                log.warning(f"data.country_weights: {', '.join(unknown)} not in data.train (countries {', '.join(countries)}); unused")
         if any(w < 0 for w in self.country_weights.values()):
             raise ConfigError(f"data.country_weights must be >= 0, got {self.country_weights}")
         base = self.weights if self.weights is not None else [1.0] * len(manifests)
@@ -201,7 +200,10 @@ class FleetDataModule(pl.LightningDataModule):
             self.train_stream.epoch = epoch
             self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
 
-    def _global_batch(self) -> int:
+    def _windows_per_micro_batch(self) -> int:
+        """Windows in one micro batch over all ranks: how far the data position moves per micro-batch step."""
+        if self.batch_plan is not None:
+            return self.batch_plan.windows_per_micro_batch
         return self.batch_size * (self.trainer.world_size if self.trainer is not None else 1)
 
     def _datasets(self) -> list[str]:
@@ -209,16 +211,18 @@ class FleetDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict:
         """The data position saved in every checkpoint: order, seed, epoch, windows of the epoch
-        already trained on (whatever the ranks and workers), the global batch and the data."""
+        already trained on (whatever the ranks and workers), the windows per micro batch over all
+        ranks and the data."""
         if self.train_stream is None or self.trainer is None:
             return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # micro-batches per rank
+        # micro-batches per rank: Lightning's loop internals, listed in fsdtrain/train/lightning_internals.py
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {
             "order": self.train_stream.order,
             "seed": self.seed,
             "epoch": self.trainer.current_epoch,
-            "windows_done": done * self._global_batch(),
-            "global_batch": self._global_batch(),
+            "windows_done": done * self._windows_per_micro_batch(),
+            "windows_per_micro_batch": self._windows_per_micro_batch(),
             "datasets": self._datasets(),
         }
 
@@ -237,14 +241,17 @@ class FleetDataModule(pl.LightningDataModule):
                 f"the checkpoint's data order is {state['order']} with seed {state['seed']}, this run's is "
                 f"{self.train_stream.order} with seed {self.seed}; resume with the same data.order and data.seed"
             )
-        if state["windows_done"] % self._global_batch():
+        step = self._windows_per_micro_batch()
+        # checkpoints of fsdtrain <= 0.1 called this quantity "global_batch" (read for one release)
+        saved = state.get("windows_per_micro_batch", state.get("global_batch"))
+        if state["windows_done"] % step:
             raise ConfigError(
-                f"the checkpoint stopped after {state['windows_done']} windows of epoch {state['epoch']} (global batch "
-                f"{state['global_batch']}), not a whole number of this run's global batches of {self._global_batch()} "
-                f"(data.batch_size {self.batch_size} x {self._global_batch() // self.batch_size} ranks): "
-                "resume with the checkpoint's global batch (data.batch_size x trainer.devices x trainer.num_nodes)"
+                f"the checkpoint stopped after {state['windows_done']} windows of epoch {state['epoch']} ({saved} windows "
+                f"per micro batch over all ranks), not a whole number of this run's micro batches of {step} windows "
+                f"(data.batch_size {self.batch_size} x {step // self.batch_size} ranks): "
+                "resume with the checkpoint's data.batch_size x trainer.devices x trainer.num_nodes"
             )
-        self.set_position(state["epoch"], state["windows_done"] // self._global_batch())
+        self.set_position(state["epoch"], state["windows_done"] // step)
 
     def _loader(self, stream: FleetStream) -> DataLoader:
         return DataLoader(

@@ -16,12 +16,9 @@ they do not depend on the number of ranks or workers.
 from __future__ import annotations
 
 import bisect
-import hashlib
-import io
 import logging
 import multiprocessing.util
 import random
-import tarfile
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,17 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from fsdtrain.data import schema
 from fsdtrain.data.augment import Augment
-from fsdtrain.data.decode import decode_video
-from fsdtrain.data.manifest import Manifest
 from fsdtrain.data.order import EpochOrder, batch_positions, hash_seed
-from fsdtrain.data.windows import WindowSpec, derive_command, ego_window, window_frames
 from fsdtrain.errors import ConfigError, DataError
-from fsdtrain.residency import AuditLog, check_zone
-from fsdtrain.store import objects
+from fsdtrain.format.manifest import Manifest
+from fsdtrain.format.samples import TarSample, parse_clip, shard_samples
+from fsdtrain.format.video import decode_video
+from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
+from fsdtrain.store.gate import ZoneGate
 
 __all__ = ["ShardRef", "FleetStream", "init_loader_worker", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS"]
 
@@ -169,8 +164,8 @@ class FleetStream(IterableDataset):
             exactly once on any number of ranks and workers).
         seed: base seed of all shuffles.
         shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
-        site_zone: the zone this job runs in.
-        audit: where opened shards are recorded.
+        gate: the job's zone gate: every shard is checked against the site zone and recorded in the
+            audit log before its first byte is requested.
         image_size: ``(H, W)`` to resize frames to, or None for the stored size.
         on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; equalized
             streams repeat recent windows so every rank keeps its batch count).
@@ -197,8 +192,7 @@ class FleetStream(IterableDataset):
         pad: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 64,
-        site_zone: str = "global",
-        audit: AuditLog | None = None,
+        gate: ZoneGate,
         image_size: tuple[int, int] | None = None,
         on_error: str = "fail",
         max_skip_fraction: float = 0.01,
@@ -229,7 +223,7 @@ class FleetStream(IterableDataset):
                 raise ConfigError(
                     f"{m.url}: cameras {missing} are not in this dataset (it has {m.cameras}); fix data.cameras"
                 )
-            check_zone(m.url, m.zone, site_zone)
+            gate.check_data(m.url, m.zone)
         self.manifests = manifests
         self.spec = spec
         self.cameras = list(cameras)
@@ -238,8 +232,7 @@ class FleetStream(IterableDataset):
         self.equalize, self.pad = equalize, pad
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.site_zone = site_zone
-        self.audit = audit
+        self.gate = gate
         self.image_size = tuple(image_size) if image_size else None
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards
@@ -447,55 +440,25 @@ class FleetStream(IterableDataset):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _fetch(self, ref: ShardRef) -> bytes:
-        check_zone(ref.url, ref.zone, self.site_zone)  # before the first byte is requested
-        if self.audit is not None:
-            self.audit.record(ref.url, ref.zone, ref.sha256)
-        return objects.read_bytes(ref.url)
+        return self.gate.read_shard(ref.url, zone=ref.zone, sha256=ref.sha256)
 
-    def _samples(self, ref: ShardRef, data: bytes) -> Iterator[dict]:
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise DataError(
-                f"{ref.url}: sha256 does not match the manifest (corrupt or rewritten shard); run `fsdtrain data verify`"
-            )
-        files = tar_file_expander([{"url": ref.url, "stream": io.BytesIO(data)}])
-        count = 0
-        try:
-            for sample in group_by_keys(files, lcase=False):
-                count += 1
-                yield sample
-        except (tarfile.TarError, ValueError, EOFError) as exc:
-            raise DataError(
-                f"{ref.url}: not a readable tar shard ({type(exc).__name__}: {str(exc).split(' @ ')[0]})"
-            ) from None
-        if count != ref.samples:
-            raise DataError(f"{ref.url}: has {count} samples, the manifest says {ref.samples}")
+    def _samples(self, ref: ShardRef, data: bytes) -> Iterator[TarSample]:
+        return iter(shard_samples(data, ref.url, sha256=ref.sha256, samples=ref.samples))
 
-    def _clip_windows(self, ref: ShardRef, sample: dict) -> Iterator[dict]:
+    def _clip_windows(self, ref: ShardRef, sample: TarSample) -> Iterator[dict]:
         clip = self._load_clip(ref, sample)
         if clip is not None:
             for current in clip.currents:
                 yield clip.window(int(current))
 
-    def _load_clip(self, ref: ShardRef, sample: dict, currents: set[int] | None = None) -> _Clip | None:
+    def _load_clip(self, ref: ShardRef, sample: TarSample, currents: set[int] | None = None) -> _Clip | None:
         """Validates a sample and decodes the frames its windows need (None: it yields no window).
 
         ``currents``: cut only the windows ending at these frames (default: every window of the clip).
         """
-        key = schema.validate_key(sample["__key__"])
-        where = f"{ref.url}:{key}"
-        for suffix in sample:
-            if not suffix.startswith("__"):
-                schema.validate_member(key, suffix)
-        for member in schema.FIXED_MEMBERS + tuple(f"{c}.mp4" for c in self.cameras):
-            if member not in sample:
-                raise DataError(f"{where}: member {member} is missing")
-        meta = schema.parse_meta(sample["meta.json"], where)
-        calib = schema.parse_calib(sample["calib.json"], self.cameras, where)
-        ego = schema.decode_npy(sample["ego.npy"], f"{where}/ego.npy")
-        if ego.shape != (meta.frames, len(schema.EGO_FIELDS)) or ego.dtype != np.float64:
-            raise DataError(
-                f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]"
-            )
+        where = f"{ref.url}:{sample.key}"
+        parsed = parse_clip(sample.key, sample.members, self.cameras, where)
+        meta, calib, ego = parsed.meta, parsed.calib, parsed.ego
         all_currents = self.spec.current_frames(meta.frames, meta.fps)
         currents = (
             all_currents
@@ -507,7 +470,7 @@ class FleetStream(IterableDataset):
         needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
         videos = [  # channels first once per decoded frame, not once per window that uses it
             np.ascontiguousarray(
-                decode_video(sample[f"{c}.mp4"], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size).transpose(0, 3, 1, 2)
+                decode_video(parsed.videos[c], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size).transpose(0, 3, 1, 2)
             )
             for c in self.cameras
         ]  # each [len(needed), 3, H, W]

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, baselines, reports."""
+"""Evaluation: metrics, reports, `fsdtrain eval`, pictures. Never imports fsdtrain.train."""

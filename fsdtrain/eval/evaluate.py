@@ -10,37 +10,39 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.stream import FleetStream, init_loader_worker
-from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
-from fsdtrain.eval.baselines import EgoStatusMLP
 from fsdtrain.eval.metrics import MetricTable, sample_errors
 from fsdtrain.eval.report import build_report
 from fsdtrain.eval.viz import save_plots
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
+from fsdtrain.model.ego_mlp import EgoStatusMLP
 from fsdtrain.model.heads import GLOBAL_HEAD
-from fsdtrain.residency import AuditLog, check_bucket_zone, resolve_site_zone
-from fsdtrain.train.export import load_weights
+from fsdtrain.store.gate import AuditLog, ZoneGate
+from fsdtrain.weights.files import load_weights
+from fsdtrain.weights.metadata import WeightsMeta
 
 __all__ = ["load_predictors", "evaluate"]
 
 
-def load_predictors(weights: str, head: str | None = None) -> tuple[DrivingTransformer, EgoStatusMLP, dict]:
+def load_predictors(weights: str, head: str | None = None) -> tuple[DrivingTransformer, EgoStatusMLP, WeightsMeta]:
     """Model and ego-status baseline from a weights file (plus, optionally, a head-only file fine-tuned
-    on it: fsdtrain/train/head_only.py), in eval mode, plus its metadata."""
+    on it: fsdtrain/weights/head_only.py), in eval mode, plus its metadata."""
     if head is not None:
-        from fsdtrain.train.head_only import load_with_head
+        from fsdtrain.weights.head_only import load_with_head
 
         state, meta = load_with_head(weights, head)
     else:
         state, meta = load_weights(weights)
-        if meta.get("kind") == "head":
+        if meta.is_head_only:
             raise ConfigError(f"{weights} is a head-only file; give the backbone weights as --ckpt and it as --head")
-    window = WindowSpec(**meta["window"])
+    meta.require("net", "cameras", "window")
+    window = WindowSpec(**meta.window)
     dt = 1.0 / window.future_hz
     # every weight is in the file: the encoder's starting-weights file of the run is not needed (and
     # is usually not on the machine that evaluates)
-    config = ModelConfig(**{**meta["net"], "encoder_weights": None})
-    net = DrivingTransformer(config, cameras=len(meta["cameras"]), history=window.history, future_steps=window.future_steps, future_dt=dt)
+    config = ModelConfig(**{**meta.net, "encoder_weights": None})
+    net = DrivingTransformer(config, cameras=len(meta.cameras), history=window.history, future_steps=window.future_steps, future_dt=dt)
     base = EgoStatusMLP(history=window.history, future_steps=window.future_steps, future_dt=dt, heads=net.heads.names)
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
     base.load_state_dict({k[len("baseline.") :]: v for k, v in state.items() if k.startswith("baseline.")})
@@ -70,27 +72,25 @@ def evaluate(
         head: head-only file to put on ``weights`` (the backbone weights it was fine-tuned from).
 
     Returns:
-        The report dict (DESIGN.md §7).
+        The report dict (docs/report-format.md).
     """
     if plots_per_country < 0:
         raise ConfigError(f"plots_per_country={plots_per_country} must be >= 0")
     if plots is not None and "://" in str(plots):
         raise ConfigError(f"plots={plots}: give a local folder, not a URL (the pictures hold camera frames)")
-    zone = resolve_site_zone(site_zone)
-    for url in data:  # before anything is read: no request to a bucket of a zone this site may not read
-        check_bucket_zone(url, zone)
+    gate = ZoneGate(site_zone, audit=AuditLog(audit_log, job="eval") if audit_log else None)
+    gate.check_urls(data)  # before anything is read: no request to a bucket of a zone this site may not read
     net, base, meta = load_predictors(weights, head)
-    manifests = load_manifests(data, zone)  # each manifest's zone, before the first shard byte
-    window = WindowSpec(**meta["window"])
+    manifests = load_manifests(data, gate)  # each manifest's zone, before the first shard byte
+    window = WindowSpec(**meta.window)
     stream = FleetStream(
         manifests,
         window,
-        cameras=meta["cameras"],
+        cameras=meta.cameras,
         batch_size=batch_size,
         shuffle=False,
         equalize=False,
-        site_zone=zone,
-        audit=AuditLog(audit_log, job="eval") if audit_log else None,
+        gate=gate,
     )
     stream.set_distributed(0, 1, num_workers)
     table = MetricTable()
@@ -119,7 +119,7 @@ def evaluate(
         if plots is not None:
             take = _plot_indices(countries, plotted, plots_per_country)
             if take:
-                save_plots(plots, batch, traj, logits, indices=take, cameras=meta["cameras"])
+                save_plots(plots, batch, traj, logits, indices=take, cameras=meta.cameras)
         has_own = np.array([c in own_heads for c in countries])
         if has_own.any():
             g_traj, g_logits = net.decode(fused, ego_token, batch["ego_hist"], route, head=GLOBAL_HEAD)

@@ -1,4 +1,4 @@
-"""Trajectory metrics with one definition each (DESIGN.md §5, report keys of §7).
+"""Trajectory metrics with one definition each (docs/report-format.md: keys and definitions).
 
 Per sample, for the most likely mode: ``ade`` (mean L2 over the horizon), ``fde`` (L2 at the last
 point), ``l2_Ns`` (L2 *at* time N s, UniAD's convention) and ``l2_avg_Ns`` (L2 *averaged over all

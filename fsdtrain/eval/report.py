@@ -1,4 +1,4 @@
-"""The evaluation report (DESIGN.md §7): JSON written by ``fsdtrain eval`` and ``fsdtrain demo``."""
+"""The evaluation report (docs/report-format.md): JSON written by ``fsdtrain eval`` and ``fsdtrain demo``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Trajectory pictures: a bird's-eye plot and the path drawn into the front camera, as PNG.
 
 Used by ``fsdtrain eval --plots DIR`` and meant for W&B image logging. Frames as in
-``fsdtrain.data.rig``: ego x forward, y left, z up (z = 0 is the road); camera OpenCV (x right,
+``fsdtrain.synth.rig``: ego x forward, y left, z up (z = 0 is the road); camera OpenCV (x right,
 y down, z forward); pixel ``(u, v)`` = (column, row) with its centre at integer coordinates.
 
 The bird's-eye plot holds ego coordinates only; :func:`window_figure` adds a camera frame, so a

@@ -5,7 +5,7 @@ Each check raises a one-line :class:`~fsdtrain.errors.ConfigError` that says wha
 - **counts**: ``trainer.num_nodes`` x ``trainer.devices`` of the resolved config are ``--nodes`` x
   ``--gpus-per-node`` (launchers and Lightning must agree, or ranks wait for peers that never come);
 - **batch**: the global batch (``data.batch_size`` x accumulation x world size, or
-  ``data.global_batch_size``) splits over the world size (:func:`fsdtrain.train.batching.plan_batches`);
+  ``data.global_batch_size``) splits over the world size (:func:`fsdtrain.batching.plan_batches`);
 - **site zone**: ``site.zone`` or ``$FSDTRAIN_SITE_ZONE`` is set, so every node runs at the same
   declared site (a node without one would run at ``global``), and no data URL is in a bucket tied to
   another zone (``FSDTRAIN_BUCKET_ZONES``; no request is made);
@@ -20,9 +20,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from fsdtrain.batching import plan_batches
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import SITE_ZONE_ENV, check_bucket_zone, validate_zone
-from fsdtrain.train.batching import plan_batches
+from fsdtrain.residency import SITE_ZONE_ENV, validate_zone
+from fsdtrain.store.gate import ZoneGate
 
 __all__ = ["PreflightReport", "preflight", "s3_endpoint"]
 
@@ -58,7 +59,7 @@ def _check_batch(config: dict, world: int) -> str:
     global_batch = data.get("global_batch_size")
     accumulation = trainer.get("accumulate_grad_batches") or 1
     if global_batch is not None and accumulation == 1:
-        accumulation = None  # derived from the global batch, as in FleetCLI
+        accumulation = None  # derived from the global batch (the Trainer's default of 1 means unset)
     plan = plan_batches(micro_batch=int(data.get("batch_size") or 1), world_size=world, accumulation=accumulation, global_batch=global_batch)
     return plan.describe()
 
@@ -80,8 +81,7 @@ def _check_zone(config: dict, environ) -> str:
             "so that every node runs at the same declared site (docs/residency.md)"
         )
     zone = validate_zone(zone, "site zone")
-    for url in _data_urls(config):
-        check_bucket_zone(url, zone)
+    ZoneGate(zone).check_urls(_data_urls(config))  # no bucket of a zone the site may not read
     return zone
 
 

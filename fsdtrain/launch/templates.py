@@ -1,6 +1,6 @@
 """The job file templates behind ``fsdtrain launch`` and the files in launch/.
 
-``{{key}}`` marks a value :func:`fsdtrain.launch.render.render_job` fills in; every other ``$`` is the
+``{{key}}`` marks a value :func:`fsdtrain.launch.jobs.render_job` fills in; every other ``$`` is the
 job file's own shell or YAML. Lines with ``EDIT`` are the ones a user adapts to a cluster; the
 rest follows from the config and ``--nodes``/``--gpus-per-node``.
 """

@@ -95,7 +95,7 @@ def kinematic_anchor(residual: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
 
 
 class DrivingTransformer(nn.Module):
-    """Image encoder -> token fusion -> head bank (DESIGN.md §5). Pure PyTorch + timm.
+    """Image encoder -> token fusion -> head bank (docs/model.md). Pure PyTorch + timm.
 
     Backbone = everything before the head bank (``backbone_parameters``); country fine-tuning freezes
     it and trains one head.

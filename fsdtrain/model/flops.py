@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from fsdtrain.data.windows import WindowSpec
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig
 
 __all__ = ["ModelInput", "ModelCount", "count", "conv_backward_flop", "FLOP_FORMULAS"]

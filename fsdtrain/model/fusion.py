@@ -175,7 +175,7 @@ def grid_rays(
 ) -> torch.Tensor:
     """Unit viewing ray, in the ego frame, of the centre of each token grid cell.
 
-    Pixels follow the OpenCV pixel-centre convention of ``fsdtrain.data.rig``: the image spans
+    Pixels follow the OpenCV pixel-centre convention of ``fsdtrain.synth.rig``: the image spans
     ``[-0.5, W - 0.5]``, so cell ``j`` of ``gw`` has its centre at ``u = (j + 0.5) * W / gw - 0.5``.
 
     Args:

@@ -1,7 +1,8 @@
-"""Trajectory heads and the head bank: one head per country plus ``global`` (DESIGN.md §5)."""
+"""Trajectory heads and the head bank: one head per country plus ``global`` (docs/model.md)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -9,9 +10,28 @@ from torch import nn
 
 from fsdtrain.errors import ConfigError
 
-__all__ = ["GLOBAL_HEAD", "TrajectoryHead", "HeadBank"]
+__all__ = ["GLOBAL_HEAD", "BACKBONE", "head_of", "part_of", "in_head", "TrajectoryHead", "HeadBank"]
 
 GLOBAL_HEAD = "global"
+BACKBONE = "backbone"  # every parameter outside the head bank (and the baseline's shared trunk)
+_HEAD_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?heads\.heads\.)(?P<head>[A-Za-z]+)\.(?P<rest>.+)$")
+
+
+def head_of(name: str) -> str | None:
+    """The head a parameter name belongs to, or None for backbone parameters."""
+    m = _HEAD_KEY.match(name)
+    return m.group("head") if m else None
+
+
+def part_of(name: str) -> str:
+    """The part of the model a parameter belongs to: its head's name, or ``backbone``."""
+    return head_of(name) or BACKBONE
+
+
+def in_head(name: str, head: str) -> str | None:
+    """The name of the same parameter in head ``head`` (None for backbone parameters)."""
+    m = _HEAD_KEY.match(name)
+    return f"{m.group('prefix')}{head}.{m.group('rest')}" if m else None
 
 
 class TrajectoryHead(nn.Module):

@@ -1,1 +1,1 @@
-"""Training: LightningModule, strategies, callbacks, fine-tuning policy, weights export."""
+"""Training: LightningCLI, LightningModule, strategies, checkpoints, callbacks, W&B, fine-tuning policy, and what runs inside each rank (cluster detection, SLURM requeue)."""

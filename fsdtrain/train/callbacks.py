@@ -3,6 +3,7 @@ validation metrics file."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -11,14 +12,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators.cuda import CUDAAccelerator
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from fsdtrain.eval.report import write_report
-from fsdtrain.train.export import git_sha, save_weights
 from fsdtrain.train.finetune import trained_on_zones
-from fsdtrain.train.head_only import head_file_name, path_bytes, save_head
 from fsdtrain.train.mfu import mfu, peak_flops, training_flops_per_window
+from fsdtrain.weights.files import git_sha, save_weights
+from fsdtrain.weights.head_only import head_file_name, path_bytes, save_head
+from fsdtrain.weights.metadata import FORMAT, WeightsMeta
 
 __all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
+
+log = logging.getLogger(__name__)
 
 
 class StreamEpoch(pl.Callback):
@@ -94,54 +99,53 @@ class ProgressLines(pl.Callback):
             m = trainer.callback_metrics
             rate = m.get("perf/windows_per_s_per_rank")
             extra = f", {float(rate) * trainer.world_size:.1f} windows/s" if rate is not None else ""
-            print(
-                f"fsdtrain: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {batch_idx + 1}/{trainer.num_training_batches}"
-                f" loss {float(m.get('train/loss', float('nan'))):.3f}{extra}",
-                flush=True,
+            log.info(
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {batch_idx + 1}/{trainer.num_training_batches}"
+                f" loss {float(m.get('train/loss', float('nan'))):.3f}{extra}"
             )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics
         if trainer.is_global_zero and not trainer.sanity_checking and "val/l2_3s" in m:
-            print(
-                f"fsdtrain: epoch {trainer.current_epoch + 1} val l2_3s {float(m['val/l2_3s']):.3f} m"
-                f" (constant velocity {float(m['val/l2_3s_constant_velocity']):.3f}, ego MLP {float(m['val/l2_3s_ego_mlp']):.3f})",
-                flush=True,
+            log.info(
+                f"epoch {trainer.current_epoch + 1} val l2_3s {float(m['val/l2_3s']):.3f} m"
+                f" (constant velocity {float(m['val/l2_3s_constant_velocity']):.3f}, ego MLP {float(m['val/l2_3s_ego_mlp']):.3f})"
             )
 
 
-def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> dict:
+def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> WeightsMeta:
     """What reviewers and exported weights record about a run: config, data, zones, lineage."""
     dm = trainer.datamodule
     manifests = getattr(dm, "manifests", []) if dm is not None else []
     train_stream = getattr(dm, "train_stream", None)
     zones = {m.zone for m in train_stream.manifests} if train_stream is not None else set()
     countries = {m.country for m in train_stream.manifests} if train_stream is not None else set()
-    parent = getattr(module, "parent_metadata", None) or {}
-    zones |= set(parent.get("zones", []))
-    countries |= set(parent.get("countries_trained", []))
+    parent: WeightsMeta | None = getattr(module, "parent_metadata", None)
+    if parent is not None:
+        zones |= set(parent.zones or [])
+        countries |= set(parent.countries_trained or [])
     by_country: dict[str, set[str]] = {}
     for m in train_stream.manifests if train_stream is not None else []:
         by_country.setdefault(m.country, set()).add(m.zone)
     finetune = module.finetune
     per_part = trained_on_zones(list(module.named_parameters()), init_head_from=finetune.init_head_from, zones_by_country=by_country, parent=parent)
-    return {
-        "format": 1,
-        "net": asdict(module.net_config),
-        "cameras": module.cameras,
-        "window": asdict(module.window),
-        "heads": module.net.heads.names,
-        "trained_heads": module.finetune.train_heads or module.net.heads.names,
-        "zones": sorted(zones),
-        "trained_on_zones": per_part,  # backbone and each head: the zones of the data it learned from
-        "site_zone": getattr(dm, "site_zone", None),
-        "countries_trained": sorted(countries),
-        "manifests": {m.url: m.digest() for m in manifests},
-        "git_sha": git_sha(),
-        "parent": {k: parent.get(k) for k in ("weights", "zones", "trained_on_zones", "manifests", "git_sha", "artifact")} if parent else None,
-        "artifact": getattr(trainer.logger, "model_artifact", None),  # W&B model artifact of this run (wandb_log.py)
-        "global_step": trainer.global_step,
-    }
+    return WeightsMeta.of(
+        format=FORMAT,
+        net=asdict(module.net_config),
+        cameras=module.cameras,
+        window=asdict(module.window),
+        heads=module.net.heads.names,
+        trained_heads=module.finetune.train_heads or module.net.heads.names,
+        zones=sorted(zones),
+        trained_on_zones=per_part,  # backbone and each head: the zones of the data it learned from
+        site_zone=getattr(dm, "site_zone", None),
+        countries_trained=sorted(countries),
+        manifests={m.url: m.digest() for m in manifests},
+        git_sha=git_sha(),
+        parent=parent.lineage() if parent is not None and parent.to_dict() else None,  # (empty metadata records no lineage)
+        artifact=getattr(trainer.logger, "model_artifact", None),  # W&B model artifact of this run (wandb_log.py)
+        global_step=trainer.global_step,
+    )
 
 
 class RunInfo(pl.Callback):
@@ -153,15 +157,15 @@ class RunInfo(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # fit, validate, test
         if trainer.logger is not None:
             meta = run_metadata(trainer, pl_module)
-            trainer.logger.log_hyperparams({"config": self.config, "git_sha": meta["git_sha"], "manifests": meta["manifests"], "zones": meta["zones"]})
+            trainer.logger.log_hyperparams({"config": self.config, "git_sha": meta.git_sha, "manifests": meta.manifests, "zones": meta.zones})
 
 
 class ExportWeights(pl.Callback):
     """At the end of fit, writes the full model as one safetensors file with run metadata.
 
     A fine-tune that trained only its ``train_heads`` (everything else frozen, from ``init_from``)
-    also writes them as a head-only file beside it (``head-CN.safetensors``, fsdtrain/train/head_only.py)
-    and prints its size against the full weights and the last checkpoint.
+    also writes them as a head-only file beside it (``head-CN.safetensors``, fsdtrain/weights/head_only.py)
+    and logs its size against the full weights and the last checkpoint.
 
     Under ZeRO-3 the parameters are partitioned, so every rank joins the gather; rank 0 writes.
     """
@@ -171,7 +175,7 @@ class ExportWeights(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = list(pl_module.parameters())
-        if any(hasattr(p, "ds_id") for p in params):
+        if isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.strategy.zero_stage_3:  # partitioned parameters
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
@@ -180,29 +184,27 @@ class ExportWeights(pl.Callback):
             state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         heads = _head_only_heads(pl_module)
         if trainer.is_global_zero:
-            meta = run_metadata(trainer, pl_module)
-            meta["weights"] = self.path
+            meta = run_metadata(trainer, pl_module).updated(weights=self.path)
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             save_weights(self.path, state, meta)
             if heads:
                 self._write_head(trainer, state, meta, heads, pl_module.init_from)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            print(f"fsdtrain: weights written to {self.path}", flush=True)
+            log.info("weights written to %s", self.path)
 
-    def _write_head(self, trainer: pl.Trainer, state: dict, meta: dict, heads: list[str], init_from: str) -> None:
+    def _write_head(self, trainer: pl.Trainer, state: dict, meta: WeightsMeta, heads: list[str], init_from: str) -> None:
         path = Path(self.path).with_name(head_file_name(heads))
         last = getattr(trainer.checkpoint_callback, "last_model_path", "")
         sizes = {"full_weights_bytes": path_bytes(self.path)}
         if last and os.path.exists(last):
             sizes["checkpoint_bytes"] = path_bytes(last)
-        save_head(path, state, {**meta, "weights": str(path), "sizes": sizes}, heads, backbone_source=init_from)
+        save_head(path, state, meta.updated(weights=str(path), sizes=sizes), heads, backbone_source=init_from)
         head = path_bytes(path)
         of_ckpt = f", {head / sizes['checkpoint_bytes']:.3f} of the checkpoint" if "checkpoint_bytes" in sizes else ""
-        print(
-            f"fsdtrain: head-only weights ({','.join(heads)}) written to {path}: {head / 1024:.0f} KiB, "
-            f"{head / sizes['full_weights_bytes']:.3f} of {Path(self.path).name}{of_ckpt}",
-            flush=True,
+        log.info(
+            f"head-only weights ({','.join(heads)}) written to {path}: {head / 1024:.0f} KiB, "
+            f"{head / sizes['full_weights_bytes']:.3f} of {Path(self.path).name}{of_ckpt}"
         )
 
 
@@ -216,7 +218,7 @@ def _head_only_heads(module: pl.LightningModule) -> list[str]:
 
 class ValidationReport(pl.Callback):
     """After every validation (not the sanity check), rank 0 writes its metrics to ``path``: the
-    report JSON of DESIGN.md §7 (per country and overall; model, ego MLP, constant velocity) at full
+    report JSON of docs/report-format.md (per country and overall; model, ego MLP, constant velocity) at full
     precision, plus ``epoch``, ``global_step`` and ``loss``; the same numbers as the logged ``val/*``,
     gathered over all ranks. Each validation replaces the file (written atomically)."""
 

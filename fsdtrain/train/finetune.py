@@ -1,6 +1,6 @@
 """Country fine-tuning policy: which parameters train, and how new country heads start.
 
-Fine-tuning is the same training loop as pretraining (STYLE.md: no second loop); only this policy
+Fine-tuning is the same training loop as pretraining (docs/contributing.md: no second loop); only this policy
 differs: ``freeze`` says which modules stay fixed (``backbone``, ``none``, or module-name patterns)
 and ``train_heads`` which heads train (the others are frozen). A head that the starting weights lack
 is initialized as a copy of another head (``global`` by default, or another country's head), so the
@@ -10,7 +10,6 @@ parameters are all frozen run in eval mode during training (BatchNorm statistics
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -18,21 +17,18 @@ import torch
 from torch import nn
 
 from fsdtrain.errors import ConfigError
+from fsdtrain.model.heads import BACKBONE, GLOBAL_HEAD, head_of, in_head, part_of
+from fsdtrain.weights.metadata import WeightsMeta
 
 __all__ = [
-    "BACKBONE",
     "FinetuneConfig",
-    "head_of",
-    "part_of",
     "merge_initial_weights",
     "apply_freeze",
     "frozen_modules",
     "trained_on_zones",
 ]
 
-BACKBONE = "backbone"  # every parameter outside the head bank (and the baseline's shared trunk)
 _FREEZE_WORDS = ("backbone", "none")
-_HEAD_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?heads\.heads\.)(?P<head>[A-Za-z]+)\.(?P<rest>.+)$")
 
 
 @dataclass
@@ -71,17 +67,6 @@ class FinetuneConfig:
         return self.freeze
 
 
-def head_of(name: str) -> str | None:
-    """The head a parameter name belongs to, or None for backbone parameters."""
-    m = _HEAD_KEY.match(name)
-    return m.group("head") if m else None
-
-
-def part_of(name: str) -> str:
-    """The part of the model a parameter belongs to: its head's name, or ``backbone``."""
-    return head_of(name) or BACKBONE
-
-
 def merge_initial_weights(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], *, init_head_from: str, source: str) -> dict[str, torch.Tensor]:
     """Weights to start from: ``loaded``, plus new heads copied from ``init_head_from``.
 
@@ -93,11 +78,10 @@ def merge_initial_weights(own: dict[str, torch.Tensor], loaded: dict[str, torch.
         if key in loaded:
             value = loaded[key]
         else:
-            m = _HEAD_KEY.match(key)
-            donor = f"{m.group('prefix')}{init_head_from}.{m.group('rest')}" if m else None
-            if m and init_head_from not in donors:
+            donor = in_head(key, init_head_from)
+            if donor is not None and init_head_from not in donors:
                 raise ConfigError(
-                    f"model.finetune.init_head_from: {source} has no head '{init_head_from}' to start head '{m.group('head')}' from; "
+                    f"model.finetune.init_head_from: {source} has no head '{init_head_from}' to start head '{head_of(key)}' from; "
                     f"its heads are {', '.join(donors)}"
                 )
             if donor is None or donor not in loaded:
@@ -166,7 +150,7 @@ def frozen_modules(module: nn.Module) -> list[str]:
 
 
 def trained_on_zones(
-    parameters: list[tuple[str, nn.Parameter]], *, init_head_from: str, zones_by_country: dict[str, set[str]], parent: dict | None
+    parameters: list[tuple[str, nn.Parameter]], *, init_head_from: str, zones_by_country: dict[str, set[str]], parent: WeightsMeta | None
 ) -> dict[str, list[str]]:
     """Zones of the data each part of the model (``backbone`` and each head) was trained on.
 
@@ -180,12 +164,10 @@ def trained_on_zones(
         zones_by_country: zones of this run's training data, per country.
         parent: metadata of the starting weights, or None.
     """
-    from fsdtrain.model.heads import GLOBAL_HEAD
-
-    parent = parent or {}
-    before: dict[str, list[str]] = dict(parent.get("trained_on_zones") or {})
-    if not before and parent.get("zones"):  # weights from before per-part zones: every part had them all
-        before = {p: list(parent["zones"]) for p in {part_of(n) for n, _ in parameters} | {BACKBONE}}
+    parent = parent or WeightsMeta()
+    before: dict[str, list[str]] = dict(parent.trained_on_zones or {})
+    if not before and parent.zones:  # weights from before per-part zones: every part had them all
+        before = {p: list(parent.zones) for p in {part_of(n) for n, _ in parameters} | {BACKBONE}}
     every = set().union(*zones_by_country.values()) if zones_by_country else set()
     out: dict[str, set[str]] = {}
     for name, p in parameters:

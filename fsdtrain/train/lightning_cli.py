@@ -1,14 +1,21 @@
 """``FleetCLI``: LightningCLI for ``fsdtrain fit|validate|test`` and ``fsdtrain finetune``.
 
 Adds to LightningCLI what every run needs and a YAML should not repeat: ``--workdir`` (checkpoints,
-weights, audit log, W&B files), ``--site.zone``, ``--wandb.*``, ``--checkpoint.*``, the model's input shapes taken from the data config
-(cameras, window), the W&B logger in offline mode by default, and the callbacks (checkpoints, weights export,
-throughput, run info, ``<workdir>/val_metrics.json`` after every validation; W&B tables, pictures and model
-artifacts from ``wandb_log.py``). DeepSpeed strategy names are registered so they also run on CPU.
+weights, audit log, W&B files), ``--site.zone``, ``--wandb.*``, ``--checkpoint.*``, the W&B logger in
+offline mode by default, and the callbacks (checkpoints, weights export, throughput, run info,
+``<workdir>/val_metrics.json`` after every validation; W&B tables, pictures and model artifacts from
+``wandb_log.py``). DeepSpeed strategy names are registered so they also run on CPU.
+
+Values that travel between config groups are linked (``link_arguments``), never copied by hand: the
+model's input shapes come from the data config (``data.cameras``, ``data.window``) and the data's
+site zone from ``site.zone``. The batch plan (:mod:`fsdtrain.batching`) is made once, when the
+Trainer exists, and handed to the data module and the DeepSpeed strategy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +24,12 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from fsdtrain.data.datamodule import FleetDataModule
+from fsdtrain.batching import plan_batches
+from fsdtrain.data.datamodule import FleetDataModule, load_manifests
 from fsdtrain.errors import ConfigError
-from fsdtrain.launch.cluster import cluster_setup, detect_cluster
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.residency import resolve_site_zone
-from fsdtrain.train.batching import plan_batches
+from fsdtrain.store.gate import ZoneGate
 from fsdtrain.train.callbacks import (
     ExportWeights,
     ProgressLines,
@@ -30,12 +38,17 @@ from fsdtrain.train.callbacks import (
     Throughput,
     ValidationReport,
 )
-from fsdtrain.train.checkpoints import CheckpointConfig, FleetCheckpoint, last_checkpoint, resolve_checkpoint
+from fsdtrain.train.checkpoints import CheckpointConfig, FleetCheckpoint
+from fsdtrain.train.cluster import cluster_setup, detect_cluster
+from fsdtrain.train.lightning_internals import subcommand_parser
 from fsdtrain.train.module import DrivingModule
-from fsdtrain.train.strategies import register_strategies
+from fsdtrain.train.strategies import FleetDeepSpeedStrategy, register_strategies
 from fsdtrain.train.wandb_log import FleetWandbLogger, WandbReview, WandbTarget, sync_line
+from fsdtrain.weights.checkpoint_files import last_checkpoint, resolve_checkpoint
 
 __all__ = ["WandbConfig", "SiteConfig", "FleetCLI", "WEIGHTS_NAME", "VAL_METRICS_NAME"]
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 VAL_METRICS_NAME = "val_metrics.json"
@@ -78,7 +91,9 @@ class SiteConfig:
 
 
 class FleetCLI(LightningCLI):
-    """LightningCLI with fsdtrain's run conventions; ``job_type`` is ``pretrain`` or ``finetune``."""
+    """LightningCLI with fsdtrain's run conventions; ``job_type`` is ``pretrain`` or ``finetune``.
+
+    Uses LightningCLI's private ``_parser`` (listed, with why, in :mod:`fsdtrain.train.lightning_internals`)."""
 
     def __init__(self, args: list[str], *, job_type: str = "pretrain") -> None:
         self.job_type = job_type
@@ -99,6 +114,11 @@ class FleetCLI(LightningCLI):
         parser.add_dataclass_arguments(WandbConfig, "wandb")
         parser.add_dataclass_arguments(SiteConfig, "site")
         parser.add_dataclass_arguments(CheckpointConfig, "checkpoint")
+        # one source of truth for each value: the model reads the data's shapes, the data the site's zone
+        parser.link_arguments("data.cameras", "model.cameras", apply_on="parse")
+        for field in dataclasses.fields(WindowSpec):  # field by field: jsonargparse links leaves, not whole groups
+            parser.link_arguments(f"data.window.{field.name}", f"model.window.{field.name}", apply_on="parse")
+        parser.link_arguments("site.zone", "data.site_zone", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -106,16 +126,11 @@ class FleetCLI(LightningCLI):
             raise ConfigError(f"--wandb.mode must be one of {_WANDB_MODES}, got {cfg.wandb.mode!r}")
         workdir = Path(cfg.workdir)
         cfg.trainer.default_root_dir = str(workdir)
-        if cfg.site.zone:
-            cfg.data.site_zone = cfg.site.zone
-        # the model's input shapes are the data's: one source of truth
-        cfg.model.cameras = cfg.data.cameras
-        cfg.model.window = cfg.data.window
         if not cfg.data.audit_log:
             cfg.data.audit_log = str(workdir / "audit.jsonl")
         self._cfg = cfg
         self._wandb_target = WandbTarget.resolve(
-            mode=cfg.wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.data.site_zone)
+            mode=cfg.wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.site.zone)
         )
         self._preflight(cfg)
         if "ckpt_path" in cfg:
@@ -126,10 +141,7 @@ class FleetCLI(LightningCLI):
     @staticmethod
     def _preflight(cfg) -> None:
         """Fails on unreadable data and residency violations before any process, logger or model starts."""
-        from fsdtrain.data.datamodule import load_manifests
-
-        zone = resolve_site_zone(cfg.data.site_zone)
-        load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), zone)
+        load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), ZoneGate(cfg.site.zone))
 
     @staticmethod
     def _ckpt_path(ckpt_path: str | None, workdir: Path) -> str | None:
@@ -140,7 +152,7 @@ class FleetCLI(LightningCLI):
             if rank_zero_only.rank == 0:
                 restart = detect_cluster().restart  # torchrun restarted the workers after a failure
                 again = f" (torchelastic restart {restart})" if restart else ""
-                print(f"fsdtrain: resuming from {found}{again}" if found else f"fsdtrain: no checkpoint in {workdir / 'checkpoints'} yet; starting from the beginning{again}", flush=True)
+                log.info(f"resuming from {found}{again}" if found else f"no checkpoint in {workdir / 'checkpoints'} yet; starting from the beginning{again}")
             return str(found) if found else None
         if ckpt_path is None or ckpt_path in ("best", "hpc") or "://" in str(ckpt_path):
             return ckpt_path
@@ -164,48 +176,55 @@ class FleetCLI(LightningCLI):
             **settings,
         )
 
-    def _instantiate_trainer(self, config: dict, callbacks: list):
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer with fsdtrain's logger and callbacks, and the run's batch plan applied."""
         workdir = Path(self._cfg.workdir)
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         if config.get("logger") in (None, True):
-            config["logger"] = self._logger(workdir)
+            kwargs["logger"] = self._logger(workdir)
         resolved = self._cfg.as_dict()
+        given = config.get("callbacks") or []
         callbacks = [
-            *callbacks,
+            *(given if isinstance(given, list) else [given]),
             FleetCheckpoint(str(workdir / "checkpoints"), every_n_steps=self._cfg.checkpoint.every_n_steps, keep=self._cfg.checkpoint.keep, config_yaml=self._resolved_yaml()),
             ExportWeights(str(workdir / WEIGHTS_NAME)),
             ValidationReport(str(workdir / VAL_METRICS_NAME)),
             StreamEpoch(),
             Throughput(),
             RunInfo(resolved),
-            *cluster_setup(config),  # SLURM, torchrun, DeepSpeed launcher or Kubeflow: fsdtrain/launch/cluster.py
+            *cluster_setup(config),  # SLURM, torchrun, DeepSpeed launcher or Kubeflow: fsdtrain/train/cluster.py
         ]
         self._review = None
-        if isinstance(config["logger"], FleetWandbLogger):  # after ExportWeights: it logs the weights that one writes
-            site_zone = resolve_site_zone(self._cfg.data.site_zone)
+        if isinstance(kwargs.get("logger", config.get("logger")), FleetWandbLogger):  # after ExportWeights: it logs the weights that one writes
+            site_zone = resolve_site_zone(self._cfg.site.zone)
             self._review = WandbReview(self._wandb_target, site_zone=site_zone, weights=str(workdir / WEIGHTS_NAME), images=self._cfg.wandb.images)
             callbacks.append(self._review)
         if config.get("enable_progress_bar") is False:
             callbacks.append(ProgressLines())
-        trainer = super()._instantiate_trainer(config, callbacks)
-        self._plan_batches(trainer)
+        trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        self._apply_batch_plan(trainer)
         return trainer
 
-    def _plan_batches(self, trainer) -> None:
-        """The run's batch plan (fsdtrain/train/batching.py), before any process starts: sets the accumulation
-        that ``data.global_batch_size`` asks for, and a global batch the world size cannot split fails in one line."""
+    def _apply_batch_plan(self, trainer) -> None:
+        """Makes the run's one batch plan (fsdtrain/batching.py) before any process starts and hands it
+        to the Trainer (accumulation), the data module and the DeepSpeed strategy; a global batch the world
+        size cannot split fails in one line."""
         dm, accumulation = self.datamodule, trainer.accumulate_grad_batches
         if dm.global_batch_size is not None and accumulation == 1:
             accumulation = None  # the Trainer's default: derive it from the global batch
         plan = plan_batches(micro_batch=dm.batch_size, world_size=trainer.world_size, accumulation=accumulation, global_batch=dm.global_batch_size)
         trainer.accumulate_grad_batches = plan.accumulation
+        dm.batch_plan = plan
+        if isinstance(trainer.strategy, FleetDeepSpeedStrategy):
+            trainer.strategy.batch_plan = plan
         if rank_zero_only.rank == 0 and self.subcommand in (None, "fit"):
-            print(f"fsdtrain: {plan.describe()}", flush=True)
+            log.info(plan.describe())
 
     def _resolved_yaml(self) -> str:
         """The resolved config as LightningCLI's SaveConfigCallback writes it (after the workdir, site and shape links)."""
-        return self._parser(self.subcommand).dump(self.config.get(str(self.subcommand), self.config), skip_none=False)
+        return subcommand_parser(self, self.subcommand).dump(self.config.get(str(self.subcommand), self.config), skip_none=False)
 
     def after_fit(self) -> None:
         line = sync_line(self.trainer.logger, self._review) if self.trainer.is_global_zero else None
-        if line:
-            print(line, flush=True)
+        for i, text in enumerate((line or "").splitlines()):  # how to upload; then a zone warning, if any
+            (log.warning if i else log.info)(text)

@@ -12,25 +12,20 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 
-from fsdtrain.data.schema import DEFAULT_CAMERAS
-from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import DataError
-from fsdtrain.eval.baselines import EgoStatusMLP
 from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors, stable_key
 from fsdtrain.eval.report import build_report
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
-from fsdtrain.model.heads import GLOBAL_HEAD
+from fsdtrain.model.ego_mlp import EgoStatusMLP
+from fsdtrain.model.heads import GLOBAL_HEAD, part_of
 from fsdtrain.model.losses import LossConfig, wta_loss
-from fsdtrain.train.export import load_weights
-from fsdtrain.train.finetune import (
-    FinetuneConfig,
-    apply_freeze,
-    frozen_modules,
-    merge_initial_weights,
-    part_of,
-)
+from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, frozen_modules, merge_initial_weights
 from fsdtrain.train.optim import param_groups, warmup_cosine_scheduler
 from fsdtrain.train.strategies import adamw_class
+from fsdtrain.weights.files import load_weights
+from fsdtrain.weights.metadata import WeightsMeta
 
 __all__ = ["OptimConfig", "DrivingModule"]
 
@@ -93,7 +88,7 @@ class DrivingModule(pl.LightningModule):
         self.net = DrivingTransformer(net, cameras=len(cameras), history=window.history, future_steps=window.future_steps, future_dt=future_dt)
         self.baseline = EgoStatusMLP(history=window.history, future_steps=window.future_steps, future_dt=future_dt, heads=self.net.heads.names)
         self.init_from = init_from
-        self.parent_metadata: dict | None = None
+        self.parent_metadata: WeightsMeta | None = None  # of the starting weights (init_from)
         if init_from:
             loaded, self.parent_metadata = load_weights(init_from)
             self.load_state_dict(merge_initial_weights(self.state_dict(), loaded, init_head_from=finetune.init_head_from, source=init_from))

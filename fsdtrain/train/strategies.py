@@ -4,26 +4,26 @@ Lightning's ``DeepSpeedStrategy`` refuses CPU, yet DeepSpeed itself trains on it
 with gloo. ``FleetDeepSpeedStrategy`` lifts the refusal (three CUDA-only steps are skipped when the
 accelerator is the CPU) and is registered under Lightning's own ``deepspeed*`` names, so one config
 with ``strategy: deepspeed_stage_2`` runs on a laptop CPU and on GPU nodes, switched by
-``--trainer.accelerator``. The model never imports this module (STYLE.md: parallelism apart).
+``--trainer.accelerator``. The model never imports this module (docs/contributing.md: parallelism apart from the model).
 
 On the CPU the strategy also makes DeepSpeed use its CPU accelerator (gloo), whatever devices the
 machine has; on CUDA, Lightning's own path runs unchanged (NCCL, one device per rank). The batch keys
-of the DeepSpeed config come from :func:`fsdtrain.train.batching.plan_batches` and
+of the DeepSpeed config come from :func:`fsdtrain.batching.plan_batches` and
 ``gradient_clipping`` from ``trainer.gradient_clip_val``. With optimizer offload the run needs
 DeepSpeed's CPU Adam (:func:`adamw_class`), a C++ op built on first use (JIT, about a minute).
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from lightning.pytorch.accelerators.cuda import CUDAAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.strategies.ddp import DDPStrategy
 
+from fsdtrain.batching import BatchPlan, plan_batches
 from fsdtrain.errors import ConfigError
-from fsdtrain.train.batching import plan_batches
+from fsdtrain.train.deepspeed_internals import BUFFER_DTYPE, DATA_TYPES, cpu_accelerator, cpu_initialize_args
+from fsdtrain.train.lightning_internals import defined_train_dataloader, init_deepspeed_distributed
 
 __all__ = ["FleetDeepSpeedStrategy", "register_strategies", "adamw_class", "STRATEGY_NAMES"]
 
@@ -31,9 +31,20 @@ STRATEGY_NAMES = ("ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_st
 
 
 class FleetDeepSpeedStrategy(DeepSpeedStrategy):
-    """``DeepSpeedStrategy`` that also runs on DeepSpeed's CPU accelerator (gloo)."""
+    """``DeepSpeedStrategy`` that also runs on DeepSpeed's CPU accelerator (gloo).
+
+    ``batch_plan``: the run's :class:`~fsdtrain.batching.BatchPlan`, handed over by the CLI once the
+    Trainer exists; DeepSpeed's batch keys are written from it. Without one (a Trainer built by hand)
+    the strategy makes the plan from the Trainer's own numbers.
+
+    Overrides Lightning's private ``_format_config``, ``_format_batch_size_and_grad_accum_config`` and
+    ``_setup_model_and_optimizer`` and copies parts of ``setup_environment``/``setup_distributed``: each
+    listed, with why, in :mod:`fsdtrain.train.lightning_internals` (DeepSpeed's own names:
+    :mod:`fsdtrain.train.deepspeed_internals`), and checked by tests/test_framework_internals.py.
+    """
 
     strategy_name = "fleet_deepspeed"
+    batch_plan: BatchPlan | None = None
 
     def _on_cpu(self) -> bool:
         return not isinstance(self.accelerator, CUDAAccelerator)
@@ -58,9 +69,7 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
 
         found = get_accelerator().device_name()
         if self._on_cpu() and found != "cpu":
-            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
-
-            set_accelerator(CPU_Accelerator())  # gloo, tensors on the CPU
+            set_accelerator(cpu_accelerator())  # gloo, tensors on the CPU
         elif not self._on_cpu() and found != "cuda":
             raise ConfigError(
                 f"--trainer.accelerator is {type(self.accelerator).__name__} but DeepSpeed's accelerator is {found!r}: "
@@ -74,7 +83,7 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
         # bf16 convolutions. Cast the buffers with the weights, as module.bfloat16() (older DeepSpeed) did.
         for key in ("bf16", "fp16"):
             if (self.config.get(key) or {}).get("enabled"):
-                self.config.setdefault("data_types", {}).setdefault("buffer_dtype", key)
+                self.config.setdefault(DATA_TYPES, {}).setdefault(BUFFER_DTYPE, key)
 
     @staticmethod
     def _micro_batch(trainer) -> int:
@@ -83,8 +92,7 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
         micro = getattr(trainer.datamodule, "batch_size", None)
         if isinstance(micro, int):
             return micro
-        source = trainer.fit_loop._data_source  # as DeepSpeedStrategy._auto_select_batch_size, without its crash on batch_size=None
-        loader = source.dataloader() if source.is_defined() else None
+        loader = defined_train_dataloader(trainer)  # as DeepSpeedStrategy._auto_select_batch_size, without its crash on batch_size=None
         return getattr(getattr(loader, "batch_sampler", None), "batch_size", None) or 1
 
     def _format_batch_size_and_grad_accum_config(self) -> None:
@@ -92,12 +100,11 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
         if self.lightning_module is None:
             return
         trainer = self.lightning_module.trainer
-        datamodule = trainer.datamodule
-        plan = plan_batches(
+        plan = self.batch_plan or plan_batches(
             micro_batch=self._micro_batch(trainer),
             world_size=self.world_size,
             accumulation=trainer.accumulate_grad_batches,
-            global_batch=getattr(datamodule, "global_batch_size", None),
+            global_batch=getattr(trainer.datamodule, "global_batch_size", None),
         )
         wanted = {**plan.deepspeed_config(), "gradient_clipping": float(trainer.gradient_clip_val or 0.0)}
         for key, value in wanted.items():
@@ -119,7 +126,7 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
         # skips _validate_device_index_selection, which only knows CUDA device indices
         reset_seed()
         self.set_world_ranks()
-        self._init_deepspeed_distributed()
+        init_deepspeed_distributed(self)
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
         if not self._on_cpu():
@@ -127,7 +134,7 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
         import deepspeed
 
         engine, ds_optimizer, _, _ = deepspeed.initialize(
-            args=argparse.Namespace(device_rank=-1),  # CPU: no device index
+            args=cpu_initialize_args(),  # CPU: no device index
             config=self.config,
             model=model,
             model_parameters=filter(lambda p: p.requires_grad, model.parameters()),

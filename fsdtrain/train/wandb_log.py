@@ -10,7 +10,7 @@
   the version written at the end of fit holds the exported weights (alias ``weights``); a run
   that starts from weights whose metadata names such an artifact uses it (lineage global -> CN).
 
-Residency of camera frames (DESIGN.md §4): a figure with camera pixels of a window is logged only
+Residency of camera frames (docs/residency.md): a figure with camera pixels of a window is logged only
 when the W&B destination is inside the window's zone (or the window's zone is ``global``). The
 destination's zone is, in offline mode, the site zone (the files stay on the site's disk); online,
 ``wandb.zone`` when a self-hosted ``wandb.base_url`` is declared to be in that zone, otherwise
@@ -21,6 +21,7 @@ coordinates only and are always logged.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from fsdtrain.eval.metrics import METRIC_KEYS
 from fsdtrain.eval.report import PREDICTORS
 from fsdtrain.eval.viz import window_at, window_figure
 from fsdtrain.residency import GLOBAL_ZONE, validate_zone
+from fsdtrain.train.lightning_internals import last_checkpoint_saved
 
 __all__ = [
     "BEST_METRIC",
@@ -47,6 +49,8 @@ __all__ = [
     "WandbReview",
     "sync_line",
 ]
+
+log = logging.getLogger(__name__)
 
 BEST_METRIC = "val/l2_3s"
 """The ``best`` alias goes to the checkpoint with the lowest value of this metric."""
@@ -94,7 +98,7 @@ class WandbTarget:
 
 
 def metric_table(report: dict) -> list[list]:
-    """Rows of :data:`TABLE_COLUMNS` from a report dict (DESIGN.md §7): per country and predictor,
+    """Rows of :data:`TABLE_COLUMNS` from a report dict (docs/report-format.md): per country and predictor,
     then ``overall``; a metric the report lacks (beyond the horizon) is None."""
     rows = []
     for country, entry in [*report["per_country"].items(), ("overall", report["overall"])]:
@@ -189,8 +193,8 @@ class WandbReview(pl.Callback):
         run = self._run(trainer) if trainer.is_global_zero else None
         if run is None:
             return
-        parent = getattr(pl_module, "parent_metadata", None) or {}
-        self._parent = parent.get("artifact")
+        parent = getattr(pl_module, "parent_metadata", None)  # WeightsMeta of init_from
+        self._parent = parent.artifact if parent is not None else None
         lineage = {"init_from": getattr(pl_module, "init_from", None), "parent_artifact": self._parent}
         run.config.update({"site_zone": self.site_zone, "wandb_target": self.target.as_config(), "lineage": lineage}, allow_val_change=True)
         if self._parent and self.target.mode == "online":
@@ -204,7 +208,7 @@ class WandbReview(pl.Callback):
         try:
             run.use_artifact(self._parent, type="model")
         except (CommError, ValueError) as exc:  # the parent run logged offline and is not synced, or to another server
-            print(f"fsdtrain: W&B lineage: cannot use artifact {self._parent} ({str(exc).splitlines()[0]}); sync the parent run first", flush=True)
+            log.warning("W&B lineage: cannot use artifact %s (%s); sync the parent run first", self._parent, str(exc).splitlines()[0])
 
     # --- validation media ------------------------------------------------------------------------
 
@@ -241,7 +245,7 @@ class WandbReview(pl.Callback):
 
     def checkpoint_saved(self, checkpoint_callback) -> None:
         """Called by :class:`FleetWandbLogger` on rank 0 after each ModelCheckpoint save."""
-        path = getattr(checkpoint_callback, "_last_checkpoint_saved", None) or checkpoint_callback.last_model_path
+        path = last_checkpoint_saved(checkpoint_callback) or checkpoint_callback.last_model_path
         if self._trainer is not None and path and Path(path).exists():
             self._log_model(self._trainer, Path(path), weights=False)
 
@@ -281,18 +285,18 @@ class WandbReview(pl.Callback):
 
 def sync_line(logger, review: WandbReview | None) -> str | None:
     """The line that tells how to upload an offline run (None for other runs), with the self-hosted
-    server when one is configured, and a warning when the files hold camera frames of a zone the
-    upload target is not declared in."""
+    server when one is configured, and a second line, a warning, when the files hold camera frames of a
+    zone the upload target is not declared in. Without the ``fsdtrain:`` prefix: the caller logs them."""
     if not isinstance(logger, FleetWandbLogger) or review is None or review.target.mode != "offline":
         return None
     run_dir = Path(logger.experiment.dir).parent
     target = review.target
     env = f"WANDB_BASE_URL={target.base_url} " if target.base_url else ""
-    line = f"fsdtrain: W&B offline run in {run_dir}; upload it with: {env}wandb sync {run_dir}"
+    line = f"W&B offline run in {run_dir}; upload it with: {env}wandb sync {run_dir}"
     foreign = sorted(z for z in review.camera_zones if z not in (GLOBAL_ZONE, target.server_zone))
     if foreign:
         line += (
-            f"\nfsdtrain: it holds camera frames of zone {', '.join(foreign)}: upload it only to a W&B server inside that zone "
+            f"\nit holds camera frames of zone {', '.join(foreign)}: upload it only to a W&B server inside that zone "
             f"(--wandb.base_url with --wandb.zone {foreign[0]})"
         )
     return line

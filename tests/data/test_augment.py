@@ -2,12 +2,15 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from fleet import TINY_WINDOW
 from fsdtrain.data.augment import Augment
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream
 from fsdtrain.errors import ConfigError
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.store.gate import ZoneGate
+from helpers.fleet import TINY_WINDOW
+
+GLOBAL_GATE = ZoneGate("global")
 
 
 def images(seed=0):
@@ -55,7 +58,7 @@ def test_off_by_default_and_validated():
 def _windows(urls, *, world, workers, augment):
     out = {}
     for rank in range(world):
-        s = FleetStream(load_manifests(urls, "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=2,
+        s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=2,
                         shuffle=True, equalize=True, order="global", block_shards=2, augment=augment, seed=3)  # fmt: skip
         s.set_distributed(rank, world, workers)
         for batch in DataLoader(s, batch_size=2, num_workers=workers):

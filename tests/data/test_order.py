@@ -1,11 +1,14 @@
 import numpy as np
 from torch.utils.data import DataLoader
 
-from fleet import TINY_WINDOW
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.order import EpochOrder, batch_positions
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.store.gate import ZoneGate
+from helpers.fleet import TINY_WINDOW
+
+GLOBAL_GATE = ZoneGate("global")
 
 SHARDS = [(2, np.arange(0, 30, 5)), (1, np.arange(0, 20, 5)), (3, np.arange(0, 15, 5)), (2, np.arange(5))]
 
@@ -40,7 +43,7 @@ def stream_steps(urls, *, world, B, workers, start_batch=0):
     """Window ids per optimizer step, as the ranks' DataLoaders would yield them."""
     steps: dict[int, set] = {}
     for rank in range(world):
-        s = FleetStream(load_manifests(urls, "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=B,
+        s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=B,
                         shuffle=True, equalize=True, order="global", block_shards=2)  # fmt: skip
         s.set_distributed(rank, world, workers)
         s.start_batch = start_batch
@@ -73,7 +76,7 @@ def test_weights_repeat_or_subsample_each_shard():
 
 def test_stream_mixing_weights_change_country_shares(tiny_fleet):
     urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]
-    s = FleetStream(load_manifests(urls, "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=4,
+    s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=4,
                     shuffle=True, equalize=True, order="global", weights=[1.0, 0.5])  # fmt: skip
     countries = [c for b in DataLoader(s, batch_size=4) for c in b["country"]]
     assert countries.count("US") == 16 and countries.count("DE") == 8

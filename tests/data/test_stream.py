@@ -6,18 +6,21 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from fleet import TINY_WINDOW, rewrite_shard
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, ShardRef, worker_caps
 from fsdtrain.errors import ConfigError, DataError
-from fsdtrain.residency import AuditLog, ResidencyError
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.residency import ResidencyError
+from fsdtrain.store.gate import AuditLog, ZoneGate
+from helpers.fleet import TINY_WINDOW, rewrite_shard
+
+GLOBAL_GATE = ZoneGate("global")
 
 
 def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, pad=False, audit=None, seed=0):
     return FleetStream(
-        load_manifests(urls, site), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
-        shuffle=shuffle, equalize=equalize, pad=pad, site_zone=site, audit=audit, seed=seed,
+        load_manifests(urls, ZoneGate(site)), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
+        shuffle=shuffle, equalize=equalize, pad=pad, gate=ZoneGate(site, audit=audit), seed=seed,
     )  # fmt: skip
 
 
@@ -120,7 +123,7 @@ def test_truncated_video_names_clip_and_camera(tiny_fleet, tmp_path):
 def test_missing_camera_is_named(tiny_fleet, tmp_path):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
     rewrite_shard(d, lambda ms: [(n, v) for n, v in ms if not n.endswith("CAM_BACK.mp4")])
-    with pytest.raises(DataError, match="CAM_BACK.mp4 is missing"):
+    with pytest.raises(DataError, match="CAM_BACK.mp4 missing"):
         read_all(d)
 
 
@@ -148,7 +151,7 @@ def test_wrong_schema_and_bad_member_names(tiny_fleet, tmp_path):
 
 def test_resize_scales_images_and_intrinsics(tiny_fleet):
     stream = FleetStream(
-        load_manifests([tiny_fleet["US"]["val"]], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=2,
+        load_manifests([tiny_fleet["US"]["val"]], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=2,
         shuffle=False, equalize=False, image_size=(24, 32),
     )  # fmt: skip
     full = next(iter(DataLoader(make_stream([tiny_fleet["US"]["val"]]), batch_size=2)))
@@ -161,7 +164,7 @@ def test_resize_scales_images_and_intrinsics(tiny_fleet):
 
 def skip_stream(directory, *, fraction, equalize, order="sharded", pad=False, batch_size=4):
     return FleetStream(
-        load_manifests([str(directory)], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
+        load_manifests([str(directory)], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
         shuffle=order == "global", equalize=equalize, pad=pad, on_error="skip", max_skip_fraction=fraction, order=order,
     )  # fmt: skip
 

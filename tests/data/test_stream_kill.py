@@ -16,12 +16,15 @@ import psutil
 SCRIPT = """
 import sys
 from torch.utils.data import DataLoader
-from fleet import TINY_WINDOW
+from helpers.fleet import TINY_WINDOW
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.schema import DEFAULT_CAMERAS
+from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.data.stream import FleetStream, init_loader_worker
+from fsdtrain.store.gate import ZoneGate
 
-stream = FleetStream(load_manifests(sys.argv[1:], "global"), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS),
+GLOBAL_GATE = ZoneGate("global")
+
+stream = FleetStream(load_manifests(sys.argv[1:], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
                      batch_size=2, shuffle=True, equalize=False)
 stream.set_distributed(0, 1, 2)
 for i, batch in enumerate(DataLoader(stream, batch_size=2, num_workers=2, worker_init_fn=init_loader_worker)):

@@ -8,10 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fleet import TINY_WINDOW
 from fsdtrain.cli import main
-from fsdtrain.data.rig import cam_to_ego, ground_lut, intrinsics, surround6
-from fsdtrain.data.schema import DEFAULT_CAMERAS
 from fsdtrain.eval.viz import (
     HISTORY_COLOR,
     MODE_COLORS,
@@ -26,9 +23,13 @@ from fsdtrain.eval.viz import (
     window_at,
     window_figure,
 )
+from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.model.driving import ModelConfig
-from fsdtrain.train.export import save_weights
+from fsdtrain.synth.rig import cam_to_ego, ground_lut, intrinsics, surround6
 from fsdtrain.train.module import DrivingModule
+from fsdtrain.weights.files import save_weights
+from fsdtrain.weights.metadata import WeightsMeta
+from helpers.fleet import TINY_WINDOW
 
 W, H = 201, 121  # odd sizes: the principal point ((W - 1) / 2, (H - 1) / 2) is a pixel centre
 FRONT, BACK = surround6()[0], surround6()[3]
@@ -220,7 +221,7 @@ def tiny_weights(tmp_path_factory):
     save_weights(
         path,
         module.state_dict(),
-        {"net": asdict(net), "cameras": list(DEFAULT_CAMERAS), "window": asdict(TINY_WINDOW)},
+        WeightsMeta.of(net=asdict(net), cameras=list(DEFAULT_CAMERAS), window=asdict(TINY_WINDOW)),
     )
     return path
 

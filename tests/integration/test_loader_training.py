@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from window_recorder import read_steps
 
-from fleet import TINY_SIZE, rewrite_shard
-from fsdtrain.data.schema import DEFAULT_CAMERAS
-from fsdtrain.data.synth import synth_fleet
+from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.synth.fleet import synth_fleet
+from helpers.fleet import TINY_CLIP, rewrite_shard
+from helpers.window_recorder import read_steps
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -42,7 +42,7 @@ def uneven(tmp_path_factory):
     root = tmp_path_factory.mktemp("uneven")
     urls = []
     for country, clips in (("US", 5), ("DE", 17), ("GB", 2)):
-        synth_fleet(str(root / "d"), [country], clips, clips_per_shard=clips, seed=3, **TINY_SIZE)
+        synth_fleet(str(root / "d"), [country], clips, clips_per_shard=clips, seed=3, clip=TINY_CLIP)
         urls.append(f"file://{root}/d/train/{country}")
     return urls
 
@@ -51,7 +51,7 @@ def uneven(tmp_path_factory):
 def test_uneven_shards_train_to_the_end_with_equal_batches(uneven, tmp_path, order):
     rec = tmp_path / "windows"
     fit(*common(uneven, tmp_path), "--data.num_workers", "2", "--data.order", order,
-        "--trainer.callbacks+=window_recorder.RecordWindows", f"--trainer.callbacks.path={rec}")  # fmt: skip
+        "--trainer.callbacks+=helpers.window_recorder.RecordWindows", f"--trainer.callbacks.path={rec}")  # fmt: skip
     per_rank = [sum(1 for _ in open(f"{rec}.rank{r}.jsonl")) for r in range(2)]
     assert per_rank[0] == per_rank[1] > 0
     if order == "global":
@@ -62,7 +62,7 @@ def test_uneven_shards_train_to_the_end_with_equal_batches(uneven, tmp_path, ord
 @pytest.fixture(scope="module")
 def with_corrupt_clip(tmp_path_factory):
     root = tmp_path_factory.mktemp("corrupt")
-    synth_fleet(str(root / "d"), ["US"], 6, clips_per_shard=2, seed=4, **TINY_SIZE)
+    synth_fleet(str(root / "d"), ["US"], 6, clips_per_shard=2, seed=4, clip=TINY_CLIP)
     rewrite_shard(root / "d" / "train" / "US", lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_BACK.mp4") else v) for n, v in ms])
     return f"file://{root}/d/train/US"
 

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fleet import TINY_SIZE
-from fsdtrain.data.manifest import load_manifest
-from fsdtrain.residency import AuditLog
+from fsdtrain.format.manifest import load_manifest
 from fsdtrain.store import objects
-from wandb_files import offline_runs, read_run
+from fsdtrain.store.gate import AuditLog, ZoneGate
+from helpers.fleet import TINY_SIZE
+from helpers.wandb_files import offline_runs, read_run
+
+# reads metadata of any zone (the old load_manifest did not check zones)
+ANY_ZONE = ZoneGate("global")
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -110,7 +113,7 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, local_store, tmp_pa
         for k, v in local_store.env().items():
             mp.setenv(k, v)
         objects.reset_clients()
-        manifest = load_manifest(data[0])
+        manifest = load_manifest(data[0], ANY_ZONE, check_zone=False)
     objects.reset_clients()
     assert sorted(r["url"] for r in AuditLog.read(audit)) == sorted(manifest.shard_url(s) for s in manifest.shards)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fsdtrain.train.checkpoints import META_NAME, last_checkpoint
+from fsdtrain.weights.checkpoint_files import META_NAME, last_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 10
@@ -168,7 +168,7 @@ def test_two_torchrun_nodes_train_zero2_to_the_end(uninterrupted):
 
 def test_a_killed_rank_restarts_the_group_and_resumes_from_the_last_checkpoint(uninterrupted, tiny_fleet, tmp_path):
     workdir = tmp_path / "run"
-    script = render(tiny_fleet, tmp_path, workdir, "--trainer.callbacks+=pace.SlowSteps")
+    script = render(tiny_fleet, tmp_path, workdir, "--trainer.callbacks+=helpers.pace.SlowSteps")
     nodes = Nodes(script, tmp_path, max_restarts=1)
     try:
         deadline = time.monotonic() + 300
@@ -185,7 +185,7 @@ def test_a_killed_rank_restarts_the_group_and_resumes_from_the_last_checkpoint(u
     output = nodes.output()
     assert codes == [0, 0], output[-6000:]
     assert final_step(workdir) == MAX_STEPS
-    resumed = [line for line in output.splitlines() if "fsdtrain: resuming from" in line]
+    resumed = [line for line in output.splitlines() if "fsdtrain[rank 0]: resuming from" in line]  # torchrun: RANK/WORLD_SIZE set
     assert len(resumed) == 1, output[-6000:]  # rank 0, after the restart
     # torchrun saw the killed process and restarted (each agent counts restarts of its own: rank 0's may say 0)
     assert "failed (exitcode: -9)" in nodes.logs[1].read_text()

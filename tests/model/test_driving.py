@@ -5,24 +5,16 @@ import pytest
 import torch
 import yaml
 
-from fsdtrain.data import rig
 from fsdtrain.errors import ConfigError
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
 from fsdtrain.model.encoder import ImageEncoder
 from fsdtrain.model.heads import HeadBank, TrajectoryHead
+from fsdtrain.synth import rig
+from helpers.tiny_net import tiny_net
 
 
 def tiny_model(**overrides) -> DrivingTransformer:
-    cfg = ModelConfig(**{
-        "encoder": "test_resnet",
-        "d_model": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "grid": [1, 2],
-        "modes": 3,
-        "heads": ["global", "CN"],
-        **overrides,
-    })
+    cfg = ModelConfig(**tiny_net(heads=["global", "CN"], **overrides))
     return DrivingTransformer(cfg, cameras=2, history=2, future_steps=4, future_dt=0.5)
 
 
@@ -170,6 +162,8 @@ NET_YAMLS = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("model/*.yaml")
 def test_model_configs_in_configs_are_valid(path):
     doc = yaml.safe_load(path.read_text()) or {}
     net = doc if path.parent.name == "model" else (doc.get("model") or {}).get("net")
+    if isinstance(net, str):  # a model piece by path, from the config's folder (configs/demo.yaml's model/demo_net.yaml)
+        net = yaml.safe_load((path.parent / net).read_text())
     if net is None:
         pytest.skip("no model.net in this config")
     ModelConfig(**net)
@@ -179,16 +173,7 @@ def test_net_dicts_of_older_weight_files_build_the_same_model():
     """A ``net`` dict without the newer fields (as in older configs and weight files' metadata) gets
     defaults that keep the model: joint fusion, no ray embedding, same parameter names, so their
     state dicts still load."""
-    old = {
-        "encoder": "test_resnet",
-        "d_model": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "grid": [1, 2],
-        "modes": 3,
-        "heads": ["global"],
-        "dropout": 0.0,
-    }
+    old = tiny_net(heads=["global"], dropout=0.0)
     cfg = ModelConfig(**old)
     assert cfg.fusion == "joint" and not (cfg.ray_embedding or cfg.freeze_bn or cfg.activation_checkpointing)
     keys = DrivingTransformer(cfg, cameras=2, history=2, future_steps=4, future_dt=0.5).state_dict().keys()

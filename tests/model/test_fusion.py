@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import fsdtrain.model.fusion as fusion_module
-from fsdtrain.data import rig
 from fsdtrain.errors import ConfigError
 from fsdtrain.model.fusion import FUSIONS, RayEmbedding, grid_rays, make_fusion
+from fsdtrain.synth import rig
 
 B, N, T, P, D, E = 2, 3, 4, 2, 16, 2
 

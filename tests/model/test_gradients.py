@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from fsdtrain.data import rig
-from fsdtrain.data.windows import WindowSpec
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig
 from fsdtrain.model.losses import LossConfig, wta_loss
+from fsdtrain.synth import rig
 from fsdtrain.train.module import DrivingModule
+from helpers.tiny_net import tiny_net
 
 CAMERAS = ["CAM_FRONT", "CAM_BACK"]
 HEADS = ["global", "CN"]
@@ -40,16 +41,7 @@ VARIANTS = {
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    return ModelConfig(**{
-        "encoder": "test_resnet",
-        "d_model": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "grid": [1, 2],
-        "modes": 3,
-        "heads": HEADS,
-        **overrides,
-    })
+    return ModelConfig(**tiny_net(heads=HEADS, **overrides))
 
 
 def make_batch(B: int = 4, seed: int = 0) -> dict:

@@ -38,7 +38,8 @@ def test_every_model_yaml_has_its_input_and_says_so(flops):
     for name, inp in flops.INPUTS.items():
         text = (MODEL_CONFIGS / f"{name}.yaml").read_text()
         H, W = inp.image_size
-        assert f"{inp.cameras} cameras x {inp.history} frames (data.window.history: {inp.history})" in text, (
+        cameras = f"{inp.cameras} camera{'s' if inp.cameras > 1 else ''}"
+        assert f"{cameras} x {inp.history} frames (data.window.history: {inp.history})" in text, (
             name
         )
         assert f"{H}x{W}" in text, name

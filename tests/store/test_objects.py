@@ -14,7 +14,7 @@ import pytest
 
 from fsdtrain.errors import ConfigError, StoreError
 from fsdtrain.store import objects
-from fsdtrain.store.seaweed import CONFLICTING_AWS_ENV, LocalStore
+from fsdtrain.store.local.seaweed import CONFLICTING_AWS_ENV, LocalStore
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB, every byte value
 

@@ -1,12 +1,14 @@
 import pytest
 import torch
 
-from fsdtrain.data.windows import WindowSpec
 from fsdtrain.errors import ConfigError
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import ModelConfig
-from fsdtrain.train.export import load_weights, read_metadata, save_weights
-from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, head_of, trained_on_zones
+from fsdtrain.model.heads import head_of
+from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, trained_on_zones
 from fsdtrain.train.module import DrivingModule
+from fsdtrain.weights.files import load_weights, read_metadata, save_weights
+from fsdtrain.weights.metadata import WeightsMeta
 
 NET = {"encoder": "test_resnet", "d_model": 32, "depth": 1, "num_heads": 2, "grid": [1, 2], "modes": 2}
 CAMS = ["CAM_FRONT", "CAM_BACK"]
@@ -19,7 +21,7 @@ def module(**kwargs) -> DrivingModule:
 
 def test_new_country_head_starts_as_a_copy_of_global(tmp_path):
     pre = module()
-    save_weights(tmp_path / "w.safetensors", pre.state_dict(), {"zones": ["global"]})
+    save_weights(tmp_path / "w.safetensors", pre.state_dict(), WeightsMeta(zones=["global"]))
     ft = module(init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     assert ft.net.heads.names == ["global", "CN"] and ft.baseline.heads.names == ["global", "CN"]
     state = ft.state_dict()
@@ -31,7 +33,7 @@ def test_new_country_head_starts_as_a_copy_of_global(tmp_path):
 
 def test_freeze_leaves_only_the_country_head_trainable(tmp_path):
     pre = module()
-    save_weights(tmp_path / "w.safetensors", pre.state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", pre.state_dict(), WeightsMeta())
     ft = module(init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     trainable = {n for n, p in ft.named_parameters() if p.requires_grad}
     assert trainable and all(head_of(n) == "CN" for n in trainable)
@@ -40,7 +42,7 @@ def test_freeze_leaves_only_the_country_head_trainable(tmp_path):
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
-    save_weights(tmp_path / "w.safetensors", module().state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", module().state_dict(), WeightsMeta())
     with pytest.raises(ConfigError, match="shape"):
         DrivingModule(net=ModelConfig(**{**NET, "d_model": 64}), cameras=CAMS, init_from=str(tmp_path / "w.safetensors"))
 
@@ -52,9 +54,9 @@ def test_freeze_with_unknown_head_fails():
 
 def test_weights_file_round_trip_and_errors(tmp_path):
     state = {"a": torch.arange(4.0), "b.c": torch.ones(2, 2)}
-    save_weights(tmp_path / "m.safetensors", state, {"zones": ["cn"], "heads": ["global", "CN"]})
+    save_weights(tmp_path / "m.safetensors", state, WeightsMeta(zones=["cn"], heads=["global", "CN"]))
     loaded, meta = load_weights(tmp_path / "m.safetensors")
-    assert meta["zones"] == ["cn"] and torch.equal(loaded["a"], state["a"])
+    assert meta.zones == ["cn"] and torch.equal(loaded["a"], state["a"])
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ConfigError, match="directory"):
         read_metadata(tmp_path)
@@ -104,7 +106,7 @@ def test_freeze_patterns_freeze_those_modules_and_put_them_in_eval_mode():
 
 
 def test_freeze_none_trains_the_backbone_and_only_the_named_heads(tmp_path):
-    save_weights(tmp_path / "w.safetensors", module().state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", module().state_dict(), WeightsMeta())
     m = module(init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"], freeze="none"))
     assert m.trainable_parts() == ["CN", "backbone"] and not m.backbone_frozen
     assert not any(p.requires_grad for p in m.net.heads.heads["global"].parameters())
@@ -114,7 +116,7 @@ def test_frozen_backbone_keeps_batchnorm_statistics_and_has_no_dropout(tmp_path)
     net = {**NET, "dropout": 0.5}
     torch.manual_seed(0)
     pre = DrivingModule(net=ModelConfig(**net), cameras=CAMS, window=WindowSpec())
-    save_weights(tmp_path / "w.safetensors", pre.state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", pre.state_dict(), WeightsMeta())
     ft = DrivingModule(net=ModelConfig(**net), cameras=CAMS, window=WindowSpec(), init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     bn = [k for k, v in ft.state_dict().items() if "running_mean" in k]
     assert bn, "the test encoder has BatchNorm layers"
@@ -136,7 +138,7 @@ def test_a_new_head_can_start_from_another_countrys_head(tmp_path):
     with torch.no_grad():
         for p in pre.net.heads.heads["DE"].parameters():
             p.add_(1.0)  # DE differs from global
-    save_weights(tmp_path / "w.safetensors", pre.state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", pre.state_dict(), WeightsMeta())
     ft = module(heads=["global", "DE"], init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"], init_head_from="DE"))
     state, src = ft.state_dict(), pre.state_dict()
     cn = [k for k in state if head_of(k) == "CN"]
@@ -160,7 +162,7 @@ def test_global_head_learns_from_every_window_country_heads_from_their_own():
 
 
 def test_trained_on_zones_per_part(tmp_path):
-    save_weights(tmp_path / "w.safetensors", module().state_dict(), {"zones": ["global"]})
+    save_weights(tmp_path / "w.safetensors", module().state_dict(), WeightsMeta(zones=["global"]))
     ft = module(init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     zones = trained_on_zones(list(ft.named_parameters()), init_head_from="global", zones_by_country={"CN": {"cn"}}, parent=ft.parent_metadata)
     assert zones == {"CN": ["cn", "global"], "backbone": ["global"], "global": ["global"]}

@@ -13,10 +13,11 @@ import yaml
 
 from fsdtrain.model.driving import ModelConfig
 from fsdtrain.model.flops import ModelInput, count
-from fsdtrain.train.export import save_weights
 from fsdtrain.train.finetune import FinetuneConfig
 from fsdtrain.train.mfu import mfu, peak_flops, training_flops_per_window
 from fsdtrain.train.module import DrivingModule
+from fsdtrain.weights.files import save_weights
+from fsdtrain.weights.metadata import WeightsMeta
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = yaml.safe_load((REPO / "configs" / "model" / "tiny.yaml").read_text())
@@ -50,7 +51,7 @@ def test_training_flops_per_window_is_the_models_forward_and_backward(tmp_path):
     state = torch.random.get_rng_state()
     assert training_flops_per_window(m, (96, 160)) == c.flops_train
     assert torch.equal(torch.random.get_rng_state(), state)  # counting leaves the run's random stream alone
-    save_weights(tmp_path / "w.safetensors", m.state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", m.state_dict(), WeightsMeta())
     ft = DrivingModule(net=ModelConfig(**TINY), init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     c2 = count(ModelConfig(**{**TINY, "heads": ["global", "CN"]}), ModelInput(cameras=6, history=2, image_size=(96, 160)))
     assert training_flops_per_window(ft, (96, 160)) == c2.flops_forward + 2 * c2.flops_heads  # no backward through the backbone
@@ -69,7 +70,7 @@ def test_a_cpu_run_logs_throughput_and_its_batch_plan(tiny_fleet, tmp_path):
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
-    assert "fsdtrain: global batch 4 = micro batch 2 x accumulation 2 x 1 rank" in proc.stdout
+    assert "fsdtrain: global batch 4 = micro batch 2 x accumulation 2 x 1 rank" in proc.stderr
     rows = list(csv.DictReader(open(next(tmp_path.glob("metrics/*/metrics.csv")))))
     logged = {k for r in rows for k, v in r.items() if v}
     assert {"perf/windows_per_s_per_rank", "perf/step_time_s", "perf/data_wait_fraction"} <= logged

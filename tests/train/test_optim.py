@@ -11,10 +11,11 @@ import yaml
 from torch import nn
 
 from fsdtrain.model.driving import ModelConfig
-from fsdtrain.train.export import save_weights
 from fsdtrain.train.finetune import FinetuneConfig
 from fsdtrain.train.module import DrivingModule, OptimConfig
 from fsdtrain.train.optim import decay_split, no_decay_reason, param_groups, warmup_cosine, warmup_steps_for
+from fsdtrain.weights.files import save_weights
+from fsdtrain.weights.metadata import WeightsMeta
 
 TINY = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml").read_text())
 #: the tiny model's embedding tables: fusion's camera/frame/position tables, the command embedding, the mode queries
@@ -54,7 +55,7 @@ def test_param_groups_carry_the_weight_decay():
 
 def test_frozen_parameters_are_left_out(tmp_path):
     pre = tiny_module()
-    save_weights(tmp_path / "w.safetensors", pre.state_dict(), {})
+    save_weights(tmp_path / "w.safetensors", pre.state_dict(), WeightsMeta())
     ft = tiny_module(init_from=str(tmp_path / "w.safetensors"), finetune=FinetuneConfig(train_heads=["CN"]))
     decay, no_decay = decay_split(ft)
     assert {n for n, p in ft.named_parameters() if p.requires_grad} == set(decay) | set(no_decay)

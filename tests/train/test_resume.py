@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from window_recorder import read_steps
+
+from helpers.window_recorder import read_steps
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -30,7 +31,7 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
         "--data.window.window_stride", "2", "--data.order", "global", "--data.block_shards", "2", "--wandb.mode", "disabled",
         "--data.country_weights", "null",
         "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=window_recorder.RecordWindows",
+        "--trainer.callbacks+=helpers.window_recorder.RecordWindows",
     ]  # fmt: skip
     full = tmp_path / "full"
     fit(*common, f"--trainer.callbacks.path={full / 'windows'}", "--workdir", str(full), "--trainer.devices", "2",
@@ -40,13 +41,13 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
     ckpt = full / "steps" / "step=3.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (full / "steps").iterdir())
     data_state = torch.load(ckpt, map_location="cpu", weights_only=True)["FleetDataModule"]
-    assert data_state["epoch"] == 0 and data_state["windows_done"] == 3 * 4 and data_state["global_batch"] == 4
+    assert data_state["epoch"] == 0 and data_state["windows_done"] == 3 * 4 and data_state["windows_per_micro_batch"] == 4
     assert data_state["order"] == "global" and len(data_state["datasets"]) == 2
 
     # 12 windows done is not a whole number of global batches of 8: one line that says what to change
     wrong = fit(*common, "--trainer.callbacks.path", str(tmp_path / "wrong"), "--workdir", str(tmp_path / "wrong"),
                 "--trainer.devices", "1", "--data.batch_size", "8", "--data.num_workers", "0", "--ckpt_path", str(ckpt), rc=2)  # fmt: skip
-    assert "after 12 windows of epoch 0 (global batch 4), not a whole number of this run's global batches of 8" in wrong.stderr
+    assert "after 12 windows of epoch 0 (4 windows per micro batch over all ranks), not a whole number of this run's micro batches of 8 windows" in wrong.stderr
     assert "Traceback" not in wrong.stderr
 
     resumed = tmp_path / "resumed"

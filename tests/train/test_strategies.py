@@ -92,7 +92,7 @@ def test_zero3_offload_trains_on_cpu_like_zero2(tmp_path):
     for name in ("deepspeed_stage_2", "deepspeed_stage_3_offload"):
         out = tmp_path / f"{name}.json"
         args = ["--strategy", name, "--devices", "2", "--micro", "2", "--accumulation", "2", "--steps", "2", "--clip", "0.5", "--out", str(out)]
-        proc = subprocess.run([sys.executable, str(REPO / "tests" / "tiny_fit.py"), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "tiny_fit.py"), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
         results[name] = json.loads(out.read_text())
     zero2, zero3 = results["deepspeed_stage_2"], results["deepspeed_stage_3_offload"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import TINY_WINDOW
 from fsdtrain.eval.metrics import METRIC_KEYS
+from helpers.fleet import TINY_WINDOW
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

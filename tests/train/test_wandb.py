@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fsdtrain.data.rig import cam_to_ego, intrinsics, surround6
 from fsdtrain.errors import ConfigError
 from fsdtrain.eval.metrics import METRIC_KEYS
-from fsdtrain.train.export import read_metadata
+from fsdtrain.synth.rig import cam_to_ego, intrinsics, surround6
 from fsdtrain.train.wandb_log import TABLE_COLUMNS, WandbTarget, _pick, metric_table, validation_images
-from wandb_files import offline_runs, read_run
+from fsdtrain.weights.files import read_metadata
+from helpers.wandb_files import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,14 +130,14 @@ def test_offline_runs_hold_config_metrics_media_artifacts_and_lineage(tiny_fleet
         "--trainer.callbacks.filename={step}", "--trainer.callbacks.save_top_k=-1", env=env,
     )  # fmt: skip
     (run_dir,) = offline_runs(pre)
-    assert f"upload it with: WANDB_BASE_URL=https://wandb.example.cn wandb sync {run_dir}" in proc.stdout
+    assert f"upload it with: WANDB_BASE_URL=https://wandb.example.cn wandb sync {run_dir}" in proc.stderr
     run = read_run(run_dir)
     assert (run["run"].job_type, run["run"].run_group) == ("pretrain", "exp-1")
 
     config, meta = run["config"], read_metadata(pre / "model.safetensors")
     assert config["config"]["wandb"]["group"] == "exp-1" and config["config"]["workdir"] == str(pre)
-    assert "git_sha" in config and config["git_sha"] == meta["git_sha"]
-    assert config["manifests"] == meta["manifests"] and len(config["manifests"]) == 4
+    assert "git_sha" in config and config["git_sha"] == meta.git_sha
+    assert config["manifests"] == meta.manifests and len(config["manifests"]) == 4
     assert config["site_zone"] == "global" and config["zones"] == ["global"]
     assert config["wandb_target"] == {"mode": "offline", "base_url": "https://wandb.example.cn", "zone": "global", "server_zone": "cn"}
 
@@ -168,7 +168,7 @@ def test_offline_runs_hold_config_metrics_media_artifacts_and_lineage(tiny_fleet
     assert any(e["ref"].startswith("file://") and e["path"].startswith("checkpoint") for e in ckpt)  # referenced, not copied
     weights = {e["path"]: e for e in models[-1]["entries"]}["model.safetensors"]
     assert weights["size"] == (pre / "model.safetensors").stat().st_size and not weights["ref"]  # held in the artifact
-    assert meta["artifact"] == f"fsdtrain-demo/model-{run['run'].run_id}:weights"
+    assert meta.artifact == f"fsdtrain-demo/model-{run['run'].run_id}:weights"
 
     # fine-tune at a cn site from those weights: lineage, job type, and CN camera frames kept offline
     proc = fsdtrain(
@@ -178,15 +178,15 @@ def test_offline_runs_hold_config_metrics_media_artifacts_and_lineage(tiny_fleet
     (cn_dir,) = offline_runs(cn)
     ft = read_run(cn_dir)
     assert (ft["run"].job_type, ft["run"].run_group) == ("finetune", "exp-1")
-    assert ft["config"]["lineage"] == {"init_from": str(pre / "model.safetensors"), "parent_artifact": meta["artifact"]}
+    assert ft["config"]["lineage"] == {"init_from": str(pre / "model.safetensors"), "parent_artifact": meta.artifact}
     assert ft["config"]["site_zone"] == "cn" and ft["config"]["wandb_target"]["zone"] == "cn"
     ft_models = [a for a in ft["artifacts"] if a["type"] == "model"]
-    assert ft_models and all(a["metadata"]["parent_artifact"] == meta["artifact"] for a in ft_models)
-    assert read_metadata(cn / "model.safetensors")["parent"]["artifact"] == meta["artifact"]
+    assert ft_models and all(a["metadata"]["parent_artifact"] == meta.artifact for a in ft_models)
+    assert read_metadata(cn / "model.safetensors").parent.artifact == meta.artifact
     cn_camera = media(cn_dir, ft["history"], "val/camera")  # offline at the cn site: allowed
     assert cn_camera and all(c.startswith("CN ") for v in cn_camera for c in v["captions"])
-    assert f"upload it with: wandb sync {cn_dir}" in proc.stdout
-    assert "holds camera frames of zone cn: upload it only to a W&B server inside that zone" in proc.stdout
+    assert f"upload it with: wandb sync {cn_dir}" in proc.stderr
+    assert "holds camera frames of zone cn: upload it only to a W&B server inside that zone" in proc.stderr
 
     # an eval run of the fine-tuned weights: job type eval, config and lineage too
     ev = tmp_path / "eval"
@@ -197,7 +197,7 @@ def test_offline_runs_hold_config_metrics_media_artifacts_and_lineage(tiny_fleet
     (ev_dir,) = offline_runs(ev)
     evr = read_run(ev_dir)
     assert (evr["run"].job_type, evr["run"].run_group) == ("eval", "exp-1")
-    assert evr["config"]["lineage"]["parent_artifact"] == read_metadata(cn / "model.safetensors")["artifact"] == f"fsdtrain-demo/model-{ft['run'].run_id}:weights"
+    assert evr["config"]["lineage"]["parent_artifact"] == read_metadata(cn / "model.safetensors").artifact == f"fsdtrain-demo/model-{ft['run'].run_id}:weights"
     assert "git_sha" in evr["config"] and set(evr["config"]["manifests"]) == {tiny_fleet["CN"]["val"]}
     assert media(ev_dir, evr["history"], "val/metrics_table")
     assert not [a for a in evr["artifacts"] if a["type"] == "model"]  # validate trains nothing, saves nothing

@@ -1,0 +1,184 @@
+"""Video with PyAV: RGB frames -> H.264 (or HEVC, AV1) MP4 bytes, and back, with errors that name the clip and camera.
+
+Random access without seeking: the container is demuxed (cheap: no decoding), and only the packets
+from the keyframe at or before each wanted frame up to that frame go through the decoder. A window
+that needs frames 25 and 30 of a clip with a keyframe every 10 frames decodes frames 20..30, not
+0..30. There is no ``container.seek``: packets are picked from the demuxed list, so the decoder
+never has to be repositioned, and decoding in forked loader workers needs no extra care.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from fsdtrain.errors import ConfigError, DataError
+
+__all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "decode_video", "frames_to_decode"]
+
+
+CODECS = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
+"""Codec names accepted by :func:`encode_video` -> the FFmpeg encoder used."""
+
+_X264_PRESET = "veryfast"
+
+
+def _rate(fps: float) -> Fraction:
+    if not fps > 0:
+        raise ConfigError(f"fps={fps} must be positive")
+    return Fraction(fps).limit_denominator(1001000)
+
+
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """[F, H, W, 3] uint8 RGB -> [F, H * 3 / 2, W] uint8 yuv420p planes (Y, then U, then V, flat).
+
+    BT.601 limited range in integer arithmetic (the same on every machine); chroma is the mean
+    of each 2x2 block. It is what FFmpeg assumes for untagged yuv420p, so ``to_ndarray(format="rgb24")``
+    of a decoded frame inverts it.
+    """
+    n, h, w, _ = frames.shape
+    r, g, b = np.moveaxis(frames, -1, 0).astype(np.int32)  # 3 x [F, H, W]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    r, g, b = (c[:, 0::2, 0::2] + c[:, 1::2, 0::2] + c[:, 0::2, 1::2] + c[:, 1::2, 1::2] for c in (r, g, b))  # 2x2 sums
+    u = ((-38 * r - 74 * g + 112 * b + 512) >> 10) + 128  # [F, H/2, W/2]
+    v = ((112 * r - 94 * g - 18 * b + 512) >> 10) + 128
+    planes = np.concatenate([y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)], axis=1)
+    return planes.astype(np.uint8).reshape(n, h * 3 // 2, w)
+
+
+def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: int = 10, crf: int = 23) -> bytes:
+    """Encodes RGB frames as an MP4 video, yuv420p, a keyframe every ``gop`` frames, no B-frames.
+
+    Deterministic for h264: the same frames and settings give the same bytes (one encoder thread,
+    x264's cpu-independent mode, no scene-cut keyframes). Colours are converted by :func:`rgb_to_yuv420p` (BT.601, limited
+    range), which ``VideoFrame.to_ndarray(format="rgb24")`` inverts on decode.
+
+    Args:
+        frames: [F, H, W, 3] uint8 RGB, H and W even (yuv420p halves the chroma planes).
+        fps: frame rate stored in the stream; frame ``i`` has presentation time ``i / fps``.
+        codec: ``h264`` (libx264), ``hevc`` (libx265) or ``av1`` (libsvtav1).
+        gop: keyframe interval in frames; shorter means cheaper random access, bigger files.
+        crf: constant rate factor (quality; lower is better and bigger).
+
+    Returns:
+        The MP4 file's bytes.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
+        raise ConfigError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got {frames.dtype} {list(frames.shape)}")
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ConfigError(f"video size {width}x{height} must have even width and height for yuv420p; pick e.g. {width + width % 2}x{height + height % 2}")
+    if codec not in CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; known: {sorted(CODECS)}")
+    if gop < 1:
+        raise ConfigError(f"gop={gop} must be at least 1 frame")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(CODECS[codec], rate=_rate(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread, so the bytes do not depend on the machine's core count; the fleet
+        # runs clips in parallel instead.
+        stream.codec_context.thread_count = 1
+        options = {"crf": str(crf), "g": str(gop), "bf": "0"}
+        if codec == "h264":
+            # cpu-independent ("exact reproducibility across different cpus"): without it x264's
+            # AVX-512 code gave different bytes from run to run on the same machine.
+            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:cpu-independent=1"
+            options.update(preset=_X264_PRESET, **{"x264-params": params})
+        elif codec == "hevc":
+            options.update(preset=_X264_PRESET, **{"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:pools=1:frame-threads=1:log-level=error"})
+        stream.codec_context.options = options
+        # One integer-arithmetic conversion for the whole clip, the same on every machine.
+        for i, yuv in enumerate(rgb_to_yuv420p(frames)):
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def frames_to_decode(keyframes: Sequence[bool], wanted: Sequence[int]) -> np.ndarray:
+    """Mask over packets (= frames; no B-frames) that must be decoded to get the ``wanted`` frames:
+    from the keyframe at or before each wanted frame up to it. ``keyframes[i]``: packet i is a keyframe."""
+    need = np.zeros(len(keyframes), dtype=bool)
+    key = np.flatnonzero(np.asarray(keyframes, dtype=bool))
+    for f in wanted:
+        at = np.searchsorted(key, f, side="right") - 1
+        if at < 0:
+            raise ValueError(f"frame {f} has no keyframe before it")
+        need[key[at] : f + 1] = True
+    return need
+
+
+def decode_video(
+    data: bytes,
+    *,
+    frames: int,
+    where: str,
+    size: tuple[int, int] | None = None,
+    keep: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Decodes the frames asked for (and only the ones they depend on) of an MP4, as RGB.
+
+    Decoding runs in the calling thread (no FFmpeg frame threads): loader workers already run one
+    per core, and on clips this small the threads' hand-offs cost more than they save.
+
+    Args:
+        data: the encoded video (any codec FFmpeg decodes: H.264, HEVC, AV1, VP9; written without
+            B-frames, so packet order is frame order).
+        frames: how many frames the clip declares; fewer in the stream is a :class:`DataError`.
+        where: shard/sample/camera, for error messages.
+        size: optional ``(H, W)`` to resize to while converting (in the decoder's scaler).
+        keep: frame indices to return (default: all ``frames``).
+
+    Returns:
+        uint8 array ``[len(keep), H, W, 3]`` (RGB), in the order of sorted ``keep``.
+    """
+    wanted = sorted(set(range(frames) if keep is None else keep))
+    if wanted and (wanted[0] < 0 or wanted[-1] >= frames):
+        raise DataError(f"{where}: frames {wanted[0]}..{wanted[-1]} asked of a clip of {frames} frames")
+    if not wanted:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    out: dict[int, np.ndarray] = {}
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise DataError(f"{where}: no video stream")
+            stream = container.streams.video[0]
+            packets = [p for p in container.demux(stream) if p.size]
+            if len(packets) <= wanted[-1]:
+                raise DataError(
+                    f"{where}: video has {len(packets)} frames, the clip declares {frames} (truncated?)"
+                )
+            if not packets[0].is_keyframe:
+                raise DataError(f"{where}: video does not start with a keyframe")
+            index = {pts: i for i, pts in enumerate(sorted(p.pts for p in packets))}  # presentation order
+            if len(index) != len(packets):
+                raise DataError(f"{where}: video packets have missing or repeated timestamps")
+            need = frames_to_decode([p.is_keyframe for p in packets], wanted)
+            wanted_set = set(wanted)
+
+            def take(decoded) -> None:
+                for frame in decoded:
+                    i = index.get(frame.pts)
+                    if i in wanted_set:
+                        if size is None:
+                            out[i] = frame.to_ndarray(format="rgb24")
+                        else:
+                            out[i] = frame.to_ndarray(format="rgb24", height=size[0], width=size[1])
+
+            codec = stream.codec_context
+            for i in np.flatnonzero(need):
+                take(codec.decode(packets[i]))
+            take(codec.decode(None))  # flush: frames the decoder still holds
+    except (av.error.FFmpegError, ValueError, EOFError) as exc:
+        raise DataError(f"{where}: video does not decode ({type(exc).__name__}: {exc})") from None
+    missing = [i for i in wanted if i not in out]
+    if missing:
+        raise DataError(f"{where}: frames {missing[:3]} did not decode (corrupt or truncated video)")
+    return np.stack([out[i] for i in wanted])  # [len(keep), H, W, 3]

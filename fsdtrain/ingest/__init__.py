@@ -1,0 +1,1 @@
+"""Raw drives (docs/data-format.md) -> shards: checks, resampling, parallel encoding."""

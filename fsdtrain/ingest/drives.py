@@ -1,0 +1,332 @@
+"""``fsdtrain data write --raw``: raw drives (docs/data-format.md) -> clips -> shards per country.
+
+Per drive (:func:`cut_drive`): the usable span is where the poses and every camera overlap; frame
+times lie on a regular grid at ``fps`` from the span's start (``t_k = start + round(k * 1e6 / fps)``
+microseconds); consecutive runs of ``clip_seconds * fps`` frames become clips, a shorter tail is
+dropped. Poses are resampled onto the frame times (:func:`resample_poses`: linear in x/y, linear
+in unwrapped yaw), ``ego.npy`` is computed from them (:func:`ego_array`), and each camera
+contributes the frame nearest each frame time, re-encoded as H.264 with the requested GOP (given
+videos are always re-encoded, never re-muxed: one code path, one GOP and colour conversion for
+every clip).
+
+The run has two passes so that bad input is found before anything is written: first every drive
+is read and checked (:func:`~fsdtrain.ingest.raw.load_drive`, :func:`cut_drive`, and consistency
+between drives of one country), then the good drives are encoded in parallel, each into a private
+temporary folder, and handed to the shard writers whole, in drive order. A drive that fails while
+encoding (an unreadable frame) therefore adds nothing. Manifests are saved only after the last
+drive, so an aborted run publishes no manifest. The output depends only on the input and the
+settings, not on ``workers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.format.manifest import Manifest, dataset_name, validate_split
+from fsdtrain.format.schema import FIXED_MEMBERS, ClipMeta, clip_key, encode_npy
+from fsdtrain.format.video import encode_video
+from fsdtrain.format.writer import ShardSet, ShardWriter
+from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, find_drives, load_drive
+from fsdtrain.store import objects
+
+__all__ = ["DriveCut", "cut_drive", "resample_poses", "ego_array", "drive_samples", "SkippedDrive", "IngestSummary", "write_drives"]
+
+
+
+@dataclass(frozen=True)
+class DriveCut:
+    """Where a drive's clips lie: frame times and, per camera, the raw frame used for each."""
+
+    drive: RawDrive
+    fps: float
+    clip_frames: int
+    t_us: np.ndarray  # [clips * clip_frames] int64 frame times
+    frame_index: dict[str, np.ndarray]  # camera -> [clips * clip_frames] index of its nearest raw frame
+
+    @property
+    def clips(self) -> int:
+        return len(self.t_us) // self.clip_frames
+
+
+def cut_drive(drive: RawDrive, *, fps: float, clip_frames: int, limits: RawLimits | None = None) -> DriveCut:
+    """Frame grid, clips and nearest camera frames of one drive; DataError when no clip fits or a camera lacks frames."""
+    limits = limits or RawLimits()
+    where = drive.where
+    starts = [int(drive.poses.t_us[0])] + [int(c.t_us[0]) for c in drive.cameras.values()]
+    ends = [int(drive.poses.t_us[-1])] + [int(c.t_us[-1]) for c in drive.cameras.values()]
+    start, end = max(starts), min(ends)
+    n = int(np.floor((end - start) * fps / 1e6 + 1e-9)) + 1 if end >= start else 0
+    t = start + np.round(np.arange(n) * (1e6 / fps)).astype(np.int64)
+    t = t[t <= end]
+    clips = len(t) // clip_frames
+    if clips == 0:
+        raise DataError(
+            f"{where}: poses and all cameras overlap for {max(end - start, 0) / 1e6:.2f} s, shorter than one clip of "
+            f"{clip_frames} frames at {fps:g} fps ({clip_frames / fps:g} s); use a shorter --clip-seconds or drop the drive"
+        )
+    t = t[: clips * clip_frames]
+    tol = limits.max_frame_offset_s if limits.max_frame_offset_s is not None else 0.5 / fps
+    frame_index = {}
+    for cam, src in drive.cameras.items():
+        hi = np.clip(np.searchsorted(src.t_us, t), 1, len(src.t_us) - 1) if len(src.t_us) > 1 else np.zeros(len(t), np.int64)
+        lo = np.maximum(hi - 1, 0)
+        idx = np.where(np.abs(src.t_us[lo] - t) <= np.abs(src.t_us[hi] - t), lo, hi)  # ties: the earlier frame
+        off = np.abs(src.t_us[idx] - t) / 1e6
+        bad = np.flatnonzero(off > tol)
+        if bad.size:
+            k = int(bad[0])
+            raise DataError(
+                f"{where}: {cam} has no frame within {tol * 1e3:.0f} ms of frame time {t[k]} (+{(t[k] - start) / 1e6:.3f} s); "
+                f"the nearest is {off[k] * 1e3:.0f} ms away (dropped frames, or a camera slower than --fps)"
+            )
+        frame_index[cam] = idx
+    return DriveCut(drive=drive, fps=float(fps), clip_frames=clip_frames, t_us=t, frame_index=frame_index)
+
+
+def resample_poses(drive: RawDrive, t_us: np.ndarray) -> np.ndarray:
+    """World-frame ego state at ``t_us`` [T]: [T, 5] x, y, yaw, speed, yaw_rate.
+
+    x and y are interpolated linearly, yaw linearly after unwrapping (so it never jumps across
+    +-pi). Speed (|d(x, y)/dt|, m/s) and yaw rate (d yaw/dt, rad/s) are central differences at the
+    pose timestamps (one-sided at the ends), interpolated linearly to ``t_us``.
+    """
+    p = drive.poses
+    tp = (p.t_us - p.t_us[0]) / 1e6  # [N] s, relative for precision
+    tq = (np.asarray(t_us, dtype=np.int64) - p.t_us[0]) / 1e6  # [T]
+    vel = np.gradient(p.xy, tp, axis=0)  # [N, 2]
+    speed = np.linalg.norm(vel, axis=1)
+    yaw_rate = np.gradient(p.yaw, tp)
+    cols = [np.interp(tq, tp, v) for v in (p.xy[:, 0], p.xy[:, 1], p.yaw, speed, yaw_rate)]
+    return np.stack(cols, axis=1)  # [T, 5]
+
+
+def ego_array(world: np.ndarray, t_us: np.ndarray) -> np.ndarray:
+    """``ego.npy`` of one clip (docs/data-format.md) from world states [F, 5] at frame times [F]: float64 [F, 6].
+
+    t (s from the first frame), x, y, yaw in the first frame's ego frame (x forward, y left), speed, yaw_rate.
+    """
+    x0, y0, yaw0 = world[0, 0], world[0, 1], world[0, 2]
+    c, s = np.cos(yaw0), np.sin(yaw0)
+    dx, dy = world[:, 0] - x0, world[:, 1] - y0
+    t = (np.asarray(t_us, dtype=np.int64) - int(t_us[0])) / 1e6
+    return np.stack([t, c * dx + s * dy, -s * dx + c * dy, world[:, 2] - yaw0, world[:, 3], world[:, 4]], axis=1).astype(np.float64)
+
+
+def drive_samples(cut: DriveCut, *, gop: int = 10) -> Iterator[dict[str, bytes]]:
+    """The clips of a cut drive as webdataset samples (``__key__``, meta.json, calib.json, ego.npy, ``<CAM>.mp4``)."""
+    drive, info, F = cut.drive, cut.drive.info, cut.clip_frames
+    world = resample_poses(drive, cut.t_us)  # [clips * F, 5]
+    calib = drive.calib_json()
+    with contextlib.ExitStack() as stack:
+        readers = {cam: stack.enter_context(CameraReader(src, drive.calib[cam]["size"], drive.where)) for cam, src in drive.cameras.items()}
+        for j in range(cut.clips):
+            sl = slice(j * F, (j + 1) * F)
+            key = clip_key(info.drive_id, j * F)
+            meta = ClipMeta(
+                clip_id=key, drive_id=info.drive_id, country=info.country, zone=info.zone, timestamp_us=int(cut.t_us[sl][0]),
+                fps=cut.fps, frames=F, cameras=list(info.cameras),
+                tags={**info.tags, "vehicle": info.vehicle, "source": "raw", "first_frame": j * F},
+            )  # fmt: skip
+            sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": calib, "ego.npy": encode_npy(ego_array(world[sl], cut.t_us[sl]))}
+            for cam, reader in readers.items():
+                frames = np.stack([reader.read(int(i)) for i in cut.frame_index[cam][sl]])  # [F, H, W, 3]
+                sample[f"{cam}.mp4"] = encode_video(frames, cut.fps, gop=gop)
+            yield sample
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkippedDrive:
+    """A drive left out by ``skip_bad``: its folder name and the one-line reason."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class IngestSummary:
+    """What :func:`write_drives` did."""
+
+    drives: int
+    """Drive folders found."""
+    written: list[str] = field(default_factory=list)
+    """drive_ids whose clips were written, in order."""
+    skipped: list[SkippedDrive] = field(default_factory=list)
+    """Bad drives left out (only with ``skip_bad``)."""
+    manifests: list[Manifest] = field(default_factory=list)
+    """One per country written, sorted by country."""
+
+    @property
+    def clips(self) -> int:
+        return sum(m.samples for m in self.manifests)
+
+    def format(self) -> str:
+        """Human-readable summary, one line per country and per skipped drive."""
+        lines = [f"wrote {self.clips} clips from {len(self.written)} of {self.drives} drives"]
+        for m in self.manifests:
+            lines.append(f"  {m.country:<3} zone {m.zone:<8} {m.samples:>6} clips {len(m.shards):>4} shards {m.bytes / 1e6:>10.1f} MB  {m.url}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} bad drive(s):")
+            lines += [f"  {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    fps: float
+    clip_frames: int
+    gop: int
+    limits: RawLimits
+
+
+def _check(task: tuple[Path, _Settings]) -> RawDrive | SkippedDrive:
+    """Pass 1 for one drive: load, validate and cut it (the cut is recomputed in pass 2)."""
+    path, st = task
+    try:
+        drive = load_drive(path, limits=st.limits)
+        cut_drive(drive, fps=st.fps, clip_frames=st.clip_frames, limits=st.limits)
+        return drive
+    except DataError as exc:  # a bad drive: reported or skipped by the caller
+        return SkippedDrive(display_name(path.name), str(exc))
+
+
+def _encode(task: tuple[RawDrive, _Settings, Path]) -> list[str] | SkippedDrive:
+    """Pass 2 for one drive: encode every clip into ``tmp`` (one folder per clip); the clip keys, in order."""
+    drive, st, tmp = task
+    keys = []
+    try:
+        cut = cut_drive(drive, fps=st.fps, clip_frames=st.clip_frames, limits=st.limits)
+        for sample in drive_samples(cut, gop=st.gop):
+            d = tmp / sample["__key__"]
+            d.mkdir(parents=True)
+            for member, data in sample.items():
+                if member != "__key__":
+                    (d / member).write_bytes(data)
+            keys.append(sample["__key__"])
+        return keys
+    except DataError as exc:  # e.g. an unreadable frame: the drive adds nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        return SkippedDrive(drive.info.drive_id, str(exc))
+
+
+def _ordered(pool, fn: Callable, tasks: list, *, ahead: int) -> Iterator:
+    """``pool.imap`` with at most ``ahead`` tasks in flight, so encoded drives waiting on disk stay bounded."""
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(fn, (task,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _consistent(drives: list[RawDrive]) -> list[RawDrive | SkippedDrive]:
+    """Drives of one country share one folder, so they must agree on zone and cameras (the first one sets them)."""
+    first: dict[str, RawDrive] = {}
+    out: list[RawDrive | SkippedDrive] = []
+    for d in drives:
+        ref = first.setdefault(d.info.country, d)
+        for what, mine, theirs in (("zone", d.info.zone, ref.info.zone), ("cameras", list(d.info.cameras), list(ref.info.cameras))):
+            if mine != theirs:
+                out.append(SkippedDrive(d.info.drive_id, f"{d.where}: {what} {mine!r} differs from {theirs!r} of {ref.info.drive_id}, "
+                                        f"another {d.info.country} drive; one country folder holds one {what}"))  # fmt: skip
+                break
+        else:
+            out.append(d)
+    return out
+
+
+def write_drives(
+    raw: str,
+    out: str,
+    *,
+    clip_seconds: float = 10.0,
+    fps: float = 10.0,
+    gop: int = 10,
+    shard_bytes: int = 256 * 2**20,
+    workers: int = 1,
+    skip_bad: bool = False,
+    split: str = "train",
+    dataset: str | None = None,
+    limits: RawLimits | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestSummary:
+    """Ingests every raw drive under ``raw`` into ``<out>/<split>/<country>/`` (shards, indexes, manifest).
+
+    Args:
+        raw: local folder of drive folders (or one drive folder), layout in docs/data-format.md.
+        out: dataset URL (``s3://bucket/prefix/NAME`` or ``file:///dir/NAME``).
+        clip_seconds: clip length; ``round(clip_seconds * fps)`` frames, at least 2.
+        fps: output frame rate; each camera needs a frame within ``limits.max_frame_offset_s`` of every frame time.
+        gop: keyframe interval of the encoded videos, in frames.
+        shard_bytes: target shard size; a new shard starts when the next clip would exceed it.
+        workers: processes checking and encoding drives (a fork pool); the output does not depend on it.
+        skip_bad: leave bad drives out and list them in the summary instead of raising on the first one.
+        split: split name, ``[A-Za-z0-9_-]``.
+        dataset: dataset name in the manifests; default: the last component of ``out``.
+        limits: tolerances for imperfect raw data.
+        progress: called with a one-line message per drive.
+
+    Raises:
+        DataError: without ``skip_bad``, for the first bad drive (in name order), before any shard is
+            written when pass 1 finds it; no manifest is written in either case.
+    """
+    frames = int(round(clip_seconds * fps)) if fps > 0 else 0
+    if not fps > 0 or frames < 2:
+        raise ConfigError(f"clip_seconds={clip_seconds} at fps={fps} gives {frames} frames per clip; a clip needs at least 2")
+    if gop < 1 or workers < 1 or shard_bytes < 1:
+        raise ConfigError(f"gop={gop}, workers={workers} and shard_bytes={shard_bytes} must all be at least 1")
+    validate_split(split)
+    dataset = dataset or dataset_name(out)
+    report = progress or (lambda _msg: None)
+    st = _Settings(fps=float(fps), clip_frames=frames, gop=gop, limits=limits or RawLimits())
+    paths = find_drives(raw)
+    summary = IngestSummary(drives=len(paths))
+
+    def keep(result: RawDrive | SkippedDrive | list[str]) -> bool:
+        if not isinstance(result, SkippedDrive):
+            return True
+        if not skip_bad:
+            raise DataError(result.reason)
+        summary.skipped.append(result)
+        report(f"skipped: {result.reason}")
+        return False
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp:
+        run = pool.imap if pool is not None else map
+        checked = [r for r in run(_check, [(p, st) for p in paths]) if keep(r)]
+        good = [d for d in _consistent(checked) if keep(d)]
+        writers: dict[str, ShardWriter] = {}
+        tasks = [(d, st, Path(tmp) / f"{i:06d}") for i, d in enumerate(good)]
+        encoded = _ordered(pool, _encode, tasks, ahead=2 * workers) if pool is not None else map(_encode, tasks)
+        for (drive, _, folder), result in zip(tasks, encoded):
+            if not keep(result):
+                continue
+            info = drive.info
+            writer = writers.get(info.country)
+            if writer is None:
+                shard_set = ShardSet(dataset=dataset, split=split, country=info.country, zone=info.zone, cameras=info.cameras, fps=st.fps)
+                writer = writers[info.country] = ShardWriter(objects.join_url(out, split, info.country), shard_set, shard_bytes=shard_bytes)
+            members = list(FIXED_MEMBERS) + [f"{c}.mp4" for c in info.cameras]
+            for key in result:
+                writer.write({"__key__": key, **{m: (folder / key / m).read_bytes() for m in members}})
+            shutil.rmtree(folder)
+            summary.written.append(info.drive_id)
+            report(f"{info.country}: drive {info.drive_id}: {len(result)} clips")
+    if not writers:
+        raise DataError(f"none of the {len(paths)} drive(s) under {raw} could be ingested; first problem: {summary.skipped[0].reason}")
+    summary.manifests = [writers[c].close() for c in sorted(writers)]
+    return summary

@@ -1,0 +1,197 @@
+"""``fsdtrain launch`` (fsdtrain/launch/jobs.py): job files for SLURM, torchrun, DeepSpeed and Kubernetes
+rendered from one config with the resolved config inside; shell files pass ``bash -n``, the Kubernetes
+file is a PyTorchJob; no credentials are written; the files in launch/ are what the command renders."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fsdtrain.cli import main
+from fsdtrain.launch.jobs import LaunchSpec, hostfile, render_job, resolve_config
+from fsdtrain.launch.templates import FILE_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for name in ("FSDTRAIN_SITE_ZONE", "FSDTRAIN_BUCKET_ZONES", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def launch(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["launch", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def embedded_config(text: str) -> dict:
+    """The config a shell job file writes with its heredoc."""
+    found = re.search(r"<<'FSDTRAIN_CONFIG'\n(.*?)\nFSDTRAIN_CONFIG\n", text, re.S)
+    assert found, text
+    return yaml.safe_load(found.group(1))
+
+
+def bash_n(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "job.sh"
+    path.write_text(text)
+    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sbatch_uses_srun_with_one_task_per_gpu_and_requeues(capsys, tmp_path):
+    code, out, err = launch(capsys, "slurm", "--config", "configs/pretrain_global.yaml", "--nodes", "4", "--gpus-per-node", "2", "--dry-run",
+                            "--skip-store-check", "--", "--trainer.max_steps", "777")  # fmt: skip
+    assert code == 0, err
+    bash_n(out, tmp_path)
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2", "#SBATCH --signal=USR1@90", "#SBATCH --requeue"):
+        assert line in out.splitlines()
+    srun = [line for line in out.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and '-m fsdtrain fit --config "$CONFIG"' in srun[0]
+    assert "--trainer.num_nodes 4 --trainer.devices 2 --ckpt_path last" in out
+    config = embedded_config(out)
+    assert config["trainer"]["num_nodes"] == 4 and config["trainer"]["devices"] == 2 and config["trainer"]["max_steps"] == 777
+    # the model's cameras and window are linked from the data's when the job parses it, never copied
+    assert config["site"]["zone"] == "global" and "window" in config["data"] and not {"window", "cameras"} & set(config["model"])
+    assert "ckpt_path" not in config
+    assert "fsdtrain: pre-flight: global batch 64 = micro batch 8 x accumulation 1 x 8 ranks" in err
+
+
+@pytest.mark.parametrize("kind", ["torchrun", "deepspeed"])
+def test_torchrun_and_deepspeed_scripts_pass_bash_n(capsys, tmp_path, kind):
+    code, out, err = launch(capsys, kind, "--config", "configs/pretrain_global.yaml", "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--skip-store-check")
+    assert code == 0, err
+    bash_n(out, tmp_path)
+    assert embedded_config(out)["trainer"]["devices"] == 8
+    if kind == "torchrun":
+        assert "--rdzv-backend c10d" in out and '--max-restarts "$MAX_RESTARTS"' in out and "NNODES=2" in out and "NPROC_PER_NODE=8" in out
+        assert 'CONFIG=$(mktemp' in out  # each node writes its own copy
+    else:
+        assert "--num_nodes 2 --num_gpus 8" in out and "--no_local_rank" in out and "--module fsdtrain fit" in out
+
+
+def test_the_deepspeed_script_refuses_a_hostfile_of_another_size(capsys, tmp_path):
+    code, out, _ = launch(capsys, "deepspeed", "--config", "configs/pretrain_global.yaml", "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--skip-store-check")
+    assert code == 0
+    check = out[out.index("awk -v nodes"):out.index('"$HOSTFILE"') + len('"$HOSTFILE"')]  # fmt: skip
+    for hosts, ok in [(hostfile(2, 8), True), (hostfile(3, 8), False), (hostfile(2, 4), False)]:
+        (tmp_path / "hostfile").write_text(hosts)
+        proc = subprocess.run(["bash", "-c", f"HOSTFILE={tmp_path / 'hostfile'}\n{check}"], capture_output=True, text=True)
+        assert (proc.returncode == 0) == ok, proc.stderr
+
+
+def test_k8s_is_a_pytorchjob_with_master_and_workers(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://seaweedfs.storage:8333")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    code, out, err = launch(capsys, "k8s", "--config", "configs/pretrain_global.yaml", "--nodes", "3", "--gpus-per-node", "4", "--dry-run",
+                            "--skip-store-check", "--image", "example.org/fsdtrain:1.0")  # fmt: skip
+    assert code == 0, err
+    assert SECRET not in out
+    config_map, job = yaml.safe_load_all(out)
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == "fsdtrain-pretrain-global-config"
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob" and job["metadata"]["name"] == "fsdtrain-pretrain-global"
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
+    for spec in replicas.values():
+        assert spec["restartPolicy"] == "OnFailure"
+        pod = spec["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["name"] == "pytorch" and container["image"] == "example.org/fsdtrain:1.0"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert container["command"][:6] == ["python", "-m", "fsdtrain", "fit", "--config", "/etc/fsdtrain/config.yaml"]
+        assert container["command"][6:] == ["--trainer.num_nodes", "3", "--trainer.devices", "4", "--ckpt_path", "last"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["FSDTRAIN_SITE_ZONE"]["value"] == "global" and env["AWS_ENDPOINT_URL"]["value"] == "http://seaweedfs.storage:8333"
+        assert "value" not in env["AWS_SECRET_ACCESS_KEY"] and env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_SECRET_ACCESS_KEY"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["config"] == "/etc/fsdtrain" and {v["name"] for v in pod["volumes"]} == set(mounts)
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert config["trainer"]["num_nodes"] == 3 and config["trainer"]["devices"] == 4
+
+    code, out, _ = launch(capsys, "k8s", "--config", "configs/pretrain_global.yaml", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--skip-store-check")
+    assert code == 0 and set(list(yaml.safe_load_all(out))[1]["spec"]["pytorchReplicaSpecs"]) == {"Master"}
+
+
+def test_shell_files_take_the_endpoint_but_never_a_key(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://store.example.com:8333")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0001")
+    for kind in ("slurm", "torchrun", "deepspeed"):
+        code, out, _ = launch(capsys, kind, "--config", "configs/pretrain_global.yaml", "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--skip-store-check")
+        assert code == 0 and "export AWS_ENDPOINT_URL=http://store.example.com:8333" in out
+        assert SECRET not in out and "AKIAEXAMPLEKEYID0001" not in out
+    # a key that made its way into the config is refused, not written
+    code, out, err = launch(capsys, "slurm", "--config", "configs/pretrain_global.yaml", "--nodes", "2", "--gpus-per-node", "8", "--dry-run",
+                            "--skip-store-check", "--", "--wandb.name", SECRET)  # fmt: skip
+    assert code == 2 and out == "" and "would contain the value of $AWS_SECRET_ACCESS_KEY" in err
+
+
+def test_the_embedded_config_is_one_fit_accepts(tmp_path):
+    job = render_job(LaunchSpec("slurm", "configs/demo.yaml", nodes=2, gpus_per_node=3, overrides=["--site.zone", "cn"]), check_store=False)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(embedded_config(job.text)))
+    again = resolve_config(str(path), [], 2, 3)
+    assert again == embedded_config(job.text) and again["site"]["zone"] == "cn"
+    assert "export FSDTRAIN_SITE_ZONE=cn" in job.text
+
+
+def test_without_dry_run_the_file_is_written_with_how_to_submit_it(capsys, tmp_path):
+    code, out, err = launch(capsys, "deepspeed", "--config", "configs/pretrain_global.yaml", "--nodes", "2", "--gpus-per-node", "8",
+                            "--skip-store-check", "--out", f"{tmp_path}/job/", "--name", "My Run")  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"fsdtrain: wrote {tmp_path}/job/run.sh (and {tmp_path}/job/hostfile.example)",
+        f"fsdtrain: submit with: cd {tmp_path}/job && HOSTFILE=hostfile bash run.sh   # on the first node (hostfile: see hostfile.example)",
+    ]
+    assert "fsdtrain deepspeed job `my-run`" in (tmp_path / "job" / "run.sh").read_text()
+    assert (tmp_path / "job" / "hostfile.example").read_text().splitlines()[-2:] == ["node00 slots=8", "node01 slots=8"]
+    assert os.access(tmp_path / "job" / "run.sh", os.X_OK) and sorted(p.name for p in (tmp_path / "job").iterdir()) == ["hostfile.example", "run.sh"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["slurm", "--nodes", "0", "--gpus-per-node", "8"], "--nodes must be >= 1, got 0"),
+        (["torchrun", "--nodes", "3", "--gpus-per-node", "1", "--", "--data.global_batch_size", "8"], "data.global_batch_size 8 does not divide by the world size 3"),
+        (["slurm", "--nodes", "1", "--gpus-per-node", "1", "--", "--site.zone", "", "--trainer.max_stepz", "1"], "max_stepz"),
+        (["k8s", "--nodes", "1", "--gpus-per-node", "1", "--name", "9lives"], "job name '9lives' must start with a letter"),
+    ],
+    ids=["nodes", "batch", "bad-flag", "name"],
+)
+def test_bad_input_is_one_line(capsys, args, message):
+    code, out, err = launch(capsys, args[0], "--config", "configs/pretrain_global.yaml", "--dry-run", "--skip-store-check", *args[1:])
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("fsdtrain: error:") and message in err.strip().splitlines()[-1], err
+
+
+def test_no_site_zone_and_no_config_are_one_line(capsys):
+    code, _, err = launch(capsys, "slurm", "--config", "configs/demo.yaml", "--nodes", "1", "--gpus-per-node", "2", "--dry-run", "--skip-store-check")
+    assert code == 2 and "no site zone" in err
+    code, _, err = launch(capsys, "slurm", "--config", "configs/none.yaml", "--nodes", "1", "--gpus-per-node", "2", "--dry-run")
+    assert code == 2 and "no config file at configs/none.yaml" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launch", "pbs", "--config", "configs/demo.yaml", "--nodes", "1", "--gpus-per-node", "1"])
+    assert exit_info.value.code == 2 and "invalid choice: 'pbs'" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launch", "--help"])
+    assert exit_info.value.code == 0
+    assert "--gpus-per-node" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", sorted(FILE_NAMES))
+def test_the_files_in_launch_are_what_the_command_renders(kind):
+    """launch/<kind>/ is `fsdtrain launch <kind> --config configs/pretrain_global.yaml --nodes 2 --gpus-per-node 8
+    --no-embed --skip-store-check --out launch/<kind>/` (launch/README.md); re-render after changing a template."""
+    job = render_job(LaunchSpec(kind, "configs/pretrain_global.yaml", nodes=2, gpus_per_node=8, embed=False), check_store=False)
+    assert (REPO / "launch" / kind / FILE_NAMES[kind]).read_text() == job.text
+    if kind == "deepspeed":
+        assert (REPO / "launch" / "deepspeed" / "hostfile.example").read_text() == hostfile(2, 8)

@@ -1,0 +1,68 @@
+"""The zone gate (fsdtrain/store/gate.py): every check before the request, shard reads audited."""
+
+import pickle
+
+import pytest
+
+from fsdtrain.residency import ResidencyError
+from fsdtrain.store import objects
+from fsdtrain.store.gate import AuditLog, ZoneGate
+
+
+@pytest.fixture
+def zoned(monkeypatch, tmp_path):
+    """Bucket zones declared for two buckets that do not exist: any request to them would fail with a
+    StoreError (no store at this endpoint), so a ResidencyError shows that none was sent."""
+    monkeypatch.setenv(objects.BUCKET_ZONES_ENV, "fleet-global=global,fleet-cn=cn")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing answers
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    objects.reset_clients()
+    yield tmp_path
+    objects.reset_clients()
+
+
+@pytest.mark.parametrize("call", ["read", "read_shard", "exists", "list_keys"])
+def test_another_zones_bucket_is_refused_before_any_request(zoned, call):
+    gate = ZoneGate("global", audit=AuditLog(zoned / "audit.jsonl", job="t"))
+    url = "s3://fleet-cn/demo/train/CN/shard-000000.tar"
+    args = {"read": (url,), "read_shard": (url,), "exists": (url,), "list_keys": ("s3://fleet-cn/demo",)}[call]
+    kwargs = {"zone": "cn", "sha256": None} if call == "read_shard" else {}
+    with pytest.raises(ResidencyError, match="zone 'cn' but this job runs at site zone 'global'"):
+        getattr(gate, call)(*args, **kwargs)
+    assert not (zoned / "audit.jsonl").exists()  # refused reads are not recorded as opened
+
+
+def test_check_urls_refuses_all_before_the_first_request(zoned):
+    with pytest.raises(ResidencyError, match="fleet-cn"):
+        ZoneGate("global").check_urls(["s3://fleet-global/a", "s3://fleet-cn/b"])
+    ZoneGate("cn").check_urls(["s3://fleet-global/a", "s3://fleet-cn/b"])  # global data is readable everywhere
+
+
+def test_data_zone_is_checked_where_the_bucket_declares_none(tmp_path):
+    shard = tmp_path / "shard-000000.tar"
+    shard.write_bytes(b"bytes")
+    gate = ZoneGate("global", audit=AuditLog(tmp_path / "audit.jsonl", job="t", rank=1))
+    with pytest.raises(ResidencyError):
+        gate.read(str(shard), zone="cn")
+    with pytest.raises(ResidencyError):
+        gate.read_shard(str(shard), zone="cn", sha256="x")
+    assert gate.read(str(shard), zone="global", byte_range=(1, 3)) == b"yt"
+    assert gate.read_shard(str(shard), zone="global", sha256="abc") == b"bytes"
+    (record,) = AuditLog.read(tmp_path / "audit.jsonl")
+    assert (record["url"], record["zone"], record["sha256"], record["job"], record["rank"]) == (str(shard), "global", "abc", "t", 1)
+
+
+def test_site_zone_given_once_and_checked(monkeypatch):
+    monkeypatch.setenv("FSDTRAIN_SITE_ZONE", "cn")
+    assert ZoneGate().site_zone == "cn" and ZoneGate("eu").site_zone == "eu"
+    with pytest.raises(Exception, match="not a zone name"):
+        ZoneGate("CN China")
+
+
+def test_a_gate_with_its_audit_log_crosses_a_process_boundary(tmp_path):
+    """Loader workers started by spawn get the stream (and its gate) pickled: the audit lock is remade."""
+    gate = ZoneGate("cn", audit=AuditLog(tmp_path / "a.jsonl", job="t"))
+    copy = pickle.loads(pickle.dumps(gate))
+    copy.audit.record("s3://b/x.tar", "cn", None)
+    assert copy.site_zone == "cn" and len(AuditLog.read(tmp_path / "a.jsonl")) == 1
