@@ -35,7 +35,7 @@ import av
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec, window_frames
 from fsdtrain.store import objects
@@ -51,8 +51,8 @@ SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, windo
 def loader_rate(url: str, *, order: str = "sharded", workers: int = 1) -> tuple[float, int, list[list[str]]]:
     """Windows/s, windows, and each batch's window ids (``clip@frame``)."""
     stream = FleetStream(
-        load_manifests([url], GLOBAL_GATE), SPEC, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=8, shuffle=True,
-        equalize=order == "global", order=order,
+        Source.all(load_manifests([url], GLOBAL_GATE)), SPEC, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=8,
+        reading=StreamSpec(shuffle=True, balance="drop" if order == "global" else "none", order=order),
     )  # fmt: skip
     stream.set_distributed(0, 1, workers)
     t0, n, batches = time.perf_counter(), 0, []

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.batching import BatchPlan
 from fsdtrain.data.augment import Augment
-from fsdtrain.data.stream import FleetStream, init_loader_worker
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
 from fsdtrain.format.schema import DEFAULT_CAMERAS
@@ -141,25 +141,21 @@ class FleetDataModule(pl.LightningDataModule):
                     "write the val split in more, smaller shards (`data synth --clips-per-shard`, `data write --shard-bytes`) "
                     "or validate on fewer ranks"
                 )
-        stream = FleetStream(
-            manifests,
-            self.window,
-            cameras=self.cameras,
-            batch_size=self.batch_size,
+        reading = StreamSpec(
+            order=self.order if train else "sharded",
             shuffle=train,
-            equalize=True,
-            pad=not train,
+            balance="drop" if train else "pad",  # every rank the same number of batches: a short one would hang the collectives
             seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
-            gate=gate,
-            image_size=self.image_size,
+            block_shards=self.block_shards,
             on_error=self.on_error,
             max_skip_fraction=self.max_skip_fraction,
-            order=self.order if train else "sharded",
-            block_shards=self.block_shards,
-            weights=self._train_weights(manifests) if train else None,
-            augment=self.augment if train else None,
         )
+        sources = Source.all(manifests, self._train_weights(manifests) if train else None)
+        stream = FleetStream(
+            sources, self.window, cameras=self.cameras, batch_size=self.batch_size, gate=gate, reading=reading,
+            image_size=self.image_size, augment=self.augment if train else None,
+        )  # fmt: skip
         stream.set_distributed(rank, world, self.num_workers)
         if len(stream) == 0:
             which = "train" if train else "val"
@@ -182,7 +178,7 @@ class FleetDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.country_weights must be >= 0, got {self.country_weights}")
         base = self.weights if self.weights is not None else [1.0] * len(manifests)
         if len(base) != len(manifests):
-            return base  # the stream reports the length mismatch of data.weights
+            return base  # Source.all reports the length mismatch of data.weights
         weights = [w * self.country_weights.get(m.country, 1.0) for w, m in zip(base, manifests)]
         return None if self.weights is None and all(w == 1.0 for w in weights) else weights  # None: no mixing asked for
 

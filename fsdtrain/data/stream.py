@@ -37,10 +37,11 @@ from fsdtrain.format.video import decode_video
 from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
 from fsdtrain.store.gate import ZoneGate
 
-__all__ = ["ShardRef", "FleetStream", "init_loader_worker", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS"]
+__all__ = ["Source", "StreamSpec", "ShardRef", "FleetStream", "init_loader_worker", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS", "BALANCES"]
 
 ERROR_POLICIES = ("fail", "skip")
 ORDERS = ("sharded", "global")
+BALANCES = ("none", "drop", "pad")
 log = logging.getLogger("fsdtrain.data")
 
 
@@ -141,6 +142,80 @@ def init_loader_worker(worker_id: int) -> None:
     multiprocessing.util.get_temp_dir()
 
 
+@dataclass(frozen=True)
+class Source:
+    """One dataset a stream reads, with its mixing weight (as MosaicML Streaming's ``Stream``): the
+    two travel together instead of in parallel lists.
+
+    Args:
+        manifest: the shard directory's manifest (checked against the site zone by the gate).
+        weight: with ``order: global``, how often each of its windows is used per epoch on average
+            (``2`` twice, ``0.5`` a seeded half); None: no mixing asked for (every window once).
+    """
+
+    manifest: Manifest
+    weight: float | None = None
+
+    @staticmethod
+    def all(manifests: list[Manifest], weights: list[float] | None = None) -> list[Source]:
+        """One source per manifest; ``weights``, when given, one per manifest."""
+        if weights is not None and len(weights) != len(manifests):
+            raise ConfigError(f"data.weights needs one weight per data.train entry ({len(manifests)}), got {weights}")
+        return [Source(m, None if weights is None else float(w)) for m, w in zip(manifests, weights or [None] * len(manifests))]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec:
+    """How a stream reads its sources: order, shuffling, how ranks are balanced, bad clips.
+
+    Checked on construction (one line naming the bad value). The data module makes one for training
+    (``order`` as configured, shuffled, ``balance: drop``) and one for validation (``sharded``,
+    ``balance: pad``); ``fsdtrain eval`` reads with the defaults (every window once, one process).
+
+    Args:
+        order: ``sharded`` (each rank reads its own shards: every clip decoded once; order depends on
+            the world size) or ``global`` (order from (seed, epoch, global window index) alone, see
+            ``order.py``: resumable mid-epoch on another number of ranks or workers; each worker
+            decodes every clip of a block that holds one of its windows).
+        shuffle: shuffle shard order per epoch and windows in a buffer.
+        balance: how every rank gets the same number of batches under DDP: ``none`` (single-process
+            evaluation: every window, no equalizing), ``drop`` (every rank stops after the same number
+            of full batches; tail windows are dropped: training) or ``pad`` (``order: sharded`` only:
+            every window once, and every (rank, worker) padded with ``valid: False`` repeats of its own
+            windows up to the longest rank's number of full batches: validation, whose metrics then
+            see every window exactly once on any number of ranks and workers).
+        seed: base seed of all shuffles.
+        shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
+        block_shards: with ``global``, shards whose windows are shuffled together.
+        on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; balanced
+            streams repeat recent windows so every rank keeps its batch count).
+        max_skip_fraction: with ``skip``, fail once more than this fraction of a worker's clips was skipped.
+    """
+
+    order: str = "sharded"
+    shuffle: bool = False
+    balance: str = "none"
+    seed: int = 0
+    shuffle_buffer: int = 64
+    block_shards: int = 4
+    on_error: str = "fail"
+    max_skip_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ConfigError(f"data.order must be one of {ORDERS}, got {self.order!r}")
+        if self.balance not in BALANCES:
+            raise ConfigError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        if self.balance == "pad" and self.order != "sharded":
+            raise ConfigError("balance='pad' (validation: every window once) needs order='sharded'")
+        if self.on_error not in ERROR_POLICIES:
+            raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
+        if self.shuffle_buffer < 1 or self.block_shards < 1:
+            raise ConfigError(f"data.shuffle_buffer ({self.shuffle_buffer}) and data.block_shards ({self.block_shards}) must be at least 1")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+
 class FleetStream(IterableDataset):
     """Windows from sharded clips, one dict per window.
 
@@ -151,72 +226,39 @@ class FleetStream(IterableDataset):
     clip), which metrics drop and training uses like any window.
 
     Args:
-        manifests: the data to read (already checked against the site zone by the caller too).
-        spec: how windows are cut.
+        sources: the data to read, each manifest with its mixing weight (:meth:`Source.all`).
+        window: how windows are cut.
         cameras: camera names, in the order of the ``images`` axis.
-        batch_size: per-rank micro batch (used to equalize batch counts across ranks).
-        shuffle: shuffle shard order per epoch and windows in a buffer.
-        equalize: stop every rank after the same number of full batches (training/validation
-            under DDP); off for single-process evaluation, which reads every window.
-        pad: with ``equalize`` and ``order: sharded``: instead of dropping tail windows, yield every
-            window once and pad every (rank, worker) with ``valid: False`` repeats of its own windows
-            up to the longest rank's number of full batches (validation: metrics see every window
-            exactly once on any number of ranks and workers).
-        seed: base seed of all shuffles.
-        shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
+        batch_size: per-rank micro batch (used to balance batch counts across ranks).
         gate: the job's zone gate: every shard is checked against the site zone and recorded in the
             audit log before its first byte is requested.
+        reading: order, shuffling, balance across ranks and the bad clip policy.
         image_size: ``(H, W)`` to resize frames to, or None for the stored size.
-        on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; equalized
-            streams repeat recent windows so every rank keeps its batch count).
-        max_skip_fraction: with ``skip``, fail once more than this fraction of a worker's clips was skipped.
-        order: ``sharded`` (each rank reads its own shards: every clip decoded once; order depends on
-            the world size) or ``global`` (order from (seed, epoch, global window index) alone, see
-            ``order.py``: resumable mid-epoch on another number of ranks or workers; each worker
-            decodes every clip of a block that holds one of its windows).
-        block_shards: with ``global``, shards whose windows are shuffled together.
-        weights: with ``global``, per manifest, how often each of its windows is used per epoch on
-            average (``2`` twice, ``0.5`` a seeded half): mixing countries or datasets.
         augment: augmentations per window (training), deterministic given (seed, epoch, window).
     """
 
     def __init__(
         self,
-        manifests: list[Manifest],
-        spec: WindowSpec,
+        sources: list[Source],
+        window: WindowSpec,
         *,
         cameras: list[str],
         batch_size: int,
-        shuffle: bool,
-        equalize: bool,
-        pad: bool = False,
-        seed: int = 0,
-        shuffle_buffer: int = 64,
         gate: ZoneGate,
+        reading: StreamSpec = StreamSpec(),  # noqa: B008 (frozen dataclass)
         image_size: tuple[int, int] | None = None,
-        on_error: str = "fail",
-        max_skip_fraction: float = 0.01,
-        order: str = "sharded",
-        block_shards: int = 4,
-        weights: list[float] | None = None,
         augment: Augment | None = None,
     ) -> None:
         super().__init__()
-        if weights is not None:
-            if len(weights) != len(manifests) or any(w < 0 for w in weights):
-                raise ConfigError(
-                    f"data.weights needs one non-negative weight per data.train entry ({len(manifests)}), got {weights}"
-                )
-            if order != "global":
-                raise ConfigError("data.weights (mixing) needs data.order=global")
-        if on_error not in ERROR_POLICIES:
-            raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
-        if order not in ORDERS:
-            raise ConfigError(f"data.order must be one of {ORDERS}, got {order!r}")
-        if pad and (not equalize or order != "sharded"):
-            raise ValueError("pad=True needs equalize=True and order='sharded'")
-        if not manifests:
+        if not sources:
             raise ConfigError("no data: give at least one shard directory URL")
+        weighted = any(s.weight is not None for s in sources)
+        if weighted:
+            if any(s.weight is not None and s.weight < 0 for s in sources):
+                raise ConfigError(f"data.weights must be non-negative, got {[s.weight for s in sources]}")
+            if reading.order != "global":
+                raise ConfigError("data.weights (mixing) needs data.order=global")
+        manifests = [s.manifest for s in sources]
         for m in manifests:
             missing = [c for c in cameras if c not in m.cameras]
             if missing:
@@ -225,18 +267,19 @@ class FleetStream(IterableDataset):
                 )
             gate.check_data(m.url, m.zone)
         self.manifests = manifests
-        self.spec = spec
+        self.spec = window
+        self.reading = reading
         self.cameras = list(cameras)
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.equalize, self.pad = equalize, pad
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle = reading.shuffle
+        self.equalize, self.pad = reading.balance != "none", reading.balance == "pad"
+        self.seed = reading.seed
+        self.shuffle_buffer = reading.shuffle_buffer
         self.gate = gate
         self.image_size = tuple(image_size) if image_size else None
-        self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
-        self.order, self.block_shards = order, block_shards
-        self.weights = list(weights) if weights is not None else None
+        self.on_error, self.max_skip_fraction = reading.on_error, reading.max_skip_fraction
+        self.order, self.block_shards = reading.order, reading.block_shards
+        self.weights = [1.0 if s.weight is None else s.weight for s in sources] if weighted else None
         self.augment = augment if augment is not None and augment.enabled else None
         self.epoch = 0
         self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=global

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream, init_loader_worker
+from fsdtrain.data.stream import FleetStream, Source, init_loader_worker
 from fsdtrain.errors import ConfigError
 from fsdtrain.eval.metrics import MetricTable, sample_errors
 from fsdtrain.eval.report import build_report
@@ -83,15 +83,8 @@ def evaluate(
     net, base, meta = load_predictors(weights, head)
     manifests = load_manifests(data, gate)  # each manifest's zone, before the first shard byte
     window = WindowSpec(**meta.window)
-    stream = FleetStream(
-        manifests,
-        window,
-        cameras=meta.cameras,
-        batch_size=batch_size,
-        shuffle=False,
-        equalize=False,
-        gate=gate,
-    )
+    # every window once, in one process: the default reading (no shuffle, no balancing across ranks)
+    stream = FleetStream(Source.all(manifests), window, cameras=meta.cameras, batch_size=batch_size, gate=gate)
     stream.set_distributed(0, 1, num_workers)
     table = MetricTable()
     clips: dict[str, set[str]] = defaultdict(set)

@@ -4,7 +4,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.data.augment import Augment
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.store.gate import ZoneGate
@@ -58,8 +58,9 @@ def test_off_by_default_and_validated():
 def _windows(urls, *, world, workers, augment):
     out = {}
     for rank in range(world):
-        s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=2,
-                        shuffle=True, equalize=True, order="global", block_shards=2, augment=augment, seed=3)  # fmt: skip
+        s = FleetStream(Source.all(load_manifests(urls, GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+                        batch_size=2, reading=StreamSpec(shuffle=True, balance="drop", order="global", block_shards=2, seed=3),
+                        augment=augment)  # fmt: skip
         s.set_distributed(rank, world, workers)
         for batch in DataLoader(s, batch_size=2, num_workers=workers):
             for i, (c, f) in enumerate(zip(batch["clip_id"], batch["frame"])):

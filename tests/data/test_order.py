@@ -3,7 +3,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.order import EpochOrder, batch_positions
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.store.gate import ZoneGate
 from helpers.fleet import TINY_WINDOW
@@ -43,8 +43,8 @@ def stream_steps(urls, *, world, B, workers, start_batch=0):
     """Window ids per optimizer step, as the ranks' DataLoaders would yield them."""
     steps: dict[int, set] = {}
     for rank in range(world):
-        s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=B,
-                        shuffle=True, equalize=True, order="global", block_shards=2)  # fmt: skip
+        s = FleetStream(Source.all(load_manifests(urls, GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+                        batch_size=B, reading=StreamSpec(shuffle=True, balance="drop", order="global", block_shards=2))  # fmt: skip
         s.set_distributed(rank, world, workers)
         s.start_batch = start_batch
         for i, batch in enumerate(DataLoader(s, batch_size=B, num_workers=workers)):
@@ -76,7 +76,7 @@ def test_weights_repeat_or_subsample_each_shard():
 
 def test_stream_mixing_weights_change_country_shares(tiny_fleet):
     urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]
-    s = FleetStream(load_manifests(urls, GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=4,
-                    shuffle=True, equalize=True, order="global", weights=[1.0, 0.5])  # fmt: skip
+    s = FleetStream(Source.all(load_manifests(urls, GLOBAL_GATE), [1.0, 0.5]), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+                    batch_size=4, reading=StreamSpec(shuffle=True, balance="drop", order="global"))  # fmt: skip
     countries = [c for b in DataLoader(s, batch_size=4) for c in b["country"]]
     assert countries.count("US") == 16 and countries.count("DE") == 8

@@ -7,7 +7,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream, ShardRef, worker_caps
+from fsdtrain.data.stream import FleetStream, ShardRef, Source, StreamSpec, worker_caps
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.residency import ResidencyError
@@ -17,10 +17,14 @@ from helpers.fleet import TINY_WINDOW, rewrite_shard
 GLOBAL_GATE = ZoneGate("global")
 
 
+def balance(equalize: bool, pad: bool) -> str:
+    return "pad" if pad else "drop" if equalize else "none"
+
+
 def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, pad=False, audit=None, seed=0):
     return FleetStream(
-        load_manifests(urls, ZoneGate(site)), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
-        shuffle=shuffle, equalize=equalize, pad=pad, gate=ZoneGate(site, audit=audit), seed=seed,
+        Source.all(load_manifests(urls, ZoneGate(site))), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
+        gate=ZoneGate(site, audit=audit), reading=StreamSpec(shuffle=shuffle, balance=balance(equalize, pad), seed=seed),
     )  # fmt: skip
 
 
@@ -151,8 +155,8 @@ def test_wrong_schema_and_bad_member_names(tiny_fleet, tmp_path):
 
 def test_resize_scales_images_and_intrinsics(tiny_fleet):
     stream = FleetStream(
-        load_manifests([tiny_fleet["US"]["val"]], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=2,
-        shuffle=False, equalize=False, image_size=(24, 32),
+        Source.all(load_manifests([tiny_fleet["US"]["val"]], GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+        batch_size=2, image_size=(24, 32),
     )  # fmt: skip
     full = next(iter(DataLoader(make_stream([tiny_fleet["US"]["val"]]), batch_size=2)))
     small = next(iter(DataLoader(stream, batch_size=2)))
@@ -164,8 +168,10 @@ def test_resize_scales_images_and_intrinsics(tiny_fleet):
 
 def skip_stream(directory, *, fraction, equalize, order="sharded", pad=False, batch_size=4):
     return FleetStream(
-        load_manifests([str(directory)], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
-        shuffle=order == "global", equalize=equalize, pad=pad, on_error="skip", max_skip_fraction=fraction, order=order,
+        Source.all(load_manifests([str(directory)], GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+        batch_size=batch_size, reading=StreamSpec(
+            shuffle=order == "global", balance=balance(equalize, pad), on_error="skip", max_skip_fraction=fraction, order=order
+        ),
     )  # fmt: skip
 
 
@@ -257,3 +263,22 @@ def test_padded_stream_under_skip_policy_marks_every_stand_in_invalid(tiny_fleet
     real = [f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
     assert len(real) == len(set(real)) == TINY_WINDOW.count(50, 10.0)
     assert {i.split("@")[0] for i in real} == {"synth_us_s0_train_000001-000000"}
+
+
+def test_stream_spec_checks_its_settings_together(tiny_fleet):
+    """The reading settings are one spec object, checked on construction; sources carry their weights."""
+    for kwargs, match in [
+        ({"balance": "pad", "order": "global"}, "balance='pad' .* needs order='sharded'"),
+        ({"balance": "equal"}, "balance must be one of"),
+        ({"order": "random"}, "data.order must be one of"),
+        ({"on_error": "ignore"}, "data.on_error must be one of"),
+        ({"block_shards": 0}, "at least 1"),
+        ({"max_skip_fraction": 2.0}, r"in \[0, 1\]"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            StreamSpec(**kwargs)
+    manifests = load_manifests([tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]], GLOBAL_GATE)
+    with pytest.raises(ConfigError, match="one weight per data.train entry"):
+        Source.all(manifests, [1.0])
+    with pytest.raises(ConfigError, match="needs data.order=global"):
+        FleetStream(Source.all(manifests, [1.0, 2.0]), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=2, gate=GLOBAL_GATE)

@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader
 from helpers.fleet import TINY_WINDOW
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.format.schema import DEFAULT_CAMERAS
-from fsdtrain.data.stream import FleetStream, init_loader_worker
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.store.gate import ZoneGate
 
 GLOBAL_GATE = ZoneGate("global")
 
-stream = FleetStream(load_manifests(sys.argv[1:], GLOBAL_GATE), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
-                     batch_size=2, shuffle=True, equalize=False)
+stream = FleetStream(Source.all(load_manifests(sys.argv[1:], GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
+                     batch_size=2, reading=StreamSpec(shuffle=True))
 stream.set_distributed(0, 1, 2)
 for i, batch in enumerate(DataLoader(stream, batch_size=2, num_workers=2, worker_init_fn=init_loader_worker)):
     print("batch", i, flush=True)

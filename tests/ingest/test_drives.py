@@ -15,7 +15,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from fsdtrain.cli import main
-from fsdtrain.data.stream import FleetStream
+from fsdtrain.data.stream import FleetStream, Source
 from fsdtrain.errors import DataError
 from fsdtrain.format.index import IndexedShards
 from fsdtrain.format.manifest import Manifest, load_manifest
@@ -152,7 +152,7 @@ def test_written_shards_are_read_by_the_loader_and_verify(ingested):
     with pytest.raises(ResidencyError, match="zone 'cn' but this job runs at site zone 'global'"):
         verify(f"file://{out}")  # the CN drives: before any shard byte
     assert verify(f"file://{out}", site_zone="cn") == []
-    stream = FleetStream(summary.manifests, WINDOW, cameras=CAMERAS, batch_size=4, shuffle=False, equalize=False, gate=ZoneGate("cn"))
+    stream = FleetStream(Source.all(summary.manifests), WINDOW, cameras=CAMERAS, batch_size=4, gate=ZoneGate("cn"))
     batches = list(DataLoader(stream, batch_size=4))
     assert sum(len(b["clip_id"]) for b in batches) == len(stream) == 16 * WINDOW.count(10, FPS) == 32
     assert tuple(batches[0]["images"].shape) == (4, 6, 2, 3, 48, 64)
