@@ -171,17 +171,53 @@ def _indent(text: str, spaces: int) -> str:
     return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
 
 
+def config_pieces(config: str | Path) -> dict[str, Path]:
+    """The YAML files a config file references (a group given as a path, read from the config file's
+    folder, e.g. ``net: model/demo_net.yaml``): relative path -> file, nested references included."""
+    root = Path(config).parent
+    found: dict[str, Path] = {}
+
+    def walk(node, folder: Path) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v, folder)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, folder)
+        elif isinstance(node, str) and node.endswith((".yaml", ".yml")) and "://" not in node and (folder / node).is_file():
+            path = (folder / node).resolve()
+            rel = os.path.relpath(path, root.resolve())
+            if rel not in found and not rel.startswith(".."):
+                found[rel] = path
+                walk(yaml.safe_load(path.read_text(encoding="utf-8")), path.parent)
+
+    walk(yaml.safe_load(Path(config).read_text(encoding="utf-8")), root)
+    return found
+
+
+def _config_map_key(rel: str) -> str:
+    """A ConfigMap key for a piece's relative path (keys allow only ``[-._a-zA-Z0-9]``)."""
+    return re.sub(r"[^-._a-zA-Z0-9]", "--", rel)
+
+
 def _k8s_parts(spec: LaunchSpec, values: dict, config_yaml: str, workdir: str) -> dict[str, str]:
+    pieces = {} if spec.embed else config_pieces(spec.config)
     if spec.embed:
         config_map = "  config.yaml: |\n" + _indent(config_yaml, 4)
-    else:  # a ConfigMap of the file as it is: kubectl create configmap ... --from-file would do the same
+    else:  # a ConfigMap of the file as it is, with the pieces it references mounted at their relative paths
         config_map = "  # the config file as it is (EDIT: or kubectl create configmap NAME-config --from-file=config.yaml=...)\n"
         config_map += "  config.yaml: |\n" + _indent(Path(spec.config).read_text(encoding="utf-8"), 4)
+        for rel, path in pieces.items():
+            config_map += f"  # {rel}, which config.yaml references\n  {_config_map_key(rel)}: |\n" + _indent(path.read_text(encoding="utf-8"), 4)
+    volume = f"configMap: {{name: {values['name']}-config}}"
+    if pieces:
+        items = ", ".join(f"{{key: {k}, path: {p}}}" for k, p in [("config.yaml", "config.yaml")] + [(_config_map_key(r), r) for r in pieces])
+        volume = f"configMap: {{name: {values['name']}-config, items: [{items}]}}"
     extra = "".join(f", {_yaml_str(a)}" for a in ([] if spec.embed else spec.overrides))
     absolute = workdir.startswith("/")
     pod_values = {
         **values, "working_dir": "/workspace", "workdir_mount": workdir if absolute else "/workspace",
-        "extra_list": extra, "k8s_store_env": _store_env("k8s"),
+        "extra_list": extra, "k8s_store_env": _store_env("k8s"), "config_volume": volume,
     }  # fmt: skip
     pod = _fill(PARTS["k8s_pod"], pod_values)
     worker = _fill(PARTS["k8s_worker"], {**values, "worker_pod": pod}) if spec.nodes > 1 else ""

@@ -157,7 +157,7 @@ _K8S_POD = """\
                 - {name: dshm, mountPath: /dev/shm}
           volumes:
             - name: config
-              configMap: {name: {{name}}-config}
+              {{config_volume}}
             # EDIT: a ReadWriteMany volume: every pod writes its ZeRO shards to the same checkpoint folder
             - name: workdir
               persistentVolumeClaim: {claimName: {{name}}-workdir}

@@ -195,3 +195,19 @@ def test_the_files_in_launch_are_what_the_command_renders(kind):
     assert (REPO / "launch" / kind / FILE_NAMES[kind]).read_text() == job.text
     if kind == "deepspeed":
         assert (REPO / "launch" / "deepspeed" / "hostfile.example").read_text() == hostfile(2, 8)
+
+
+def test_k8s_without_embedding_ships_the_pieces_the_config_references(tmp_path):
+    """``--no-embed`` puts the config file as it is in the ConfigMap, and every YAML piece it references
+    (``net: model/resnet34_6cam.yaml``) beside it, mounted at its relative path: the pod resolves the
+    config exactly as `fsdtrain fit` does here."""
+    job = render_job(LaunchSpec("k8s", "configs/pretrain_global.yaml", nodes=2, gpus_per_node=8, embed=False), check_store=False)
+    config_map, pytorchjob = list(yaml.safe_load_all(job.text))
+    volume = next(v for v in pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    items = {i["key"]: i["path"] for i in volume["configMap"]["items"]}
+    assert items["config.yaml"] == "config.yaml" and "model/resnet34_6cam.yaml" in items.values()
+    mounted = tmp_path / "etc-fsdtrain"  # what the pod sees at /etc/fsdtrain
+    for key, rel in items.items():
+        (mounted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mounted / rel).write_text(config_map["data"][key])
+    assert resolve_config(str(mounted / "config.yaml"), [], 2, 8) == resolve_config("configs/pretrain_global.yaml", [], 2, 8)
