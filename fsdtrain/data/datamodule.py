@@ -16,6 +16,7 @@ from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec
+from fsdtrain.residency import resolve_site_zone
 from fsdtrain.store.gate import AuditLog, ZoneGate
 
 __all__ = ["FleetDataModule", "load_manifests"]
@@ -110,7 +111,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.image_size = tuple(image_size) if image_size else None
-        self.site_zone = ZoneGate(site_zone).site_zone  # a malformed zone fails here, at construction
+        self.site_zone = resolve_site_zone(site_zone)  # a malformed zone fails here, at construction
         self.audit_log = audit_log
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
         self.order, self.block_shards = order, block_shards

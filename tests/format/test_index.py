@@ -18,9 +18,7 @@ from fsdtrain.format.writer import ShardSet, write_shards
 from fsdtrain.residency import ResidencyError
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE
 
 CAMS = ["CAM_FRONT", "CAM_BACK"]
 

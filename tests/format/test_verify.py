@@ -18,10 +18,7 @@ from fsdtrain.format import schema
 from fsdtrain.format.manifest import MANIFEST_NAME, load_manifest, save_manifest
 from fsdtrain.format.verify import find_manifests, format_inspect, inspect, verify, verify_manifest
 from fsdtrain.store import objects
-from fsdtrain.store.gate import ZoneGate
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE
 
 Members = list[tuple[str, bytes]]
 

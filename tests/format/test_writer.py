@@ -18,10 +18,7 @@ from fsdtrain.format.schema import ClipMeta, decode_npy, encode_npy
 from fsdtrain.format.video import encode_video
 from fsdtrain.format.writer import ShardSet, ShardWriter, write_shards
 from fsdtrain.store import objects
-from fsdtrain.store.gate import ZoneGate
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE
 
 CAMS = ["CAM_FRONT", "CAM_BACK"]
 FPS = 10.0

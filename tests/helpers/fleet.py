@@ -16,7 +16,9 @@ from fsdtrain.format.windows import WindowSpec
 from fsdtrain.store.gate import ZoneGate
 from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
-# reads metadata of any zone (the old load_manifest did not check zones)
+# For reading a manifest's metadata whatever its zone (``load_manifest(url, ANY_ZONE, check_zone=False)``):
+# made at import, before any test sets FSDTRAIN_BUCKET_ZONES, so it declares no bucket zones either.
+# Reading a zone's data goes through ``ZoneGate(manifest.zone)`` instead.
 ANY_ZONE = ZoneGate("global")
 
 # 5 s clips at 10 Hz, 64x48 pixels: 8 windows per clip with this spec, fast to render and decode; the

@@ -28,10 +28,7 @@ from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
 from fsdtrain.synth.raw_drives import plan_drive, synth_raw_drives
 from fsdtrain.synth.rig import default_rig
-from helpers.fleet import clone_drive
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE, clone_drive
 
 CAMERAS = [c.name for c in default_rig()]
 SEED, SECONDS, FPS, POSE_HZ = 3, 4.0, 10.0, 25.0

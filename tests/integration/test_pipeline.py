@@ -13,12 +13,9 @@ from safetensors.torch import load_file
 
 from fsdtrain.format.manifest import load_manifest
 from fsdtrain.store import objects
-from fsdtrain.store.gate import AuditLog, ZoneGate
-from helpers.fleet import TINY_SIZE
+from fsdtrain.store.gate import AuditLog
+from helpers.fleet import ANY_ZONE, TINY_SIZE
 from helpers.wandb_files import offline_runs, read_run
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

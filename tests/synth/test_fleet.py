@@ -15,14 +15,11 @@ from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
 from fsdtrain.format.schema import EGO_FIELDS, SCHEMA, decode_npy, parse_calib, parse_meta, validate_key
 from fsdtrain.store import objects
-from fsdtrain.store.gate import ZoneGate
 from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 from fsdtrain.synth.render import Renderer
 from fsdtrain.synth.rig import cam_to_ego, default_rig, intrinsics, make_rig
 from fsdtrain.synth.scene import STYLES, Scenario, clip_seed, country_style, plan_clip
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE
 
 COUNTRIES = ["CN", "US", "DE", "GB", "JP"]
 SMALL = dict(clips=2, clips_per_shard=1, clip=ClipSpec(seconds=3.0, width=64, height=48), seed=7)

@@ -16,15 +16,13 @@ from fsdtrain.format.manifest import load_manifest
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import ModelConfig
 from fsdtrain.model.heads import head_of
-from fsdtrain.store.gate import AuditLog, ZoneGate
+from fsdtrain.store.gate import AuditLog
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.weights.checkpoint_files import _load
 from fsdtrain.weights.files import read_metadata, save_weights
 from fsdtrain.weights.head_only import load_with_head, path_bytes
 from fsdtrain.weights.metadata import WeightsMeta
-
-# reads metadata of any zone (the old load_manifest did not check zones)
-ANY_ZONE = ZoneGate("global")
+from helpers.fleet import ANY_ZONE
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
