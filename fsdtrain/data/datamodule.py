@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.batching import BatchPlan
 from fsdtrain.data.augment import Augment
+from fsdtrain.data.order import StreamShape
 from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
@@ -38,7 +39,7 @@ class FleetDataModule(pl.LightningDataModule):
         train: shard directory URLs to train on (s3://, file:// or paths).
         val: shard directory URLs to validate on: every window exactly once on any number of ranks and
             workers (ranks are padded to equal batch counts with repeats that metrics drop); needs at
-            least as many shards as ranks.
+            least as many clips as ranks.
         cameras: camera names, in model order.
         window: how windows are cut from clips (history, stride, horizon...).
         batch_size: micro batch per rank.
@@ -47,23 +48,28 @@ class FleetDataModule(pl.LightningDataModule):
             (it must divide by ``batch_size x world size``), so one config keeps its optimisation on any
             number of ranks (fsdtrain/batching.py).
         num_workers: loader worker processes per rank (0 = load in the training process).
-        shuffle_buffer: windows held per worker for shuffling.
-        seed: base seed of the data order.
+        seed: seed of the data order.
         image_size: ``[H, W]`` to resize frames to; empty keeps the stored size.
         site_zone: zone this job runs in; empty means ``$FSDTRAIN_SITE_ZONE`` or ``global``.
-        audit_log: JSONL file that records every shard opened; empty disables it.
+        audit_log: JSONL file that records every shard or clip requested (url, sample, byte range, rank,
+            process); empty disables it.
         on_error: what a corrupt or invalid clip does: ``fail`` the run, or ``skip`` it (logged and counted).
         max_skip_fraction: with ``skip``, the run still fails once more than this fraction of clips was skipped.
-        order: training order. ``global`` (default): from (seed, epoch, global window index) alone, so a
-            run resumes mid-epoch with exactly the unseen windows, also on another number of ranks or
-            workers (same global batch); each worker decodes only the frames of its own windows, from
-            their keyframes. ``sharded``: each rank reads its own shards and every clip is decoded
-            once (more windows/s with several workers), but the order depends on the world size and
-            a resumed run restarts the epoch.
-        block_shards: with ``order: global``, shards whose windows are shuffled together.
-        weights: with ``order: global``, one weight per ``train`` entry: how often each of its windows
-            is used per epoch on average (e.g. ``[1.0, 0.5]`` halves the second dataset's share).
-        country_weights: with ``order: global``, sampling weight per country of ``train`` (e.g.
+        order: training order: ``streams``, the only one (docs/data-loading.md). Every clip belongs to one
+            of ``streams`` logical streams per epoch; the windows at each position depend on (data,
+            seed, epoch, streams) only, so a run resumes mid-epoch with exactly the unseen windows on any
+            number of ranks or workers (same windows per micro batch over all ranks), and each clip is
+            fetched (range reads of its members) and decoded by one loader worker per epoch when the
+            layout owns the streams. ``global`` and ``sharded`` (fsdtrain 0.1) are gone.
+        streams: logical streams of the training order; empty: fitted to the data and to the first
+            run's layout (one per window of every worker's micro batch, fewer when the data has under
+            4 clips per stream) and kept in its checkpoints. A run owns the streams (every clip read
+            once) when ``streams`` is a multiple of ``batch_size x ranks x num_workers / turn``.
+        block_shards: no longer used (fsdtrain 0.1's ``global`` order); warns when set.
+        shuffle_buffer: no longer used (fsdtrain 0.1's ``sharded`` order); warns when set.
+        weights: one weight per ``train`` entry: how often each of its clips is used per epoch on
+            average (e.g. ``[1.0, 0.5]`` halves the second dataset's share).
+        country_weights: sampling weight per country of ``train`` (e.g.
             ``{US: 1.0, DE: 2.0}``; unlisted countries 1.0), multiplied into ``weights``: multi-country
             pretraining with each country's share set once, whatever its datasets. Countries that
             ``train`` lacks are reported and unused (a shared config on a run with fewer countries).
@@ -81,15 +87,16 @@ class FleetDataModule(pl.LightningDataModule):
         batch_size: int = 4,
         global_batch_size: int | None = None,
         num_workers: int = 1,
-        shuffle_buffer: int = 64,
+        shuffle_buffer: int | None = None,
         seed: int = 0,
         image_size: list[int] | None = None,
         site_zone: str | None = None,
         audit_log: str | None = None,
         on_error: str = "fail",
         max_skip_fraction: float = 0.01,
-        order: str = "global",
-        block_shards: int = 4,
+        order: str = "streams",
+        streams: int | None = None,
+        block_shards: int | None = None,
         weights: list[float] | None = None,
         country_weights: dict[str, float] | None = None,
         augment: Augment = Augment(),  # noqa: B008 (frozen dataclass)
@@ -108,13 +115,22 @@ class FleetDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
         self.num_workers = num_workers
-        self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.image_size = tuple(image_size) if image_size else None
         self.site_zone = resolve_site_zone(site_zone)  # a malformed zone fails here, at construction
         self.audit_log = audit_log
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
-        self.order, self.block_shards = order, block_shards
+        if order in ("global", "sharded"):
+            raise ConfigError(
+                f"data.order: {order} was replaced by `streams` (every clip fetched and decoded once, resumable on any "
+                "number of ranks and workers; docs/data-loading.md): remove the setting"
+            )
+        if order != "streams":
+            raise ConfigError(f"data.order must be streams, got {order!r}")
+        for name, value in (("block_shards", block_shards), ("shuffle_buffer", shuffle_buffer)):
+            if value is not None:
+                log.warning(f"data.{name} is no longer used (the streams order replaced it; docs/data-loading.md): remove it")
+        self.order, self.streams = order, streams
         self.weights = list(weights) if weights is not None else None
         self.country_weights = dict(country_weights) if country_weights is not None else None
         self.augment = augment
@@ -134,21 +150,18 @@ class FleetDataModule(pl.LightningDataModule):
         manifests = load_manifests(urls, gate)
         if not train:
             # validation pads each rank with repeats of its own windows (every window is read once): a rank
-            # without a shard has none to repeat. Workers without one are fine: the others pad for them.
-            shards = sum(len(m.shards) for m in manifests)
-            if shards < world:
+            # without a clip has none to repeat. Workers without one are fine: the others pad for them.
+            clips = sum(m.samples for m in manifests)
+            if clips < world:
                 raise ConfigError(
-                    f"data.val has {shards} shard(s), fewer than the {world} ranks (each rank validates on whole shards); "
-                    "write the val split in more, smaller shards (`data synth --clips-per-shard`, `data write --shard-bytes`) "
-                    "or validate on fewer ranks"
+                    f"data.val has {clips} clip(s), fewer than the {world} ranks (each rank validates on its own clips); "
+                    "add clips to the val split or validate on fewer ranks"
                 )
         reading = StreamSpec(
-            order=self.order if train else "sharded",
-            shuffle=train,
-            balance="drop" if train else "pad",  # every rank the same number of batches: a short one would hang the collectives
+            order="streams" if train else "clips",
+            balance="none" if train else "pad",  # every rank the same number of batches: a short one would hang the collectives
             seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer,
-            block_shards=self.block_shards,
+            streams=self.streams if train else None,
             on_error=self.on_error,
             max_skip_fraction=self.max_skip_fraction,
         )
@@ -158,13 +171,29 @@ class FleetDataModule(pl.LightningDataModule):
             image_size=self.image_size, augment=self.augment if train else None,
         )  # fmt: skip
         stream.set_distributed(rank, world, self.num_workers)
+        if train:
+            self._say_shape(stream)
         if len(stream) == 0:
             which = "train" if train else "val"
             raise ConfigError(
                 f"data.{which}: not enough windows for one batch of {self.batch_size} on each of {world} ranks; "
-                "add clips or shards (each rank reads whole shards), or lower data.batch_size"
+                + "add clips, or lower data.batch_size"
             )
         return stream
+
+    @staticmethod
+    def _say_shape(stream: FleetStream) -> None:
+        """Logs the training order's shape, and warns when this run's layout shares streams between workers."""
+        if rank_zero_only.rank != 0:
+            return
+        shape, layout = stream.shape, f"{stream.world_size} rank(s) x {stream.num_workers} loader worker(s) x micro batch {stream.batch_size}"
+        if stream.owned():
+            log.info(f"data order: {shape.streams} streams, turns of {shape.turn} window(s); {layout}: each clip read once")
+        else:
+            log.warning(
+                f"data order: {shape.streams} streams, turns of {shape.turn} window(s) (from the checkpoint) do not divide over {layout}: "
+                "the windows are the same, but clips whose stream is shared are fetched and decoded by each worker that needs them"
+            )
 
     def _train_weights(self, manifests: list[Manifest]) -> list[float] | None:
         """Per ``train`` manifest: ``weights`` x its country's ``country_weights``."""
@@ -195,7 +224,7 @@ class FleetDataModule(pl.LightningDataModule):
         """Where the next training iterator starts: ``epoch``, after ``batch`` micro-batches (resume)."""
         if self.train_stream is not None:
             self.train_stream.epoch = epoch
-            self.train_stream.start_batch = batch if self.train_stream.order == "global" else 0
+            self.train_stream.start_batch = batch
 
     def _windows_per_micro_batch(self) -> int:
         """Windows in one micro batch over all ranks: how far the data position moves per micro-batch step."""
@@ -207,15 +236,17 @@ class FleetDataModule(pl.LightningDataModule):
         return [m.digest() for m in self.train_stream.manifests] if self.train_stream is not None else []
 
     def state_dict(self) -> dict:
-        """The data position saved in every checkpoint: order, seed, epoch, windows of the epoch
-        already trained on (whatever the ranks and workers), the windows per micro batch over all
-        ranks and the data."""
+        """The data position saved in every checkpoint: order and its shape, seed, epoch, windows of
+        the epoch already trained on (whatever the ranks and workers), the windows per micro batch over
+        all ranks and the data."""
         if self.train_stream is None or self.trainer is None:
             return {}
         # micro-batches per rank: Lightning's loop internals, listed in fsdtrain/train/lightning_internals.py
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {
             "order": self.train_stream.order,
+            "streams": self.train_stream.shape.streams,
+            "turn": self.train_stream.shape.turn,
             "seed": self.seed,
             "epoch": self.trainer.current_epoch,
             "windows_done": done * self._windows_per_micro_batch(),
@@ -233,10 +264,20 @@ class FleetDataModule(pl.LightningDataModule):
             return
         if state["datasets"] != self._datasets():
             raise ConfigError("the checkpoint was trained on other data.train manifests (their digests differ); resume with the same data.train")
-        if state["seed"] != self.seed or state["order"] != self.train_stream.order:
+        if state["order"] != self.train_stream.order:
             raise ConfigError(
-                f"the checkpoint's data order is {state['order']} with seed {state['seed']}, this run's is "
-                f"{self.train_stream.order} with seed {self.seed}; resume with the same data.order and data.seed"
+                f"the checkpoint's data order is {state['order']} (fsdtrain 0.1), which this version no longer reads: "
+                "resume with fsdtrain 0.1, or start a new run from its weights (fsdtrain finetune --from)"
+            )
+        shape = StreamShape(int(state["streams"]), int(state["turn"]))
+        if self.streams is not None and self.streams != shape.streams:
+            raise ConfigError(
+                f"data.streams={self.streams}, but the checkpoint's order has {shape.streams} streams: leave data.streams empty "
+                "to continue the checkpoint's order"
+            )
+        if state["seed"] != self.seed:
+            raise ConfigError(
+                f"the checkpoint's data order has seed {state['seed']}, this run's {self.seed}; resume with data.seed {state['seed']}"
             )
         step = self._windows_per_micro_batch()
         # checkpoints of fsdtrain <= 0.1 called this quantity "global_batch" (read for one release)
@@ -248,6 +289,8 @@ class FleetDataModule(pl.LightningDataModule):
                 f"(data.batch_size {self.batch_size} x {step // self.batch_size} ranks): "
                 "resume with the checkpoint's data.batch_size x trainer.devices x trainer.num_nodes"
             )
+        self.train_stream.shape = shape
+        self._say_shape(self.train_stream)
         self.set_position(state["epoch"], state["windows_done"] // step)
 
     def _loader(self, stream: FleetStream) -> DataLoader:

@@ -1,16 +1,15 @@
-"""The global window order of an epoch: a pure function of (data, window spec, seed, epoch).
+"""The training order of an epoch: a pure function of (data, stream shape, seed, epoch) and the position.
 
-Every window of every clip gets a global position. Shards are permuted per epoch; consecutive
-shards form blocks of ``block_shards``, and the windows inside a block are permuted, so a batch
-mixes clips and shards while a worker needs at most one block of clips at a time (bounded memory).
-
-Positions are dealt out in micro-batches: micro-batch ``j`` of rank ``r`` holds positions
-``[(j * W + r) * B, (j * W + r + 1) * B)`` for world size ``W`` and micro batch ``B``. One optimizer
-step of all ranks therefore covers positions ``[j * G, (j + 1) * G)`` with ``G = W * B``, whatever
-``W`` is: a run resumed on another number of ranks (same global batch) continues with exactly the
-windows not yet seen. A rank's micro-batches are split over its loader workers in the order the
-DataLoader asks for them (round robin from worker 0), so the worker count never changes the order.
-Every rank gets ``len(order) // G`` micro-batches: equal by construction.
+Every clip belongs to one logical *stream* per epoch (:class:`StreamOrder`); streams take turns
+round robin, ``turn`` windows at a time (:class:`StreamShape`). Positions are dealt out in
+micro-batches: micro-batch ``j`` of rank ``r`` holds positions ``[(j * W + r) * B, (j * W + r + 1) * B)``
+for world size ``W`` and micro batch ``B`` (:func:`batch_positions`), and a rank's micro-batches go
+to its ``K`` loader workers round robin, as the DataLoader asks for them. One optimizer step of all
+ranks therefore covers positions ``[j * G, (j + 1) * G)`` with ``G = W * B`` whatever ``W`` and
+``K`` are: a run resumed on other ranks or workers continues with exactly the windows not yet seen.
+When the layout matches the shape (:meth:`StreamShape.owned`), every stream, and so every clip,
+belongs to one (rank, worker): each clip is fetched once and decoded by one worker per epoch.
+Every rank gets ``len(order) // G`` micro-batches: equal by construction. docs/data-loading.md.
 """
 
 from __future__ import annotations
@@ -22,93 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WindowRef", "EpochOrder", "batch_positions", "hash_seed"]
+from fsdtrain.errors import ConfigError
+
+__all__ = ["ClipWindow", "StreamShape", "StreamOrder", "batch_positions", "hash_seed"]
 
 
 def hash_seed(*parts: object) -> int:
     """A 64-bit seed from any parts, stable across processes and Python versions."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-@dataclass(frozen=True)
-class WindowRef:
-    """One window: shard (index into the order's shard list), sample in the shard, current frame."""
-
-    shard: int
-    sample: int
-    current: int
-
-
-class EpochOrder:
-    """Global positions -> windows for one epoch.
-
-    Args:
-        shards: per shard, ``(samples, current_frames)``: its clip count and the current frames of
-            the windows each of its clips yields.
-        seed, epoch: the order is a function of these (and the data) only.
-        block_shards: shards whose windows are shuffled together.
-        weights: per shard, how many times each of its windows is used per epoch on average
-            (mixing: a manifest's weight applies to all its shards). ``2.0`` uses every window
-            twice, ``0.5`` a seeded half of them (another half next epoch). Default 1.
-    """
-
-    def __init__(
-        self,
-        shards: list[tuple[int, np.ndarray]],
-        *,
-        seed: int,
-        epoch: int,
-        block_shards: int = 4,
-        weights: list[float] | None = None,
-    ) -> None:
-        self.shards = shards
-        self.seed, self.epoch = seed, epoch
-        self.weights = list(weights) if weights is not None else [1.0] * len(shards)
-        if len(self.weights) != len(shards) or any(w < 0 for w in self.weights):
-            raise ValueError("one non-negative weight per shard")
-        order = list(range(len(shards)))
-        random.Random(hash_seed(seed, epoch, "shards")).shuffle(order)
-        self.blocks = [order[i : i + block_shards] for i in range(0, len(order), max(1, block_shards))]
-        self.block_sizes = [sum(self._count(s) for s in block) for block in self.blocks]
-        self.block_starts = np.concatenate([[0], np.cumsum(self.block_sizes)]).astype(np.int64)
-        self._cached: tuple[int, list[WindowRef]] | None = None
-
-    def _count(self, s: int) -> int:
-        """Windows shard ``s`` contributes this epoch."""
-        n = self.shards[s][0] * len(self.shards[s][1])
-        whole, frac = divmod(self.weights[s], 1.0)
-        return int(whole) * n + int(round(frac * n))
-
-    def __len__(self) -> int:
-        return int(self.block_starts[-1])
-
-    def _shard_refs(self, s: int) -> list[WindowRef]:
-        refs = [
-            WindowRef(s, sample, int(c)) for sample in range(self.shards[s][0]) for c in self.shards[s][1]
-        ]
-        whole, _ = divmod(self.weights[s], 1.0)
-        extra = self._count(s) - int(whole) * len(refs)
-        picked = (
-            random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(refs, extra) if extra else []
-        )
-        return refs * int(whole) + picked
-
-    def _block(self, b: int) -> list[WindowRef]:
-        if self._cached is None or self._cached[0] != b:
-            refs = [r for s in self.blocks[b] for r in self._shard_refs(s)]
-            random.Random(hash_seed(self.seed, self.epoch, "block", b)).shuffle(refs)
-            self._cached = (b, refs)
-        return self._cached[1]
-
-    def block_of(self, position: int) -> int:
-        """The block holding ``position``; its positions are ``block_starts[b]:block_starts[b + 1]``."""
-        if not 0 <= position < len(self):
-            raise IndexError(position)
-        return int(np.searchsorted(self.block_starts, position, side="right")) - 1
-
-    def __getitem__(self, position: int) -> WindowRef:
-        b = self.block_of(position)
-        return self._block(b)[position - int(self.block_starts[b])]
 
 
 def batch_positions(
@@ -127,3 +47,168 @@ def batch_positions(
         if i % workers == worker:
             first = (j * world_size + rank) * micro_batch
             yield range(first, first + micro_batch)
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """One window of the stream order: clip ``clip`` of source ``source`` (its index in the source's
+    clips, manifest order), ending at frame ``current``."""
+
+    source: int
+    clip: int
+    current: int
+
+
+@dataclass(frozen=True)
+class StreamShape:
+    """The shape of a stream order: ``streams`` logical streams, each taking ``turn`` consecutive
+    positions per turn. Saved in every checkpoint; a resumed run keeps it, whatever its ranks and workers.
+
+    Position ``p`` belongs to turn ``p // turn``, and turn ``t`` to stream ``t % streams``: the streams
+    take turns round robin, so every micro-batch of ``B`` windows holds ``B / turn`` streams.
+    """
+
+    streams: int
+    turn: int
+
+    def __post_init__(self) -> None:
+        if self.streams < 1 or self.turn < 1:
+            raise ValueError(f"streams ({self.streams}) and turn ({self.turn}) must be at least 1")
+
+    def owned(self, *, micro_batch: int, world_size: int, workers: int) -> bool:
+        """Whether every stream is read by exactly one loader worker of this physical layout.
+
+        Micro-batch ``j`` of rank ``r`` is positions ``[(j W + r) B, (j W + r + 1) B)`` and is made by
+        worker ``j % K``; a turn lies in one micro batch when ``turn | B``, and the owner of turn
+        ``t`` repeats with period ``(W B / turn) K``, so each stream has one owner when that divides
+        ``streams``. (Exact: a layout that breaks it shares some stream between two workers; one
+        worker in all owns everything.)
+        """
+        if world_size * workers == 1:
+            return True
+        if micro_batch % self.turn:
+            return False
+        return self.streams % (micro_batch * world_size // self.turn * workers) == 0
+
+    @staticmethod
+    def fit(clips: int, *, micro_batch: int, world_size: int, workers: int, min_clips: int = 4) -> StreamShape:
+        """The default shape for a run: one stream per (worker, window of its micro batch) when the
+        data has ``min_clips`` clips per stream, fewer (longer turns) otherwise; never fewer streams
+        than loader workers, so each worker owns its own clips.
+
+        Raises:
+            ConfigError: fewer clips than loader workers over all ranks.
+        """
+        workers = max(1, workers)
+        for turn in (d for d in range(1, micro_batch + 1) if micro_batch % d == 0):
+            streams = micro_batch * world_size * workers // turn
+            if clips >= min_clips * streams or turn == micro_batch:
+                break
+        if clips < streams:
+            raise ConfigError(
+                f"{clips} clips cannot keep {world_size} ranks x {workers} loader workers busy (each worker reads its own "
+                f"clips): lower data.num_workers, use fewer ranks or add clips"
+            )
+        return StreamShape(streams, turn)
+
+
+class StreamOrder:
+    """Global positions -> windows for one epoch, with every clip in exactly one logical stream.
+
+    The epoch's clips are listed shard by shard, shards in a seeded order and the clips of a shard
+    in a seeded order, and the list is cut into ``streams`` consecutive runs of (nearly) equal window
+    counts: each stream reads a few shards' clips (a worker reads a few shard indexes, not all of
+    them) and streams differ by at most one clip's windows. A stream reads its clips in groups of
+    ``group`` (at least ``turn``) and deals their windows in rounds, one window of each clip per
+    round in a seeded order: it holds one group's clips at a time (bounded memory), and the windows
+    of a turn come from different clips. Streams take turns of ``shape.turn`` windows round
+    robin (:class:`StreamShape`), so a micro batch mixes ``B / turn`` streams, that is shards; the
+    epoch ends when the shortest stream does (the others drop their tail, other clips each epoch).
+
+    The order depends on (data, shape, seed, epoch) and the position only: any number of ranks and
+    workers reads the same windows at the same positions; with :meth:`StreamShape.owned` true, each
+    stream (and so each clip) is read and decoded by one loader worker.
+
+    Args:
+        sources: per source (manifest), ``(shard_clips, currents, weight)``: the clip count of each of
+            its shards, the current frames of the windows each clip yields, and how many times each
+            clip is used per epoch on average (``2`` twice, ``0.5`` a seeded half of the clips,
+            another half next epoch).
+        shape: streams and turn.
+        seed, epoch: the order is a function of these (and the data) only.
+        group: clips a stream reads together (``max(group, shape.turn)``).
+    """
+
+    def __init__(
+        self,
+        sources: list[tuple[list[int], np.ndarray, float]],
+        shape: StreamShape,
+        *,
+        seed: int,
+        epoch: int,
+        group: int = 4,
+    ) -> None:
+        self.sources, self.shape, self.seed, self.epoch = sources, shape, seed, epoch
+        self.group = max(1, group, shape.turn)  # a turn's windows come from as many clips as it has windows
+        times = self._visits()
+        shards = [(s, start, start + n) for s, (sizes, _, _) in enumerate(sources) for start, n in zip(np.cumsum([0, *sizes[:-1]]), sizes)]
+        random.Random(hash_seed(seed, epoch, "shards")).shuffle(shards)
+        clips: list[tuple[int, int, int]] = []  # (source, clip, times), shard by shard
+        for source, start, end in shards:
+            members = [(source, c, int(times[source][c])) for c in range(int(start), int(end)) if times[source][c]]
+            random.Random(hash_seed(seed, epoch, "clips", source, int(start))).shuffle(members)
+            clips += members
+        weights = np.array([t * len(sources[s][1]) for s, _, t in clips], dtype=np.int64)
+        ends = np.cumsum(weights)
+        total = int(ends[-1]) if len(ends) else 0
+        # stream k takes the clips whose windows start in [k T / L, (k + 1) T / L): runs of T / L windows, +- one clip
+        stream_of = np.minimum(shape.streams - 1, (ends - weights) * shape.streams // max(1, total))
+        bounds = np.searchsorted(stream_of, np.arange(shape.streams + 1), side="left")
+        self.stream_clips = [clips[bounds[k] : bounds[k + 1]] for k in range(shape.streams)]
+        shortest = min(int(weights[bounds[k] : bounds[k + 1]].sum()) for k in range(shape.streams))
+        self.turns = shortest // shape.turn  # turns every stream fills
+        self._cache: dict[int, list[ClipWindow]] = {}
+
+    def _visits(self) -> list[np.ndarray]:
+        """Per source, how many times each of its clips is used this epoch (0: not at all)."""
+        out = []
+        for s, (sizes, currents, weight) in enumerate(self.sources):
+            if weight < 0:
+                raise ValueError("weights must be non-negative")
+            clips = int(sum(sizes))
+            whole, frac = divmod(weight, 1.0)
+            times = np.full(clips, int(whole) if len(currents) else 0, dtype=np.int64)
+            extra = int(round(frac * clips)) if len(currents) else 0
+            if extra:
+                times[random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(range(clips), extra)] += 1
+            out.append(times)
+        return out
+
+    def __len__(self) -> int:
+        return self.shape.streams * self.turns * self.shape.turn
+
+    def stream(self, s: int) -> list[ClipWindow]:
+        """Stream ``s``'s windows this epoch, in order (cut to the epoch's length)."""
+        if s not in self._cache:
+            out: list[ClipWindow] = []
+            clips = self.stream_clips[s]
+            for g in range(0, len(clips), self.group):
+                rng = random.Random(hash_seed(self.seed, self.epoch, "stream", s, g))
+                lists = []
+                for source, clip, times in clips[g : g + self.group]:
+                    windows = [ClipWindow(source, clip, int(c)) for c in self.sources[source][1] for _ in range(times)]
+                    rng.shuffle(windows)
+                    lists.append(windows)
+                while lists:  # rounds: one window of each clip left, in a new order each round
+                    rng.shuffle(lists)
+                    out += [windows.pop() for windows in lists]
+                    lists = [windows for windows in lists if windows]
+            self._cache[s] = out[: self.turns * self.shape.turn]
+        return self._cache[s]
+
+    def __getitem__(self, position: int) -> ClipWindow:
+        if not 0 <= position < len(self):
+            raise IndexError(position)
+        turn, i = divmod(position, self.shape.turn)
+        stream, t = turn % self.shape.streams, turn // self.shape.streams
+        return self.stream(stream)[t * self.shape.turn + i]

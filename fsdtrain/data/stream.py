@@ -1,27 +1,36 @@
-"""The streaming loader: shards -> (rank, worker) split -> residency check -> decode -> windows.
+"""The streaming loader: clips -> (rank, worker) -> residency check -> range read -> decode -> windows.
 
-Every rank reads a disjoint set of shards and every loader worker a disjoint part of its rank's
-set. Training streams are *equalized*: from the manifests alone (no data read) each rank computes
-how many windows every (rank, worker) can produce and all ranks stop after the same number of
-batches, so uneven shards never hang a collective. Tail windows beyond that count are dropped for
-the epoch (a different shard order next epoch drops different ones).
+No whole shard is read: every clip's members the loader needs come by range reads through the
+per-shard index (:class:`~fsdtrain.format.index.IndexedShards`).
 
-Validation streams are equalized by *padding* instead: every window is yielded exactly once, and
-each (rank, worker) tops its stream up with repeats of one of its own windows, marked
-``valid: False``, until every worker emits only full batches and every rank as many batches as the
-longest one. Metrics drop the padding after gathering across ranks (``fsdtrain.train.module``), so
-they do not depend on the number of ranks or workers.
+Two ways to read, one reader of clips:
+
+- **Training** (``order: streams``): the epoch's order is :class:`~fsdtrain.data.order.StreamOrder`,
+  a function of (data, stream shape, seed, epoch) and the position only. Each (rank, worker) takes
+  its micro-batches' positions, works out which clips they need and which frames of each, fetches
+  each clip's members with range requests through the per-shard index (the next clips are fetched
+  in a thread while the current ones decode), decodes the needed frames once, cuts the windows and
+  drops the clip after its last window. When the run's layout matches the stream shape every clip
+  is fetched and decoded by one worker per epoch, and a worker holds at most one group of clips per
+  stream it owns, whatever the shard size. Every rank yields the same number of batches.
+- **Every window once** (``order: clips``: validation, ``fsdtrain eval``): clips are dealt round robin
+  over ranks and workers in manifest order, and each worker reads its clips the same way (range
+  reads, prefetched, decoded once) and yields all their windows. For validation (``balance: pad``)
+  each (rank, worker) tops its stream up with repeats of one of its own windows, marked
+  ``valid: False``, until every worker emits only full batches and every rank as many batches as the
+  longest one. Metrics drop the padding after gathering across ranks (``fsdtrain.train.module``), so
+  they do not depend on the number of ranks or workers.
+
+docs/data-loading.md explains the order, what a resume allows, and how to size workers and shards.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import multiprocessing.util
-import random
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,58 +38,42 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fsdtrain.data.augment import Augment
-from fsdtrain.data.order import EpochOrder, batch_positions, hash_seed
+from fsdtrain.data.order import ClipWindow, StreamOrder, StreamShape, batch_positions
 from fsdtrain.errors import ConfigError, DataError
-from fsdtrain.format.manifest import Manifest
-from fsdtrain.format.samples import TarSample, parse_clip, shard_samples
+from fsdtrain.format import schema
+from fsdtrain.format.index import IndexedShards
+from fsdtrain.format.manifest import Manifest, ShardInfo
+from fsdtrain.format.samples import TarSample, parse_clip
+from fsdtrain.format.schema import FIXED_MEMBERS
 from fsdtrain.format.video import decode_video
 from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
 from fsdtrain.store.gate import ZoneGate
 
-__all__ = ["Source", "StreamSpec", "ShardRef", "FleetStream", "init_loader_worker", "plan_shards", "worker_caps", "ERROR_POLICIES", "ORDERS", "BALANCES"]
+__all__ = ["Source", "StreamSpec", "ClipRef", "FleetStream", "init_loader_worker", "worker_caps", "ERROR_POLICIES", "ORDERS", "BALANCES"]
 
 ERROR_POLICIES = ("fail", "skip")
-ORDERS = ("sharded", "global")
-BALANCES = ("none", "drop", "pad")
+ORDERS = ("streams", "clips")
+BALANCES = ("none", "pad")
+PREFETCH_CLIPS = 4  # clips fetched ahead of the one being decoded, per worker
 log = logging.getLogger("fsdtrain.data")
 
 
 @dataclass(frozen=True)
-class ShardRef:
-    """One shard of one manifest, with what the loader needs to know before opening it."""
+class ClipRef:
+    """One clip of the every-window-once reading: its source (manifest) and index there, and its windows."""
 
-    url: str
-    zone: str
-    country: str
-    samples: int
-    sha256: str
-    windows: int  # windows this shard yields under the stream's WindowSpec
-
-
-def plan_shards(
-    manifests: list[Manifest], spec: WindowSpec, *, seed: int, epoch: int, shuffle: bool
-) -> list[ShardRef]:
-    """All shards of all manifests in the epoch's order (a seeded permutation when ``shuffle``)."""
-    refs = []
-    for m in manifests:
-        per_clip = spec.count(m.frames, m.fps)
-        for s in m.shards:
-            refs.append(
-                ShardRef(m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * per_clip)
-            )
-    if shuffle:
-        random.Random(hash_seed(seed, epoch)).shuffle(refs)
-    return refs
+    source: int
+    clip: int
+    windows: int  # windows this clip yields under the stream's WindowSpec
 
 
 def worker_caps(
-    shards: list[ShardRef], *, world_size: int, workers: int, batch_size: int, equalize: bool, pad: bool = False
-) -> dict[tuple[int, int], tuple[list[ShardRef], int | None]]:
-    """Shards and window count of every (rank, worker): ``None`` means all of its windows.
+    clips: list[ClipRef], *, world_size: int, workers: int, batch_size: int, pad: bool = False
+) -> dict[tuple[int, int], tuple[list[ClipRef], int | None]]:
+    """Clips and window count of every (rank, worker) reading every window once: ``None`` means all of its windows.
 
-    Shard ``i`` goes to rank ``i % world_size``; a rank's ``j``-th shard to worker ``j % workers``.
-    With ``equalize``, every rank gets the same number of full batches: the minimum over ranks of
-    what its workers can fill (tail windows are dropped). With ``pad`` as well, the maximum: every
+    Clip ``i`` goes to rank ``i % world_size``; a rank's ``j``-th clip to worker ``j % workers``.
+    With ``pad``, every rank gets the same number of full batches, the maximum over ranks: every
     worker's windows rounded up to full batches, and a rank with fewer batches than the longest one
     adds the missing batches to its workers that have windows, in turn; the count is then at least
     the worker's windows and the rest is padding. Each worker's count is a multiple of
@@ -89,33 +82,19 @@ def worker_caps(
     Raises:
         ConfigError: with ``pad``, when a rank that needs padding has no window to repeat.
     """
-    if pad and not equalize:
-        raise ValueError("pad=True pads equalized streams; it needs equalize=True")
-    plan: dict[tuple[int, int], list[ShardRef]] = {
+    plan: dict[tuple[int, int], list[ClipRef]] = {
         (r, w): [] for r in range(world_size) for w in range(workers)
     }
-    for i, ref in enumerate(shards):
-        rank = i % world_size
-        plan[(rank, (i // world_size) % workers)].append(ref)
-    if not equalize:
+    for i, ref in enumerate(clips):
+        plan[(i % world_size, (i // world_size) % workers)].append(ref)
+    if not pad:
         return {k: (v, None) for k, v in plan.items()}
-    if pad:
-        return _padded_caps(plan, world_size=world_size, workers=workers, batch_size=batch_size, shards=len(shards))
-    full = {k: sum(r.windows for r in v) // batch_size for k, v in plan.items()}
-    per_rank = min(sum(full[(r, w)] for w in range(workers)) for r in range(world_size))
-    out = {}
-    for r in range(world_size):
-        left = per_rank
-        for w in range(workers):
-            take = min(full[(r, w)], left)
-            left -= take
-            out[(r, w)] = (plan[(r, w)], take * batch_size)
-    return out
+    return _padded_caps(plan, world_size=world_size, workers=workers, batch_size=batch_size, clips=len(clips))
 
 
 def _padded_caps(
-    plan: dict[tuple[int, int], list[ShardRef]], *, world_size: int, workers: int, batch_size: int, shards: int
-) -> dict[tuple[int, int], tuple[list[ShardRef], int]]:
+    plan: dict[tuple[int, int], list[ClipRef]], *, world_size: int, workers: int, batch_size: int, clips: int
+) -> dict[tuple[int, int], tuple[list[ClipRef], int]]:
     batches = {k: -(-sum(r.windows for r in v) // batch_size) for k, v in plan.items()}  # ceil: a partial batch is padded
     per_rank = max(sum(batches[(r, w)] for w in range(workers)) for r in range(world_size))
     for r in range(world_size):
@@ -123,8 +102,8 @@ def _padded_caps(
         fillers = [w for w in range(workers) if batches[(r, w)] > 0]
         if missing and not fillers:
             raise ConfigError(
-                f"rank {r} of {world_size} gets no window from the {shards} shards (each rank reads whole shards), so it "
-                f"has none to repeat to match the other ranks' {per_rank} batches; use more shards or fewer ranks"
+                f"rank {r} of {world_size} gets no window from the {clips} clips, so it has none to repeat to match the "
+                f"other ranks' {per_rank} batches; use more clips or fewer ranks"
             )
         for i in range(missing):
             batches[(r, fillers[i % len(fillers)])] += 1
@@ -149,8 +128,8 @@ class Source:
 
     Args:
         manifest: the shard directory's manifest (checked against the site zone by the gate).
-        weight: with ``order: global``, how often each of its windows is used per epoch on average
-            (``2`` twice, ``0.5`` a seeded half); None: no mixing asked for (every window once).
+        weight: in the training order, how often each of its clips is used per epoch on average
+            (``2`` twice, ``0.5`` a seeded half of them); None: no mixing asked for (every clip once).
     """
 
     manifest: Manifest
@@ -166,52 +145,47 @@ class Source:
 
 @dataclass(frozen=True, kw_only=True)
 class StreamSpec:
-    """How a stream reads its sources: order, shuffling, how ranks are balanced, bad clips.
+    """How a stream reads its sources: order, balance across ranks, bad clips.
 
     Checked on construction (one line naming the bad value). The data module makes one for training
-    (``order`` as configured, shuffled, ``balance: drop``) and one for validation (``sharded``,
-    ``balance: pad``); ``fsdtrain eval`` reads with the defaults (every window once, one process).
+    (``order: streams``) and one for validation (``order: clips``, ``balance: pad``); ``fsdtrain
+    eval`` reads with the defaults (every window once, one process).
 
     Args:
-        order: ``sharded`` (each rank reads its own shards: every clip decoded once; order depends on
-            the world size) or ``global`` (order from (seed, epoch, global window index) alone, see
-            ``order.py``: resumable mid-epoch on another number of ranks or workers; each worker
-            decodes every clip of a block that holds one of its windows).
-        shuffle: shuffle shard order per epoch and windows in a buffer.
-        balance: how every rank gets the same number of batches under DDP: ``none`` (single-process
-            evaluation: every window, no equalizing), ``drop`` (every rank stops after the same number
-            of full batches; tail windows are dropped: training) or ``pad`` (``order: sharded`` only:
-            every window once, and every (rank, worker) padded with ``valid: False`` repeats of its own
-            windows up to the longest rank's number of full batches: validation, whose metrics then
-            see every window exactly once on any number of ranks and workers).
-        seed: base seed of all shuffles.
-        shuffle_buffer: windows held for shuffling (memory: about 1 MB per window at 160x96).
-        block_shards: with ``global``, shards whose windows are shuffled together.
-        on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; balanced
-            streams repeat recent windows so every rank keeps its batch count).
+        order: ``streams`` (training: the seeded epoch order of :mod:`fsdtrain.data.order`, the same
+            windows at the same positions on any number of ranks and workers, equal batch counts,
+            each clip fetched and decoded once when the layout matches the shape) or ``clips``
+            (every window exactly once, clips dealt over ranks and workers in manifest order).
+        balance: with ``clips``: ``none`` (single-process evaluation: every window, no equalizing)
+            or ``pad`` (every window once, and every (rank, worker) padded with ``valid: False``
+            repeats of its own windows up to the longest rank's number of full batches: validation).
+        seed: seed of the training order (and of the augmentations).
+        streams: with ``streams``, the number of logical streams; None: fitted to the data and the
+            run's layout (:meth:`~fsdtrain.data.order.StreamShape.fit`).
+        on_error: bad clip policy: ``fail`` (raise) or ``skip`` (log it, count it, go on; the
+            positions of a skipped clip are filled with repeats of the next good window, so every
+            rank keeps its batch count).
         max_skip_fraction: with ``skip``, fail once more than this fraction of a worker's clips was skipped.
     """
 
-    order: str = "sharded"
-    shuffle: bool = False
+    order: str = "clips"
     balance: str = "none"
     seed: int = 0
-    shuffle_buffer: int = 64
-    block_shards: int = 4
+    streams: int | None = None
     on_error: str = "fail"
     max_skip_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
-            raise ConfigError(f"data.order must be one of {ORDERS}, got {self.order!r}")
+            raise ConfigError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.balance not in BALANCES:
             raise ConfigError(f"balance must be one of {BALANCES}, got {self.balance!r}")
-        if self.balance == "pad" and self.order != "sharded":
-            raise ConfigError("balance='pad' (validation: every window once) needs order='sharded'")
+        if self.balance == "pad" and self.order != "clips":
+            raise ConfigError("balance='pad' (validation: every window once) needs order='clips'")
+        if self.streams is not None and self.streams < 1:
+            raise ConfigError(f"data.streams must be at least 1 (or empty: fitted to the run), got {self.streams}")
         if self.on_error not in ERROR_POLICIES:
             raise ConfigError(f"data.on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
-        if self.shuffle_buffer < 1 or self.block_shards < 1:
-            raise ConfigError(f"data.shuffle_buffer ({self.shuffle_buffer}) and data.block_shards ({self.block_shards}) must be at least 1")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
 
@@ -229,10 +203,10 @@ class FleetStream(IterableDataset):
         sources: the data to read, each manifest with its mixing weight (:meth:`Source.all`).
         window: how windows are cut.
         cameras: camera names, in the order of the ``images`` axis.
-        batch_size: per-rank micro batch (used to balance batch counts across ranks).
-        gate: the job's zone gate: every shard is checked against the site zone and recorded in the
-            audit log before its first byte is requested.
-        reading: order, shuffling, balance across ranks and the bad clip policy.
+        batch_size: per-rank micro batch.
+        gate: the job's zone gate: every clip (and shard index) is checked against the site zone and
+            recorded in the audit log before its first byte is requested.
+        reading: order, balance across ranks and the bad clip policy.
         image_size: ``(H, W)`` to resize frames to, or None for the stored size.
         augment: augmentations per window (training), deterministic given (seed, epoch, window).
     """
@@ -256,8 +230,8 @@ class FleetStream(IterableDataset):
         if weighted:
             if any(s.weight is not None and s.weight < 0 for s in sources):
                 raise ConfigError(f"data.weights must be non-negative, got {[s.weight for s in sources]}")
-            if reading.order != "global":
-                raise ConfigError("data.weights (mixing) needs data.order=global")
+            if reading.order != "streams":
+                raise ConfigError("data.weights (mixing) applies to the training order; every-window-once reading (validation, eval) takes none")
         manifests = [s.manifest for s in sources]
         for m in manifests:
             missing = [c for c in cameras if c not in m.cameras]
@@ -269,150 +243,84 @@ class FleetStream(IterableDataset):
         self.manifests = manifests
         self.spec = window
         self.reading = reading
+        self.order = reading.order
         self.cameras = list(cameras)
         self.batch_size = batch_size
-        self.shuffle = reading.shuffle
-        self.equalize, self.pad = reading.balance != "none", reading.balance == "pad"
+        self.pad = reading.balance == "pad"
         self.seed = reading.seed
-        self.shuffle_buffer = reading.shuffle_buffer
         self.gate = gate
         self.image_size = tuple(image_size) if image_size else None
         self.on_error, self.max_skip_fraction = reading.on_error, reading.max_skip_fraction
-        self.order, self.block_shards = reading.order, reading.block_shards
         self.weights = [1.0 if s.weight is None else s.weight for s in sources] if weighted else None
         self.augment = augment if augment is not None and augment.enabled else None
         self.epoch = 0
-        self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=global
+        self.start_batch = 0  # micro-batches of this epoch already consumed (resume), order=streams
         self.rank = 0
         self.world_size = 1
         self.num_workers = 1
+        self.shape: StreamShape | None = None  # order=streams: fitted by set_distributed, or a checkpoint's
+        self._order: tuple[tuple, StreamOrder] | None = None
+        self._readers: dict[int, IndexedShards] = {}
+        self._clip_starts = [np.concatenate([[0], np.cumsum([s.samples for s in m.shards])]).astype(np.int64) for m in manifests]
 
     def set_distributed(self, rank: int, world_size: int, num_workers: int) -> None:
+        """This process's place in the run; with ``order: streams`` also fits the stream shape to it."""
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
+        if self.order == "streams":
+            self.shape = self._fit_shape()
+
+    def _fit_shape(self) -> StreamShape:
+        B, W, K = self.batch_size, self.world_size, self.num_workers
+        n = self.reading.streams
+        if n is None:
+            return StreamShape.fit(self._clips_used(), micro_batch=B, world_size=W, workers=K)
+        clips = self._clips_used()
+        if n > clips:
+            raise ConfigError(f"data.streams={n} is more than the {clips} clips the epoch uses (every stream needs clips of its own): lower it or leave it empty")
+        slots = B * W * K  # one stream per window of every worker's micro batch, and turns of 1
+        if n % slots == 0:
+            return StreamShape(n, 1)
+        if slots % n == 0 and B % (slots // n) == 0:
+            return StreamShape(n, slots // n)
+        raise ConfigError(
+            f"data.streams={n} does not fit micro batch {B} x {W} ranks x {K} loader workers = {slots} stream slots: use a "
+            f"multiple of {slots}, or a divisor of it down to {W * K} (one stream per loader worker), or leave it empty"
+        )
+
+    def _clips_used(self) -> int:
+        """Clips the training order uses per epoch (a weight below 1 uses a part of its source's)."""
+        weights = self.weights or [1.0] * len(self.manifests)
+        return sum(
+            m.samples if w >= 1 else int(round(w * m.samples))
+            for m, w in zip(self.manifests, weights)
+            if self.spec.count(m.frames, m.fps)
+        )
+
+    def owned(self) -> bool:
+        """Whether this run's layout reads each stream (so each clip) in exactly one loader worker."""
+        assert self.shape is not None
+        return self.shape.owned(micro_batch=self.batch_size, world_size=self.world_size, workers=self.num_workers)
+
+    def stream_order(self) -> StreamOrder:
+        """This epoch's training order (``order: streams``)."""
+        if self.shape is None:
+            self.shape = self._fit_shape()
+        key = (self.shape, self.seed, self.epoch)
+        if self._order is None or self._order[0] != key:
+            weights = self.weights or [1.0] * len(self.manifests)
+            sources = [([s.samples for s in m.shards], self.spec.current_frames(m.frames, m.fps), w) for m, w in zip(self.manifests, weights)]
+            self._order = (key, StreamOrder(sources, self.shape, seed=self.seed, epoch=self.epoch))
+        return self._order[1]
 
     def __len__(self) -> int:
         """Windows (padding included) this rank yields in a whole epoch, from the manifests alone (no data read)."""
-        if self.order == "global":
-            return len(self._epoch_order()) // (self.batch_size * self.world_size) * self.batch_size
+        if self.order == "streams":
+            return len(self.stream_order()) // (self.batch_size * self.world_size) * self.batch_size
         total = 0
-        for (rank, _), (shards, cap) in self._caps().items():
+        for (rank, _), (clips, cap) in self._caps().items():
             if rank == self.rank:
-                total += cap if cap is not None else sum(s.windows for s in shards)
+                total += cap if cap is not None else sum(c.windows for c in clips)
         return total
-
-    def _global_shards(self) -> list[tuple[ShardRef, np.ndarray]]:
-        """Every shard in manifest order, with the current frames of its clips' windows."""
-        out = []
-        for m in self.manifests:
-            currents = self.spec.current_frames(m.frames, m.fps)
-            out += [
-                (
-                    ShardRef(
-                        m.shard_url(s), m.zone, m.country, s.samples, s.sha256, s.samples * len(currents)
-                    ),
-                    currents,
-                )
-                for s in m.shards
-            ]
-        return out
-
-    def _epoch_order(self) -> EpochOrder:
-        shards = [(ref.samples, currents) for ref, currents in self._global_shards()]
-        weights = None
-        if self.weights is not None:
-            weights = [w for m, w in zip(self.manifests, self.weights) for _ in m.shards]
-        return EpochOrder(
-            shards, seed=self.seed, epoch=self.epoch, block_shards=self.block_shards, weights=weights
-        )
-
-    def _global_iter(self, worker: int) -> Iterator[dict]:
-        """Windows at this (rank, worker)'s positions of the epoch's global order, from ``start_batch``.
-
-        A clip belongs to one block, so when a block starts this worker works out which of the
-        block's windows it will cut, and decodes only the frames those need (from their keyframes)
-        when it first touches each clip. Decoded clips and parsed shards are kept for the block.
-        Under ``on_error: skip`` a bad clip's windows are replaced by repeats of the next good
-        window, so every position still yields a window (batch counts stay equal); only the batches
-        around a bad clip then differ from another world size's.
-        """
-        order, shards = self._epoch_order(), [ref for ref, _ in self._global_shards()]
-        batches = list(batch_positions(
-            len(order), micro_batch=self.batch_size, world_size=self.world_size, rank=self.rank,
-            workers=self.num_workers, worker=worker, start_batch=self.start_batch,
-        ))  # fmt: skip
-        starts = [r.start for r in batches]
-        clips_touched = self._clip_count(order, batches, starts) if self.on_error == "skip" else 0  # a pass over the epoch: only when skipping
-        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=clips_touched)
-        clips: OrderedDict[tuple[int, int], _Clip | DataError] = OrderedDict()  # decoded clips, LRU
-        samples: OrderedDict[str, list[dict] | DataError] = OrderedDict()  # parsed shards by URL, LRU
-        clip_capacity = self.block_shards * max((ref.samples for ref in shards), default=1)
-        block, needs, owed, last = -1, {}, 0, None
-        for positions in batches:
-            for p in positions:
-                if (b := order.block_of(p)) != block:
-                    block = b
-                    needs = _block_needs(order, batches, starts, block)
-                w = order[p]
-                key = (w.shard, w.sample)
-                if key not in clips:
-                    clips[key] = self._global_clip(shards[w.shard], w.sample, samples, currents=needs[key], skips=skips)
-                    while len(clips) > clip_capacity:
-                        clips.popitem(last=False)
-                clips.move_to_end(key)
-                if isinstance(clips[key], DataError):
-                    owed += 1  # made up with the next good window
-                    continue
-                last = clips[key].window(w.current)
-                yield last
-                for _ in range(owed):
-                    yield _filler(last)
-                owed = 0
-        if owed:
-            if last is None:
-                raise DataError(f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})")
-            for _ in range(owed):
-                yield _filler(last)
-
-    def _global_clip(self, ref: ShardRef, sample: int, samples: OrderedDict, *, currents: set[int], skips: _SkipBudget) -> _Clip | DataError:
-        """A decoded clip, or the error that made the skip policy drop it (or its whole shard)."""
-        if ref.url not in samples:
-            try:
-                samples[ref.url] = list(self._samples(ref, self._fetch(ref)))
-            except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
-                samples[ref.url] = exc
-                skips.skip(exc, clips=ref.samples)
-            while len(samples) > self.block_shards:
-                samples.popitem(last=False)
-        parsed = samples[ref.url]
-        if isinstance(parsed, DataError):
-            return parsed
-        try:
-            clip = self._load_clip(ref, parsed[sample], currents=currents)
-        except DataError as exc:
-            skips.skip(exc, clips=1)
-            return exc
-        assert clip is not None, "the order only holds windows that clips yield"
-        return clip
-
-    @staticmethod
-    def _clip_count(order: EpochOrder, batches: list[range], starts: list[int]) -> int:
-        """Distinct clips this worker's positions touch (the skip budget's denominator)."""
-        blocks = sorted({order.block_of(p) for r in batches for p in (r.start, r.stop - 1)})
-        blocks = range(blocks[0], blocks[-1] + 1) if blocks else range(0)
-        return sum(len(_block_needs(order, batches, starts, b)) for b in blocks)
-
-    def _caps(self):
-        shards = plan_shards(
-            self.manifests, self.spec, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle
-        )
-        return worker_caps(
-            shards,
-            world_size=self.world_size,
-            workers=self.num_workers,
-            batch_size=self.batch_size,
-            equalize=self.equalize,
-            pad=self.pad,
-        )
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -421,27 +329,122 @@ class FleetStream(IterableDataset):
             raise ConfigError(
                 f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}"
             )
-        if self.order == "global":
-            yield from self._global_iter(worker)
-            return
-        shards, cap = self._caps()[(self.rank, worker)]
-        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=sum(s.samples for s in shards))
-        windows = self._windows(shards, skips)
-        if self.shuffle:
-            windows = _shuffled(
-                windows,
-                self.shuffle_buffer,
-                random.Random(hash_seed(self.seed, self.epoch, self.rank, worker)),
-            )
+        if self.order == "streams":
+            yield from self._stream_iter(worker)
+        else:
+            yield from self._clips_iter(worker)
+
+    # --- training: the stream order ------------------------------------------------------------------
+
+    def _stream_iter(self, worker: int) -> Iterator[dict]:
+        """Windows at this (rank, worker)'s positions of the epoch's order, from ``start_batch``.
+
+        The worker lists the windows of all its micro-batches first, so it knows for every clip the
+        frames its windows need and the last position that uses it: a clip is fetched (range reads,
+        :data:`PREFETCH_CLIPS` ahead in a thread) and decoded once, when first needed, and dropped
+        after its last window. Under ``on_error: skip`` a bad clip's windows are replaced by repeats
+        of the next good window, so every position still yields a window (batch counts stay equal).
+        """
+        order = self.stream_order()
+        batches = batch_positions(
+            len(order), micro_batch=self.batch_size, world_size=self.world_size, rank=self.rank,
+            workers=self.num_workers, worker=worker, start_batch=self.start_batch,
+        )  # fmt: skip
+        refs: list[ClipWindow] = [order[p] for positions in batches for p in positions]
+        needs: dict[tuple[int, int], set[int]] = defaultdict(set)
+        last: dict[tuple[int, int], int] = {}
+        for i, w in enumerate(refs):
+            needs[(w.source, w.clip)].add(w.current)
+            last[(w.source, w.clip)] = i
+        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=len(needs))
+        fetched = _Prefetch(self._fetch_clip, list(needs), depth=PREFETCH_CLIPS)  # first-use order
+        held: dict[tuple[int, int], _Clip | DataError] = {}
+        owed, good = 0, None
+        try:
+            for i, w in enumerate(refs):
+                key = (w.source, w.clip)
+                if key not in held:
+                    held[key] = self._open_clip(fetched, key, needs[key], skips)
+                clip = held.pop(key) if last[key] == i else held[key]
+                if isinstance(clip, DataError):
+                    owed += 1  # made up with the next good window
+                    continue
+                good = clip.window(w.current)
+                yield good
+                for _ in range(owed):
+                    yield _filler(good)
+                owed = 0
+        finally:
+            fetched.close()
+        if owed:
+            if good is None:
+                raise DataError(f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})")
+            for _ in range(owed):
+                yield _filler(good)
+
+    def _open_clip(self, fetched: _Prefetch, key: tuple[int, int], currents: set[int], skips: _SkipBudget) -> _Clip | DataError:
+        """A decoded clip, or the error that made the skip policy drop it."""
+        try:
+            url, sample = fetched.get(key)
+            clip = self._load_clip(url, sample, currents=currents)
+        except DataError as exc:
+            skips.skip(exc, clips=1)
+            return exc
+        assert clip is not None, "the order only holds windows that clips yield"
+        return clip
+
+    def _fetch_clip(self, key: tuple[int, int]) -> tuple[str, TarSample]:
+        """The members of one clip the loader reads (metadata and its cameras), by range reads through
+        the shard's index; the gate checks and audits every request."""
+        source, clip = key
+        m = self.manifests[source]
+        i = int(np.searchsorted(self._clip_starts[source], clip, side="right")) - 1
+        shard: ShardInfo = m.shards[i]
+        if source not in self._readers:
+            self._readers[source] = IndexedShards(m, self.gate)
+        reader, sample = self._readers[source], clip - int(self._clip_starts[source][i])
+        names = [*FIXED_MEMBERS, *(f"{c}.mp4" for c in self.cameras)]
+        key, members = reader.read_members(shard, sample, names)
+        for name in reader.index(shard).samples[sample].members:  # the members not read must still be the schema's
+            try:
+                schema.validate_member(key, name, None)
+            except DataError as exc:
+                raise DataError(f"{m.shard_url(shard)}:{key}: {exc}") from None
+        return m.shard_url(shard), TarSample(key, members)
+
+    # --- every window once: clips dealt over ranks and workers ---------------------------------------
+
+    def _clips(self) -> list[ClipRef]:
+        """Every clip of every manifest, in manifest order."""
+        return [
+            ClipRef(s, c, self.spec.count(m.frames, m.fps)) for s, m in enumerate(self.manifests) for c in range(m.samples)
+        ]
+
+    def _caps(self):
+        return worker_caps(self._clips(), world_size=self.world_size, workers=self.num_workers, batch_size=self.batch_size, pad=self.pad)
+
+    def _clips_iter(self, worker: int) -> Iterator[dict]:
+        clips, cap = self._caps()[(self.rank, worker)]
+        skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=len(clips))
         recent: list[dict] = []
         n = 0
-        for window in windows:
-            if cap is not None and n >= cap:  # without padding: tail windows beyond the rank's share
-                return
-            yield window
-            n += 1
-            if skips.skipped or not recent:  # keep one window to pad with, more once clips were skipped
-                recent = (recent + [window])[-self.shuffle_buffer :]
+        fetched = _Prefetch(self._fetch_clip, [(c.source, c.clip) for c in clips], depth=PREFETCH_CLIPS)
+        try:
+            for ref in clips:
+                try:
+                    url, sample = fetched.get((ref.source, ref.clip))
+                    clip = self._load_clip(url, sample)
+                except DataError as exc:
+                    skips.skip(exc, clips=1)
+                    continue
+                for current in clip.currents if clip is not None else ():
+                    window = clip.window(int(current))
+                    yield window
+                    n += 1
+                    if skips.skipped or not recent:  # keep one window to pad with, more once clips were skipped
+                        recent = (recent + [window])[-_RECENT:]
+        finally:
+            fetched.close()
         if cap is not None and n < cap:
             # skipped clips or padding left this worker short: repeat its own windows so that every
             # rank still yields the same number of batches (a short rank would hang the others' collectives)
@@ -449,7 +452,7 @@ class FleetStream(IterableDataset):
                 raise DataError(
                     f"rank {self.rank} worker {worker}: every clip was skipped ({skips.summary()})"
                 )
-            short = min(cap, sum(s.windows for s in shards)) - n
+            short = min(cap, sum(c.windows for c in clips)) - n
             if short > 0:
                 log.warning(
                     "rank %d worker %d: %d windows repeated to make up for skipped clips", self.rank, worker, short
@@ -457,49 +460,14 @@ class FleetStream(IterableDataset):
             for i in range(cap - n):
                 yield _filler(recent[i % len(recent)])
 
-    # --- reading ---------------------------------------------------------------------------------
+    # --- one clip ------------------------------------------------------------------------------------
 
-    def _windows(self, shards: list[ShardRef], skips: _SkipBudget) -> Iterator[dict]:
-        # the next shard is fetched in a thread while this one decodes, so store latency overlaps compute
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdtrain-prefetch")
-        try:
-            pending = pool.submit(self._fetch, shards[0]) if shards else None
-            for i, ref in enumerate(shards):
-                fetched = pending
-                pending = pool.submit(self._fetch, shards[i + 1]) if i + 1 < len(shards) else None
-                try:
-                    samples = list(self._samples(ref, fetched.result()))  # checks the whole shard
-                except DataError as exc:  # checksum, tar structure, sample count: the whole shard is out
-                    skips.skip(exc, clips=ref.samples)
-                    continue
-                for sample in samples:
-                    try:
-                        windows = list(self._clip_windows(ref, sample))
-                    except DataError as exc:
-                        skips.skip(exc, clips=1)
-                        continue
-                    yield from windows
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _fetch(self, ref: ShardRef) -> bytes:
-        return self.gate.read_shard(ref.url, zone=ref.zone, sha256=ref.sha256)
-
-    def _samples(self, ref: ShardRef, data: bytes) -> Iterator[TarSample]:
-        return iter(shard_samples(data, ref.url, sha256=ref.sha256, samples=ref.samples))
-
-    def _clip_windows(self, ref: ShardRef, sample: TarSample) -> Iterator[dict]:
-        clip = self._load_clip(ref, sample)
-        if clip is not None:
-            for current in clip.currents:
-                yield clip.window(int(current))
-
-    def _load_clip(self, ref: ShardRef, sample: TarSample, currents: set[int] | None = None) -> _Clip | None:
+    def _load_clip(self, url: str, sample: TarSample, currents: set[int] | None = None) -> _Clip | None:
         """Validates a sample and decodes the frames its windows need (None: it yields no window).
 
         ``currents``: cut only the windows ending at these frames (default: every window of the clip).
         """
-        where = f"{ref.url}:{sample.key}"
+        where = f"{url}:{sample.key}"
         parsed = parse_clip(sample.key, sample.members, self.cameras, where)
         meta, calib, ego = parsed.meta, parsed.calib, parsed.ego
         all_currents = self.spec.current_frames(meta.frames, meta.fps)
@@ -532,6 +500,32 @@ class FleetStream(IterableDataset):
             augment, seed, epoch = self.augment, self.seed, self.epoch
             clip.augment = lambda images, current: augment(images, augment.rng(seed, epoch, meta.clip_id, current))
         return clip
+
+
+class _Prefetch:
+    """Fetches ``keys`` in their order in one thread, up to ``depth`` ahead of the one asked for
+    (keys are asked for in the same order), so store latency overlaps decoding."""
+
+    def __init__(self, fetch: Callable, keys: list, depth: int) -> None:
+        self._fetch, self._keys, self._depth = fetch, keys, max(1, depth)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdtrain-prefetch")
+        self._futures: dict[object, Future] = {}
+        self._next = 0
+
+    def _fill(self, depth: int) -> None:
+        while self._next < len(self._keys) and len(self._futures) < depth:
+            key = self._keys[self._next]
+            self._next += 1
+            self._futures[key] = self._pool.submit(self._fetch, key)
+
+    def get(self, key):
+        self._fill(self._depth + 1)
+        future = self._futures.pop(key)
+        self._fill(self._depth)
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Clip:
@@ -592,23 +586,6 @@ class _SkipBudget:
         return f"skipped {self.skipped} of {self.clips} clips"
 
 
-def _block_needs(
-    order: EpochOrder, batches: list[range], starts: list[int], block: int
-) -> dict[tuple[int, int], set[int]]:
-    """Current frames of the windows, per (shard, sample), that ``batches`` (ascending, first
-    positions ``starts``) take from ``block``."""
-    lo, hi = int(order.block_starts[block]), int(order.block_starts[block + 1])
-    needs: dict[tuple[int, int], set[int]] = defaultdict(set)
-    first = max(0, bisect.bisect_right(starts, lo) - 1)
-    for r in batches[first:]:
-        if r.start >= hi:
-            break
-        for p in range(max(r.start, lo), min(r.stop, hi)):
-            w = order[p]
-            needs[(w.shard, w.sample)].add(w.current)
-    return needs
-
-
 def _calib_tensors(
     calib: dict, cameras: list[str], image_size: tuple[int, int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -630,15 +607,4 @@ def _filler(window: dict) -> dict:
     return {**window, "valid": False}
 
 
-def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """Buffer shuffle: keep ``size`` items, emit a random one as each new one arrives."""
-    buf: list[dict] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        buf[i], item = item, buf[i]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
+_RECENT = 64  # windows a worker keeps to repeat once clips were skipped

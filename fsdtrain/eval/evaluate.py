@@ -62,7 +62,7 @@ def evaluate(
         data: shard directory URLs.
         batch_size: windows per batch.
         site_zone: zone this job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
-        audit_log: JSONL file that records every shard opened.
+        audit_log: JSONL file that records every clip and shard index read.
         num_workers: loader processes.
         plots: local folder for PNG pictures of the model's prediction (bird's-eye plot + front
             camera, :func:`fsdtrain.eval.viz.window_figure`), or None for none. They hold camera

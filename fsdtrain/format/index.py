@@ -32,6 +32,7 @@ from fsdtrain.store.gate import ZoneGate
 __all__ = ["INDEX_SCHEMA", "index_name", "MemberSpan", "SampleSpan", "ShardIndex", "parse_index", "load_index", "IndexedShards"]
 
 INDEX_SCHEMA = "fsdtrain.shard-index/1"
+_HEADER_GAP = 1024  # bytes between two members' data that still count as adjacent: a 512-byte tar header and padding
 _SHARD_TAR_RE = re.compile(r"^(shard-\d{6})\.tar$")
 
 
@@ -185,14 +186,14 @@ class IndexedShards:
         m = span.members.get(member)
         if m is None:
             raise DataError(f"{self.manifest.shard_url(shard)}:{key}: no member {member!r}; it has {sorted(span.members)}")
-        data = self._read(shard, m.offset, m.end)
+        data = self._read(shard, m.offset, m.end, sample=key)
         self._check(shard, key, member, m, data)
         return data
 
     def read_sample(self, key: str) -> dict[str, bytes]:
         """All members of one clip (a webdataset-style sample dict), read with one range request."""
         shard, span = self.locate(key)
-        blob = self._read(shard, span.offset, span.offset + span.size)
+        blob = self._read(shard, span.offset, span.offset + span.size, sample=key)
         out: dict[str, bytes] = {"__key__": key}
         for name, m in span.members.items():
             data = blob[m.offset - span.offset : m.end - span.offset]
@@ -200,8 +201,42 @@ class IndexedShards:
             out[name] = data
         return out
 
-    def _read(self, shard: ShardInfo, start: int, end: int) -> bytes:
-        return self.gate.read(self.manifest.shard_url(shard), zone=self.manifest.zone, byte_range=(start, end))
+    def read_members(self, shard: ShardInfo, sample: int, names: list[str]) -> tuple[str, dict[str, bytes]]:
+        """The members ``names`` of the ``sample``-th clip of ``shard``: ``(key, {name: bytes})``.
+
+        Members that lie next to each other in the tar are read with one range request, so a clip's
+        ``meta.json``, ``calib.json``, ``ego.npy`` and the cameras a loader reads cost one or two
+        requests, whatever the shard's size; every member is checked against its sha256.
+        """
+        index = self.index(shard)
+        if len(index.samples) != shard.samples:
+            raise DataError(f"{self.manifest.shard_url(shard)}: its index lists {len(index.samples)} samples, the manifest {shard.samples}; run `fsdtrain data verify`")
+        span = index.samples[sample]
+        missing = [n for n in names if n not in span.members]
+        if missing:
+            raise DataError(f"{self.manifest.shard_url(shard)}:{span.key}: member(s) {', '.join(missing)} missing (the index lists {sorted(span.members)})")
+        wanted = sorted(names, key=lambda n: span.members[n].offset)
+        runs: list[list[str]] = []
+        for name in wanted:  # members whose bytes (with the tar header between them) are adjacent
+            if runs and span.members[name].offset - span.members[runs[-1][-1]].end <= _HEADER_GAP:
+                runs[-1].append(name)
+            else:
+                runs.append([name])
+        out: dict[str, bytes] = {}
+        for run in runs:
+            start, end = span.members[run[0]].offset, span.members[run[-1]].end
+            blob = self._read(shard, start, end, sample=span.key)
+            for name in run:
+                m = span.members[name]
+                data = blob[m.offset - start : m.end - start]
+                self._check(shard, span.key, name, m, data)
+                out[name] = data
+        return span.key, out
+
+    def _read(self, shard: ShardInfo, start: int, end: int, *, sample: str | None = None) -> bytes:
+        return self.gate.read_range(
+            self.manifest.shard_url(shard), zone=self.manifest.zone, byte_range=(start, end), sha256=shard.sha256, sample=sample
+        )
 
     def _check(self, shard: ShardInfo, key: str, member: str, m: MemberSpan, data: bytes) -> None:
         if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.sha256:

@@ -27,7 +27,8 @@ __all__ = ["AuditLog", "ZoneGate"]
 
 
 class AuditLog:
-    """Append-only JSONL record of every shard a job opened (time, job, rank, url, zone, sha256).
+    """Append-only JSONL record of every shard or clip a job requested (time, job, rank, pid, url, zone,
+    sha256, and for a range read the sample key and byte range).
 
     Each record is written with one ``write`` call on a file opened in append mode, so ranks and
     loader workers of one job can share the file without interleaving lines.
@@ -41,13 +42,19 @@ class AuditLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def record(self, url: str, zone: str, sha256: str | None) -> None:
+    def record(
+        self, url: str, zone: str, sha256: str | None, *, sample: str | None = None, byte_range: tuple[int, int] | None = None
+    ) -> None:
+        """One request: ``sha256`` is the whole shard's; ``sample`` and ``byte_range`` name the part of
+        it a range read asked for; ``pid`` tells the loader workers of one rank apart."""
         if self.path is None:
             return
-        line = json.dumps(
-            {"time": time.time(), "job": self.job, "rank": self.rank, "url": url, "zone": zone, "sha256": sha256},
-            sort_keys=True,
-        )
+        entry = {"time": time.time(), "job": self.job, "rank": self.rank, "pid": os.getpid(), "url": url, "zone": zone, "sha256": sha256}
+        if sample is not None:
+            entry["sample"] = sample
+        if byte_range is not None:
+            entry["range"] = list(byte_range)
+        line = json.dumps(entry, sort_keys=True)
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -107,10 +114,12 @@ class ZoneGate:
 
     def read(self, url: str, *, zone: str | None = None, byte_range: tuple[int, int] | None = None) -> bytes:
         """An object's bytes (or ``[start, end)`` of them) after the bucket check and, given the data's
-        ``zone``, the zone check."""
+        ``zone``, the zone check and an audit record."""
         self.check_url(url)
         if zone is not None:
             self.check_data(url, zone)
+            if self.audit is not None:  # a zone's data (an index, a member): recorded like a shard
+                self.audit.record(url, zone, None, byte_range=byte_range)
         return objects.read_bytes(url, byte_range=byte_range)
 
     def read_shard(self, url: str, *, zone: str, sha256: str | None) -> bytes:
@@ -120,6 +129,17 @@ class ZoneGate:
         if self.audit is not None:
             self.audit.record(url, zone, sha256)
         return objects.read_bytes(url)
+
+    def read_range(
+        self, url: str, *, zone: str, byte_range: tuple[int, int], sha256: str | None = None, sample: str | None = None
+    ) -> bytes:
+        """``[start, end)`` of a shard (members of one clip): checked, recorded in the audit log with
+        the sample key and range, then requested."""
+        self.check_url(url)
+        self.check_data(url, zone)
+        if self.audit is not None:
+            self.audit.record(url, zone, sha256, sample=sample, byte_range=byte_range)
+        return objects.read_bytes(url, byte_range=byte_range)
 
     def exists(self, url: str) -> bool:
         self.check_url(url)

@@ -59,7 +59,7 @@ def _windows(urls, *, world, workers, augment):
     out = {}
     for rank in range(world):
         s = FleetStream(Source.all(load_manifests(urls, GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
-                        batch_size=2, reading=StreamSpec(shuffle=True, balance="drop", order="global", block_shards=2, seed=3),
+                        batch_size=2, reading=StreamSpec(order="streams", seed=3),
                         augment=augment)  # fmt: skip
         s.set_distributed(rank, world, workers)
         for batch in DataLoader(s, batch_size=2, num_workers=workers):
@@ -69,12 +69,12 @@ def _windows(urls, *, world, workers, augment):
 
 
 def test_augmented_windows_do_not_depend_on_ranks_or_workers(tiny_fleet):
-    urls = [tiny_fleet["US"]["train"]]
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]  # 4 clips: one per worker of 2 ranks x 2 workers
     aug = Augment(color_jitter=0.3, camera_dropout=0.3)
     two = _windows(urls, world=2, workers=2, augment=aug)
     one = _windows(urls, world=1, workers=0, augment=aug)
     plain = _windows(urls, world=1, workers=0, augment=None)
-    assert two.keys() == one.keys() == plain.keys() and len(one) == 16
+    assert two.keys() == one.keys() == plain.keys() and len(one) == 32
     for key in one:
         np.testing.assert_array_equal(two[key], one[key])
     assert sum(not np.array_equal(one[k], plain[k]) for k in one) == len(one)

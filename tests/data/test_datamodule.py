@@ -1,6 +1,7 @@
 """``FleetDataModule`` streams: validation pads ranks instead of dropping windows, and needs a
-shard per rank to pad with."""
+clip per rank to pad with; the training order's shape and its settings."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -16,24 +17,43 @@ def val_module(urls, *, rank, world, workers):
     return dm
 
 
-def test_validation_needs_a_shard_per_rank_but_not_per_worker(tiny_fleet):
+def test_validation_needs_a_clip_per_rank_but_not_per_worker(tiny_fleet):
     one_shard = [tiny_fleet["US"]["val"]]
-    with pytest.raises(ConfigError, match=r"data.val has 1 shard\(s\), fewer than the 2 ranks"):
+    with pytest.raises(ConfigError, match=r"data.val has 1 clip\(s\), fewer than the 2 ranks"):
         val_module(one_shard, rank=0, world=2, workers=1).setup("validate")
     two_shards = [tiny_fleet["US"]["val"], tiny_fleet["DE"]["val"]]
-    for rank in range(2):  # one shard per rank: one of its 2 workers gets none and yields nothing
+    for rank in range(2):  # one clip per rank: one of its 2 workers gets none and yields nothing
         dm = val_module(two_shards, rank=rank, world=2, workers=2)
         dm.setup("validate")
         assert dm.val_stream.pad and len(dm.val_stream) == 9  # 8 windows + 1 repeat: 3 full batches
 
 
-def test_sharded_training_stream_still_drops_tail_windows(tiny_fleet):
-    train = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["val"]]  # 3 shards of 8 windows over 2 ranks
-    for rank in range(2):
-        dm = FleetDataModule(train=train, window=TINY_WINDOW, batch_size=3, num_workers=0, order="sharded")
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+def test_the_old_orders_are_refused_in_one_line_and_their_settings_warn(caplog):
+    for old in ("global", "sharded"):
+        with pytest.raises(ConfigError, match=f"data.order: {old} was replaced by `streams`"):
+            FleetDataModule(order=old)
+    FleetDataModule(block_shards=4, shuffle_buffer=64)
+    assert caplog.messages == [
+        "data.block_shards is no longer used (the streams order replaced it; docs/data-loading.md): remove it",
+        "data.shuffle_buffer is no longer used (the streams order replaced it; docs/data-loading.md): remove it",
+    ]
+
+
+def test_training_streams_fit_the_run_and_an_explicit_count_is_checked(tiny_fleet):
+    train = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]  # 4 clips of 8 windows
+    for streams, shape in ((None, (2, 3)), (2, (2, 3))):
+        dm = FleetDataModule(train=train, window=TINY_WINDOW, batch_size=3, num_workers=0, streams=streams)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=2)
         dm.setup("fit")
-        assert not dm.train_stream.pad and len(dm.train_stream) == 6  # the 1-shard rank's 2 full batches
+        s = dm.train_stream
+        assert (s.shape.streams, s.shape.turn) == shape and s.owned()
+        assert len(s) == len(s.stream_order()) // 6 * 3  # equal full batches on both ranks
+    for streams, error in ((4, "data.streams=4 does not fit micro batch 3 x 2 ranks x 1 loader workers = 6 stream slots"),
+                           (6, "data.streams=6 is more than the 4 clips the epoch uses")):  # fmt: skip
+        dm = FleetDataModule(train=train, window=TINY_WINDOW, batch_size=3, num_workers=0, streams=streams)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=2)
+        with pytest.raises(ConfigError, match=error):
+            dm.setup("fit")
 
 
 def test_country_weights_set_each_countrys_share_of_the_training_windows(tiny_fleet, caplog):
@@ -54,4 +74,20 @@ def test_country_weights_set_each_countrys_share_of_the_training_windows(tiny_fl
     caplog.clear()
     # a shared config's weight for a country this run does not train on: said once (a warning on stderr), unused
     assert stream(country_weights={"CN": 3.0, "DE": 2.0}).weights == [1.0, 2.0]
-    assert caplog.messages == ["data.country_weights: CN not in data.train (countries DE, US); unused"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # (the order's shape is logged at INFO)
+    assert warnings == ["data.country_weights: CN not in data.train (countries DE, US); unused"]
+
+
+def test_validation_on_more_ranks_than_shards_reads_every_window_once(tmp_path):
+    from fsdtrain.synth.fleet import synth_fleet
+    from helpers.fleet import TINY_CLIP
+
+    (m,) = synth_fleet(f"file://{tmp_path}/d", ["US"], 3, clips_per_shard=3, split="val", clip=TINY_CLIP)  # one shard
+    real, batches = [], []
+    for rank in range(3):
+        dm = val_module([m.url], rank=rank, world=3, workers=1)
+        dm.setup("validate")
+        rank_batches = list(dm.val_dataloader())
+        batches.append(len(rank_batches))
+        real += [f"{c}@{int(f)}" for b in rank_batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
+    assert batches == [3, 3, 3] and len(real) == len(set(real)) == 3 * TINY_WINDOW.count(50, 10.0)

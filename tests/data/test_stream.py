@@ -7,7 +7,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream, ShardRef, Source, StreamSpec, worker_caps
+from fsdtrain.data.stream import ClipRef, FleetStream, Source, StreamSpec, worker_caps
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.residency import ResidencyError
@@ -17,14 +17,10 @@ from helpers.fleet import TINY_WINDOW, rewrite_shard
 GLOBAL_GATE = ZoneGate("global")
 
 
-def balance(equalize: bool, pad: bool) -> str:
-    return "pad" if pad else "drop" if equalize else "none"
-
-
-def make_stream(urls, *, site="global", batch_size=4, shuffle=False, equalize=False, pad=False, audit=None, seed=0):
+def make_stream(urls, *, site="global", batch_size=4, order="clips", pad=False, audit=None, seed=0):
     return FleetStream(
         Source.all(load_manifests(urls, ZoneGate(site))), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=batch_size,
-        gate=ZoneGate(site, audit=audit), reading=StreamSpec(shuffle=shuffle, balance=balance(equalize, pad), seed=seed),
+        gate=ZoneGate(site, audit=audit), reading=StreamSpec(order=order, balance="pad" if pad else "none", seed=seed),
     )  # fmt: skip
 
 
@@ -34,20 +30,6 @@ def window_ids(stream, rank=0, world=1, workers=0):
     for batch in DataLoader(stream, batch_size=stream.batch_size, num_workers=workers):
         ids += [f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"])]
     return ids
-
-
-def test_worker_caps_equalize_uneven_shards():
-    rng = random.Random(0)
-    for _ in range(200):
-        shards = [ShardRef(f"s{i}", "global", "US", 1, "", rng.randint(0, 40)) for i in range(rng.randint(1, 9))]
-        world, workers, batch = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 8)
-        caps = worker_caps(shards, world_size=world, workers=workers, batch_size=batch, equalize=True)
-        per_rank = Counter()
-        for (rank, _), (assigned, cap) in caps.items():
-            assert cap % batch == 0 and cap <= sum(s.windows for s in assigned)
-            per_rank[rank] += cap
-        assert len({per_rank[r] for r in range(world)}) == 1  # every rank: the same number of batches
-        assert sorted(s.url for v, _ in caps.values() for s in v) == sorted(s.url for s in shards)
 
 
 def test_reads_every_window_once(tiny_fleet):
@@ -68,20 +50,21 @@ def test_ranks_and_workers_split_disjointly(tiny_fleet):
     assert set(parts[0]) | set(parts[1]) == everything
 
 
-def test_equalized_ranks_get_equal_batches_on_uneven_data(tiny_fleet):
-    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["val"]]  # 3 shards over 2 ranks
-    counts = [len(window_ids(make_stream(urls, equalize=True, shuffle=True), rank=r, world=2)) for r in range(2)]
+def test_training_ranks_get_equal_batches_on_uneven_data(tiny_fleet):
+    urls = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["val"]]  # 3 clips over 2 ranks
+    counts = [len(window_ids(make_stream(urls, order="streams"), rank=r, world=2)) for r in range(2)]
     assert counts[0] == counts[1] > 0 and counts[0] % 4 == 0
 
 
-def test_shuffle_is_seeded_and_changes_per_epoch(tiny_fleet):
+def test_training_order_is_seeded_and_changes_per_epoch(tiny_fleet):
     urls = [tiny_fleet[c]["train"] for c in ("US", "DE")]
-    a, b = make_stream(urls, shuffle=True), make_stream(urls, shuffle=True)
+    a, b = make_stream(urls, order="streams"), make_stream(urls, order="streams")
     first = window_ids(a)
     assert first == window_ids(b)
-    assert sorted(first) == sorted(window_ids(make_stream(urls)))
+    assert sorted(first) == sorted(window_ids(make_stream(urls)))  # one stream: every window of the 4 clips
     b.epoch = 1
     assert window_ids(b) != first
+    assert window_ids(make_stream(urls, order="streams", seed=1)) != first
 
 
 def test_residency_refuses_foreign_zone_and_audits(tiny_fleet, tmp_path):
@@ -90,9 +73,26 @@ def test_residency_refuses_foreign_zone_and_audits(tiny_fleet, tmp_path):
     log = tmp_path / "audit.jsonl"
     stream = make_stream([tiny_fleet["CN"]["train"], tiny_fleet["US"]["train"]], site="cn", audit=AuditLog(log, job="t"))
     window_ids(stream)
-    records = AuditLog.read(log)
-    assert sorted(r["zone"] for r in records) == ["cn", "cn", "global", "global"]
-    assert all(r["url"].endswith(".tar") and len(r["sha256"]) == 64 for r in records)
+    records = [r for r in AuditLog.read(log) if "sample" in r]
+    assert sorted(r["zone"] for r in records) == ["cn", "cn", "global", "global"]  # one range read per clip
+    assert all(r["url"].endswith(".tar") and len(r["sha256"]) == 64 and len(r["range"]) == 2 for r in records)
+
+
+def test_training_reads_each_clip_by_range_once_and_audits_each_request(tiny_fleet, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    urls = [tiny_fleet["CN"]["train"], tiny_fleet["US"]["train"]]
+    for rank in range(2):
+        stream = make_stream(urls, site="cn", batch_size=2, order="streams", audit=AuditLog(log, job="t", rank=rank))
+        assert len(window_ids(stream, rank=rank, world=2, workers=2)) == 16
+    records = [r for r in AuditLog.read(log) if "sample" in r]  # the clips (the others: each worker's shard indexes)
+    assert {r["url"].rsplit("/", 1)[1] for r in AuditLog.read(log) if "sample" not in r} == {"shard-000000.index.json", "shard-000001.index.json"}
+    clips = Counter((r["url"], r["sample"]) for r in records)
+    assert len(clips) == 4 and set(clips.values()) == {1}  # each clip once: metadata and the 6 cameras read lie together
+    assert len({(r["rank"], r["pid"]) for r in records}) == 4  # one clip per loader worker
+    # the clip's members, not its shard: the seventh camera (CAM_FRONT_NARROW) is not requested
+    assert all(r["range"][1] - r["range"][0] < 0.95 * Path(r["url"].removeprefix("file://")).stat().st_size for r in records)
+    with pytest.raises(ResidencyError, match="zone 'cn'"):
+        make_stream([tiny_fleet["CN"]["train"]], site="global", order="streams")
 
 
 def copy_split(url: str, dest: Path) -> Path:
@@ -113,7 +113,7 @@ def test_corrupt_shard_bytes_fail_checksum(tiny_fleet, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="sha256"):
+    with pytest.raises(DataError, match="do not match the index"):  # each member read is checked against its sha256
         read_all(d)
 
 
@@ -166,60 +166,68 @@ def test_resize_scales_images_and_intrinsics(tiny_fleet):
     assert K[0, 2] == pytest.approx((32 - 1) / 2) and K[1, 2] == pytest.approx((24 - 1) / 2)
 
 
-def skip_stream(directory, *, fraction, equalize, order="sharded", pad=False, batch_size=4):
+def skip_stream(directory, *, fraction, order="clips", pad=False, batch_size=4):
     return FleetStream(
         Source.all(load_manifests([str(directory)], GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
-        batch_size=batch_size, reading=StreamSpec(
-            shuffle=order == "global", balance=balance(equalize, pad), on_error="skip", max_skip_fraction=fraction, order=order
-        ),
+        batch_size=batch_size, reading=StreamSpec(balance="pad" if pad else "none", on_error="skip", max_skip_fraction=fraction, order=order),
     )  # fmt: skip
 
 
-def test_skip_policy_skips_bad_clips_and_keeps_batch_counts(tiny_fleet, tmp_path, caplog):
+def test_skip_policy_skips_bad_clips(tiny_fleet, tmp_path, caplog):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip
     rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
-    ids = window_ids(skip_stream(d, fraction=0.5, equalize=False))
+    ids = window_ids(skip_stream(d, fraction=0.5))
     assert len(ids) == TINY_WINDOW.count(50, 10.0) and len({i.split("@")[0] for i in ids}) == 1
     assert "skipped 1 clip(s)" in caplog.text and "CAM_FRONT.mp4" in caplog.text
-    equal = window_ids(skip_stream(d, fraction=0.5, equalize=True))
-    assert len(equal) == 2 * TINY_WINDOW.count(50, 10.0)  # the planned count: repeats fill the gap
-    assert set(equal) == set(ids)
     with pytest.raises(DataError, match=r"skipped 1 of 2 clips, more than data.max_skip_fraction=0.4"):
-        window_ids(skip_stream(d, fraction=0.4, equalize=False))
+        window_ids(skip_stream(d, fraction=0.4))
 
 
-def test_skip_policy_drops_a_corrupt_shard_whole(tiny_fleet, tmp_path):
+def test_skip_policy_skips_the_clips_of_a_truncated_shard(tiny_fleet, tmp_path):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
     shard = d / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:5000])
-    ids = window_ids(skip_stream(d, fraction=0.5, equalize=False))
+    ids = window_ids(skip_stream(d, fraction=0.5))
     assert len(ids) == TINY_WINDOW.count(50, 10.0)
 
 
-def test_skip_policy_under_the_global_order_keeps_every_position(tiny_fleet, tmp_path, caplog):
-    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip
-    good = window_ids(skip_stream(d, fraction=0.5, equalize=True, order="global"))
+def test_training_stream_fails_on_a_damaged_clip_naming_it(tiny_fleet, tmp_path):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
     rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
-    per_worker = [window_ids(skip_stream(d, fraction=0.5, equalize=True, order="global"), workers=w) for w in (0, 2)]
+    with pytest.raises(DataError, match=r"shard-000000.tar:synth_us_s0_train_000000-000000/CAM_FRONT\.mp4.*(frames|decode)"):
+        window_ids(make_stream([str(d)], order="streams"))
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US2")
+    data = bytearray((d / "shard-000000.tar").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a member the loader reads: its sha256 in the index no longer matches
+    (d / "shard-000000.tar").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="do not match the index"):
+        window_ids(make_stream([str(d)], order="streams"))
+
+
+def test_skip_policy_under_the_training_order_keeps_every_position(tiny_fleet, tmp_path, caplog):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip
+    good = window_ids(skip_stream(d, fraction=0.5, order="streams"))
+    rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
+    per_worker = [window_ids(skip_stream(d, fraction=0.5, order="streams"), workers=w) for w in (0, 1)]  # one stream: 2 workers would own a clip each
     for ids in per_worker:
         assert len(ids) == len(good) == 2 * TINY_WINDOW.count(50, 10.0)  # every position still yields a window
         assert set(ids) == {i for i in good if i.startswith("synth_us_s0_train_000001")}  # the good clip only
     assert "skipped 1 clip(s)" in caplog.text and "CAM_FRONT.mp4" in caplog.text
     with pytest.raises(DataError, match=r"skipped 1 of 2 clips, more than data.max_skip_fraction=0.4"):
-        window_ids(skip_stream(d, fraction=0.4, equalize=True, order="global"))
+        window_ids(skip_stream(d, fraction=0.4, order="streams"))
     d2 = copy_split(tiny_fleet["US"]["train"], tmp_path / "US2")
     (d2 / "shard-000001.tar").write_bytes((d2 / "shard-000001.tar").read_bytes()[:5000])
-    ids = window_ids(skip_stream(d2, fraction=0.5, equalize=True, order="global"))
+    ids = window_ids(skip_stream(d2, fraction=0.5, order="streams"))
     assert len(ids) == 2 * TINY_WINDOW.count(50, 10.0) and {i.split("@")[0] for i in ids} == {"synth_us_s0_train_000000-000000"}
 
 
 def test_worker_caps_pad_uneven_shards_to_the_longest_rank():
     rng = random.Random(1)
     for _ in range(200):
-        shards = [ShardRef(f"s{i}", "global", "US", 1, "", rng.randint(1, 40)) for i in range(rng.randint(1, 9))]
+        shards = [ClipRef(0, i, rng.randint(1, 40)) for i in range(rng.randint(1, 9))]
         world, workers, batch = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 8)
-        world = min(world, len(shards))  # every rank has a shard (the datamodule checks it)
-        caps = worker_caps(shards, world_size=world, workers=workers, batch_size=batch, equalize=True, pad=True)
+        world = min(world, len(shards))  # every rank has a clip (the datamodule checks it)
+        caps = worker_caps(shards, world_size=world, workers=workers, batch_size=batch, pad=True)
         per_rank = Counter()
         for (rank, _), (assigned, cap) in caps.items():
             windows = sum(s.windows for s in assigned)
@@ -228,9 +236,9 @@ def test_worker_caps_pad_uneven_shards_to_the_longest_rank():
             per_rank[rank] += cap
         longest = max(sum(-(-sum(s.windows for s in v) // batch) for (r, _), (v, _) in caps.items() if r == rank) for rank in range(world))
         assert {per_rank[r] for r in range(world)} == {longest * batch}
-    empty = [ShardRef("s0", "global", "US", 1, "", 8), ShardRef("s1", "global", "US", 1, "", 0)]
+    empty = [ClipRef(0, 0, 8), ClipRef(0, 1, 0)]
     with pytest.raises(ConfigError, match="rank 1 of 2 gets no window"):
-        worker_caps(empty, world_size=2, workers=1, batch_size=4, equalize=True, pad=True)
+        worker_caps(empty, world_size=2, workers=1, batch_size=4, pad=True)
 
 
 def test_padded_validation_reads_every_window_once_in_equal_full_batches(tiny_fleet):
@@ -239,7 +247,7 @@ def test_padded_validation_reads_every_window_once_in_equal_full_batches(tiny_fl
     assert len(everything) == len(set(everything)) == 5 * TINY_WINDOW.count(50, 10.0)
     counts, real = [], []
     for rank in range(2):  # 2 workers each: shards 2 + 1 on rank 0, 1 + 1 on rank 1
-        stream = make_stream(urls, batch_size=3, equalize=True, pad=True)
+        stream = make_stream(urls, batch_size=3, pad=True)
         stream.set_distributed(rank, 2, 2)
         batches = list(DataLoader(stream, batch_size=3, num_workers=2))
         assert all(len(b["clip_id"]) == 3 for b in batches) and len(batches) * 3 == len(stream)
@@ -247,7 +255,7 @@ def test_padded_validation_reads_every_window_once_in_equal_full_batches(tiny_fl
         real += [f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
     assert counts[0] == counts[1] == 9  # ceil(16 / 3) + ceil(8 / 3) on rank 0; rank 1 pads its 3 + 3 to 9
     assert sorted(real) == sorted(everything)  # every window exactly once, the padding marked invalid
-    stream = make_stream(urls, batch_size=3, equalize=True, pad=True)  # 1 rank, in-process: 40 windows + 2 repeats
+    stream = make_stream(urls, batch_size=3, pad=True)  # 1 rank, in-process: 40 windows + 2 repeats
     stream.set_distributed(0, 1, 0)
     batches = list(DataLoader(stream, batch_size=3))
     assert sorted(f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v) == sorted(everything)
@@ -257,7 +265,7 @@ def test_padded_validation_reads_every_window_once_in_equal_full_batches(tiny_fl
 def test_padded_stream_under_skip_policy_marks_every_stand_in_invalid(tiny_fleet, tmp_path):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")  # 2 shards of 1 clip, the first one bad
     rewrite_shard(d, lambda ms: [(n, v[: len(v) // 3] if n.endswith("CAM_FRONT.mp4") else v) for n, v in ms])
-    stream = skip_stream(d, fraction=0.5, equalize=True, pad=True, batch_size=3)
+    stream = skip_stream(d, fraction=0.5, pad=True, batch_size=3)
     batches = list(DataLoader(stream, batch_size=3))
     assert len(batches) * 3 == len(stream) == 18  # planned from the manifests: ceil(16 / 3) batches
     real = [f"{c}@{int(f)}" for b in batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
@@ -268,11 +276,11 @@ def test_padded_stream_under_skip_policy_marks_every_stand_in_invalid(tiny_fleet
 def test_stream_spec_checks_its_settings_together(tiny_fleet):
     """The reading settings are one spec object, checked on construction; sources carry their weights."""
     for kwargs, match in [
-        ({"balance": "pad", "order": "global"}, "balance='pad' .* needs order='sharded'"),
+        ({"balance": "pad", "order": "streams"}, "balance='pad' .* needs order='clips'"),
         ({"balance": "equal"}, "balance must be one of"),
-        ({"order": "random"}, "data.order must be one of"),
+        ({"order": "global"}, "order must be one of"),
         ({"on_error": "ignore"}, "data.on_error must be one of"),
-        ({"block_shards": 0}, "at least 1"),
+        ({"streams": 0}, "data.streams must be at least 1"),
         ({"max_skip_fraction": 2.0}, r"in \[0, 1\]"),
     ]:
         with pytest.raises(ConfigError, match=match):
@@ -280,5 +288,28 @@ def test_stream_spec_checks_its_settings_together(tiny_fleet):
     manifests = load_manifests([tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]], GLOBAL_GATE)
     with pytest.raises(ConfigError, match="one weight per data.train entry"):
         Source.all(manifests, [1.0])
-    with pytest.raises(ConfigError, match="needs data.order=global"):
+    with pytest.raises(ConfigError, match="data.weights .* applies to the training order"):
         FleetStream(Source.all(manifests, [1.0, 2.0]), TINY_WINDOW, cameras=list(DEFAULT_CAMERAS), batch_size=2, gate=GLOBAL_GATE)
+
+
+def test_a_training_worker_holds_one_group_of_clips_per_stream(tiny_fleet, monkeypatch):
+    """The memory bound of docs/data-loading.md: decoded clips held <= streams owned x max(4, turn)."""
+    import weakref
+
+    from fsdtrain.data import stream as stream_mod
+
+    live, peak = [0], [0]
+
+    class Counted(stream_mod._Clip):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            weakref.finalize(self, lambda: live.__setitem__(0, live[0] - 1))
+
+    monkeypatch.setattr(stream_mod, "_Clip", Counted)
+    urls = [tiny_fleet[c]["train"] for c in ("US", "DE")] + [tiny_fleet["US"]["val"], tiny_fleet["DE"]["val"]]  # 6 clips
+    stream = make_stream(urls, batch_size=1, order="streams")
+    ids = window_ids(stream)
+    assert (stream.shape.streams, stream.shape.turn) == (1, 1) and len(ids) == len(set(ids)) == 6 * 8
+    assert peak[0] == 4  # one group of 4 clips at a time, not all 6

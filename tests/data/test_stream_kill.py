@@ -25,7 +25,7 @@ from fsdtrain.store.gate import ZoneGate
 GLOBAL_GATE = ZoneGate("global")
 
 stream = FleetStream(Source.all(load_manifests(sys.argv[1:], GLOBAL_GATE)), TINY_WINDOW, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS),
-                     batch_size=2, reading=StreamSpec(shuffle=True))
+                     batch_size=2, reading=StreamSpec(order="streams"))
 stream.set_distributed(0, 1, 2)
 for i, batch in enumerate(DataLoader(stream, batch_size=2, num_workers=2, worker_init_fn=init_loader_worker)):
     print("batch", i, flush=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fsdtrain.format.index import MemberSpan, SampleSpan, ShardIndex
 from fsdtrain.format.manifest import load_manifest, save_manifest
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.store.gate import ZoneGate
@@ -47,7 +48,8 @@ def tiny_fleet(tmp_path_factory) -> dict[str, dict[str, str]]:
 
 
 def rewrite_shard(directory: Path, edit) -> None:
-    """Rewrites shard-000000.tar with ``edit(members) -> members`` and fixes the manifest checksum."""
+    """Rewrites shard-000000.tar with ``edit(members) -> members`` and fixes the manifest checksum and
+    the shard's index (so range reads reach the damaged members, as after a bad write)."""
     path = directory / "shard-000000.tar"
     with tarfile.open(path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -61,7 +63,25 @@ def rewrite_shard(directory: Path, edit) -> None:
     m = load_manifest(str(directory), ANY_ZONE, check_zone=False)
     m.shards[0].sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
     m.shards[0].bytes = len(buf.getvalue())
+    index = _index_of(buf.getvalue(), m.shards[0].name)
+    (directory / m.shards[0].index).write_bytes(index)
+    m.shards[0].index_sha256 = hashlib.sha256(index).hexdigest()
     save_manifest(str(directory), m)
+
+
+def _index_of(data: bytes, name: str) -> bytes:
+    """The shard index (docs/data-format.md) of a tar's bytes, read from its headers."""
+    samples: list[SampleSpan] = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            key, _, suffix = info.name.partition(".")
+            if not samples or samples[-1].key != key:
+                samples.append(SampleSpan(key=key, offset=info.offset, size=0))
+            s = samples[-1]
+            member = data[info.offset_data : info.offset_data + info.size]
+            s.members[suffix] = MemberSpan(info.offset_data, info.size, hashlib.sha256(member).hexdigest())
+            samples[-1] = SampleSpan(s.key, s.offset, info.offset_data + info.size - s.offset, s.members)
+    return ShardIndex(shard=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), samples=samples).to_json()
 
 
 def clone_drive(src: Path, root: Path, name: str = "bad_drive") -> Path:

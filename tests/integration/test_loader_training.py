@@ -1,14 +1,16 @@
-"""The loader inside real 2-rank training: uneven shards never unbalance the ranks, and a corrupt
-clip is skipped and counted under `skip` and stops the run under `fail`."""
+"""The loader inside real 2-rank training: uneven datasets never unbalance the ranks and every clip is
+read once, and a corrupt clip is skipped and counted under `skip` and stops the run under `fail`."""
 
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.store.gate import AuditLog
 from fsdtrain.synth.fleet import synth_fleet
 from helpers.fleet import TINY_CLIP, rewrite_shard
 from helpers.window_recorder import read_steps
@@ -36,27 +38,27 @@ def common(train: list[str], workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def uneven(tmp_path_factory):
-    """Three shards of 5, 17 and 2 clips (one manifest each)."""
-    root = tmp_path_factory.mktemp("uneven")
-    urls = []
+def test_uneven_datasets_on_the_store_train_with_equal_batches_each_clip_read_once(s3_bucket, tmp_path):
+    """2 gloo ranks x 2 loader workers over SeaweedFS: the audit log (one record per request) shows
+    every clip's bytes requested once in the epoch, by one loader worker, and both ranks run the
+    same number of steps on datasets of 5, 17 and 2 clips."""
+    train = []
     for country, clips in (("US", 5), ("DE", 17), ("GB", 2)):
-        synth_fleet(str(root / "d"), [country], clips, clips_per_shard=clips, seed=3, clip=TINY_CLIP)
-        urls.append(f"file://{root}/d/train/{country}")
-    return urls
-
-
-@pytest.mark.parametrize("order", ["sharded", "global"])
-def test_uneven_shards_train_to_the_end_with_equal_batches(uneven, tmp_path, order):
-    rec = tmp_path / "windows"
-    fit(*common(uneven, tmp_path), "--data.num_workers", "2", "--data.order", order,
+        synth_fleet(f"{s3_bucket}/d", [country], clips, clips_per_shard=clips, seed=3, clip=TINY_CLIP)
+        train.append(f"{s3_bucket}/d/train/{country}")
+    rec, audit = tmp_path / "windows", tmp_path / "audit.jsonl"
+    fit(*common(train, tmp_path), "--data.num_workers", "2", "--data.audit_log", str(audit),
         "--trainer.callbacks+=helpers.window_recorder.RecordWindows", f"--trainer.callbacks.path={rec}")  # fmt: skip
     per_rank = [sum(1 for _ in open(f"{rec}.rank{r}.jsonl")) for r in range(2)]
-    assert per_rank[0] == per_rank[1] > 0
-    if order == "global":
-        assert per_rank[0] == (5 + 17 + 2) * 8 // 8  # every window but the tail of one global batch
-        assert len(set().union(*read_steps(str(rec), 2).values())) == per_rank[0] * 8
+    assert per_rank[0] == per_rank[1] == (5 + 17 + 2) * 8 // 8  # 4 streams of 6 clips: every window
+    assert len(set().union(*read_steps(str(rec), 2).values())) == per_rank[0] * 8
+    records = [r for r in AuditLog.read(audit) if "sample" in r]  # clip reads (the others: shard indexes)
+    readers = defaultdict(set)
+    for r in records:
+        readers[(r["url"], r["sample"])].add((r["rank"], r["pid"]))
+    assert len(readers) == 24 and len(records) == 24  # one request per clip (metadata and cameras lie together)
+    assert all(len(who) == 1 for who in readers.values())  # decoded where it was read: by one worker
+    assert len({who for v in readers.values() for who in v}) == 4  # and every worker read some
 
 
 @pytest.fixture(scope="module")

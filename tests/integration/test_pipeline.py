@@ -99,7 +99,7 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, local_store, tmp_pa
     before = json.loads(pre_out.read_text())["per_country"]
     for country in ("US", "DE"):
         assert report["per_country"][country]["model"] == before[country]["model"]
-    # the head-only file on the pretrained backbone is the fine-tuned model; the audit log lists exactly the shards read
+    # the head-only file on the pretrained backbone is the fine-tuned model; the audit log lists exactly the clips read
     head_out, audit = tmp_path / "head-report.json", tmp_path / "eval-audit.jsonl"
     fsdtrain(
         "eval", "--ckpt", str(pre / "model.safetensors"), "--head", str(cn / "head-CN.safetensors"), "--data", data[0],
@@ -112,7 +112,9 @@ def test_pretrain_finetune_eval_on_the_real_store(fleet_env, local_store, tmp_pa
         objects.reset_clients()
         manifest = load_manifest(data[0], ANY_ZONE, check_zone=False)
     objects.reset_clients()
-    assert sorted(r["url"] for r in AuditLog.read(audit)) == sorted(manifest.shard_url(s) for s in manifest.shards)
+    clips = [r for r in AuditLog.read(audit) if "sample" in r]  # range reads of each clip (and one line per shard index)
+    assert {r["url"] for r in clips} == {manifest.shard_url(s) for s in manifest.shards}
+    assert len({r["sample"] for r in clips}) == manifest.samples and len(clips) == 2 * manifest.samples  # metadata + narrow camera
 
 
 def test_global_site_cannot_read_cn_data(fleet_env, tmp_path):

@@ -62,7 +62,7 @@ def render(tiny_fleet, tmp_path: Path, workdir: Path, *extra: str) -> Path:
     train = f"[{tiny_fleet['US']['train']},{tiny_fleet['DE']['train']}]"
     args = [
         "--model.net", "configs/model/tiny.yaml", "--model.net.dropout", "0.0", "--data.train", train, "--data.val", "[]",
-        "--data.window.window_stride", "2", "--data.order", "global", "--data.batch_size", "2", "--data.num_workers", "0",
+        "--data.window.window_stride", "2", "--data.batch_size", "2", "--data.num_workers", "0",
         "--trainer.strategy", "deepspeed_stage_2", "--trainer.max_steps", str(MAX_STEPS), "--trainer.enable_progress_bar", "false",
         "--wandb.mode", "disabled", "--checkpoint.every_n_steps", "2", "--site.zone", "global", "--workdir", str(workdir), *extra,
     ]  # fmt: skip

@@ -1,5 +1,6 @@
 """The zone gate (fsdtrain/store/gate.py): every check before the request, shard reads audited."""
 
+import os
 import pickle
 
 import pytest
@@ -49,8 +50,13 @@ def test_data_zone_is_checked_where_the_bucket_declares_none(tmp_path):
         gate.read_shard(str(shard), zone="cn", sha256="x")
     assert gate.read(str(shard), zone="global", byte_range=(1, 3)) == b"yt"
     assert gate.read_shard(str(shard), zone="global", sha256="abc") == b"bytes"
-    (record,) = AuditLog.read(tmp_path / "audit.jsonl")
-    assert (record["url"], record["zone"], record["sha256"], record["job"], record["rank"]) == (str(shard), "global", "abc", "t", 1)
+    assert gate.read_range(str(shard), zone="global", byte_range=(0, 2), sha256="abc", sample="k-000000") == b"by"
+    assert gate.read(str(shard)) == b"bytes"  # no zone known (a manifest): checked by bucket, not recorded
+    part, whole, clip = AuditLog.read(tmp_path / "audit.jsonl")  # one record per request of a zone's data, refused ones none
+    assert (part["url"], part["zone"], part["sha256"], part["range"]) == (str(shard), "global", None, [1, 3])
+    assert (whole["url"], whole["zone"], whole["sha256"], whole["job"], whole["rank"]) == (str(shard), "global", "abc", "t", 1)
+    assert "range" not in whole and (clip["sample"], clip["range"], clip["sha256"]) == ("k-000000", [0, 2], "abc")
+    assert part["pid"] == whole["pid"] == os.getpid()
 
 
 def test_site_zone_given_once_and_checked(monkeypatch):

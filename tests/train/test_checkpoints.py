@@ -88,7 +88,7 @@ def fleet_args(tiny_fleet, strategy: str) -> list[str]:
     train = f"[{tiny_fleet['US']['train']},{tiny_fleet['DE']['train']}]"
     return [
         "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml", "--model.net.dropout", "0.0",
-        "--data.train", train, "--data.val", "[]", "--data.window.window_stride", "2", "--data.order", "global",
+        "--data.train", train, "--data.val", "[]", "--data.window.window_stride", "2",
         "--data.batch_size", "2", "--data.num_workers", "0", "--data.seed", "0", "--seed_everything", "0",
         "--trainer.strategy", strategy, "--trainer.devices", "2", "--trainer.max_steps", "10",
         "--trainer.enable_progress_bar", "false", "--wandb.mode", "disabled", "--checkpoint.every_n_steps", "2",

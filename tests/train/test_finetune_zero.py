@@ -123,12 +123,19 @@ def test_cn_finetune_under_zero(tiny_fleet, tmp_path, strategy):
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in after)
     print(f"{strategy}: head-only {path_bytes(head)} B = {ratio_weights:.4f} of model.safetensors, {ratio_ckpt:.4f} of the checkpoint")
 
-    # the audit log: exactly the shards of data.train (one epoch reads each), from both ranks, zone cn
+    # the audit log: every clip of data.train once (one epoch, range reads), the shards' indexes, from both ranks, zone cn
     manifest = load_manifest(tiny_fleet["CN"]["train"], ANY_ZONE, check_zone=False)
     rows = AuditLog.read(work / "audit.jsonl")
-    assert {r["url"] for r in rows} == {manifest.shard_url(s) for s in manifest.shards}
+    clips = [r for r in rows if "sample" in r]  # the metadata and the narrow camera (not adjacent): 2 requests per clip
+    assert {r["url"] for r in clips} == {manifest.shard_url(s) for s in manifest.shards}
+    readers = {}
+    for r in clips:
+        readers.setdefault((r["url"], r["sample"]), set()).add((r["rank"], r["pid"]))
+    assert len(readers) == manifest.samples and all(len(who) == 1 for who in readers.values())  # each clip by one worker
+    assert len(clips) == 2 * manifest.samples  # and once: two requests, no more
+    assert {r["url"] for r in rows if "sample" not in r} == {f"{manifest.url}/{s.index}" for s in manifest.shards}
     assert {r["zone"] for r in rows} == {"cn"} and {r["rank"] for r in rows} == set(range(WORLD))
-    assert {r["sha256"] for r in rows} == {s.sha256 for s in manifest.shards}
+    assert {r["sha256"] for r in clips} == {s.sha256 for s in manifest.shards}
 
 
 def test_pretraining_with_a_country_head_and_country_weights(tiny_fleet, tmp_path):
