@@ -64,7 +64,8 @@ class FleetDataModule(pl.LightningDataModule):
         streams: logical streams of the training order; empty: fitted to the data and to the first
             run's layout (one per window of every worker's micro batch, fewer when the data has under
             4 clips per stream) and kept in its checkpoints. A run owns the streams (every clip read
-            once) when ``streams`` is a multiple of ``batch_size x ranks x num_workers / turn``.
+            once) when ``turn`` divides ``batch_size`` and ``batch_size x ranks x num_workers / turn``
+            divides ``streams`` (docs/data-loading.md).
         block_shards: no longer used (fsdtrain 0.1's ``global`` order); warns when set.
         shuffle_buffer: no longer used (fsdtrain 0.1's ``sharded`` order); warns when set.
         weights: one weight per ``train`` entry: how often each of its clips is used per epoch on
@@ -137,6 +138,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.train_stream: FleetStream | None = None
         self.val_stream: FleetStream | None = None
         self.batch_plan: BatchPlan | None = None  # handed over by the CLI once the world size is known
+        self.resuming = False  # set by the CLI for `fit --ckpt_path`: the order's shape then comes from the checkpoint
 
     @property
     def manifests(self) -> list[Manifest]:
@@ -170,8 +172,14 @@ class FleetDataModule(pl.LightningDataModule):
             sources, self.window, cameras=self.cameras, batch_size=self.batch_size, gate=gate, reading=reading,
             image_size=self.image_size, augment=self.augment if train else None,
         )  # fmt: skip
-        stream.set_distributed(rank, world, self.num_workers)
-        if train:
+        resuming = train and self.resuming
+        try:
+            stream.set_distributed(rank, world, self.num_workers)
+        except ConfigError:
+            if not resuming:
+                raise
+            return stream  # data.streams set for another layout: the checkpoint's shape comes in load_state_dict
+        if train and not resuming:
             self._say_shape(stream)
         if len(stream) == 0:
             which = "train" if train else "val"

@@ -116,14 +116,17 @@ class StreamOrder:
     """Global positions -> windows for one epoch, with every clip in exactly one logical stream.
 
     The epoch's clips are listed shard by shard, shards in a seeded order and the clips of a shard
-    in a seeded order, and the list is cut into ``streams`` consecutive runs of (nearly) equal window
-    counts: each stream reads a few shards' clips (a worker reads a few shard indexes, not all of
-    them) and streams differ by at most one clip's windows. A stream reads its clips in groups of
-    ``group`` (at least ``turn``) and deals their windows in rounds, one window of each clip per
-    round in a seeded order: it holds one group's clips at a time (bounded memory), and the windows
-    of a turn come from different clips. Streams take turns of ``shape.turn`` windows round
-    robin (:class:`StreamShape`), so a micro batch mixes ``B / turn`` streams, that is shards; the
-    epoch ends when the shortest stream does (the others drop their tail, other clips each epoch).
+    in a seeded order, and the list is cut into ``streams`` consecutive runs of nearly equal window
+    counts (each within one clip's windows of ``T / streams``, ``T`` the epoch's windows): each stream
+    reads a few shards' clips (a worker reads a few shard indexes, not all of them). A stream reads
+    its clips in groups of ``group`` (at least ``turn``) and deals their windows in rounds, one window
+    of each clip per round in a seeded order: it holds one group's clips at a time (bounded memory),
+    and the windows of a turn come from different clips while its group has clips left. Every stream
+    yields exactly ``T // streams`` windows (rounded down to whole turns), so the epoch's length
+    depends on the data and the shape only: a longer stream drops its tail (other clips each epoch),
+    a shorter one repeats windows of its last group (still held: nothing is fetched again). Streams
+    take turns of ``shape.turn`` windows round robin (:class:`StreamShape`), so a micro batch mixes
+    ``B / turn`` streams, that is shards.
 
     The order depends on (data, shape, seed, epoch) and the position only: any number of ranks and
     workers reads the same windows at the same positions; with :meth:`StreamShape.owned` true, each
@@ -132,8 +135,8 @@ class StreamOrder:
     Args:
         sources: per source (manifest), ``(shard_clips, currents, weight)``: the clip count of each of
             its shards, the current frames of the windows each clip yields, and how many times each
-            clip is used per epoch on average (``2`` twice, ``0.5`` a seeded half of the clips,
-            another half next epoch).
+            clip is used per epoch on average (``2`` twice, ``0.5`` half of the clips: consecutive
+            slices of one seeded permutation, so every clip is used once in two epochs).
         shape: streams and turn.
         seed, epoch: the order is a function of these (and the data) only.
         group: clips a stream reads together (``max(group, shape.turn)``).
@@ -165,8 +168,12 @@ class StreamOrder:
         stream_of = np.minimum(shape.streams - 1, (ends - weights) * shape.streams // max(1, total))
         bounds = np.searchsorted(stream_of, np.arange(shape.streams + 1), side="left")
         self.stream_clips = [clips[bounds[k] : bounds[k + 1]] for k in range(shape.streams)]
-        shortest = min(int(weights[bounds[k] : bounds[k + 1]].sum()) for k in range(shape.streams))
-        self.turns = shortest // shape.turn  # turns every stream fills
+        if total and any(not c for c in self.stream_clips):
+            raise ConfigError(
+                f"a clip of more than {total // shape.streams} windows leaves a stream of the {shape.streams} without clips: "
+                "set data.streams lower (or leave it empty)"
+            )
+        self.turns = total // shape.streams // shape.turn  # turns of every stream: T / L windows, whatever the epoch
         self._cache: dict[int, list[ClipWindow]] = {}
 
     def _visits(self) -> list[np.ndarray]:
@@ -179,8 +186,10 @@ class StreamOrder:
             whole, frac = divmod(weight, 1.0)
             times = np.full(clips, int(whole) if len(currents) else 0, dtype=np.int64)
             extra = int(round(frac * clips)) if len(currents) else 0
-            if extra:
-                times[random.Random(hash_seed(self.seed, self.epoch, "mix", s)).sample(range(clips), extra)] += 1
+            if extra:  # consecutive slices of one permutation: every clip in turn, epoch after epoch
+                order = random.Random(hash_seed(self.seed, "mix", s)).sample(range(clips), clips)
+                first = self.epoch * extra
+                times[[order[(first + i) % clips] for i in range(extra)]] += 1
             out.append(times)
         return out
 
@@ -188,11 +197,13 @@ class StreamOrder:
         return self.shape.streams * self.turns * self.shape.turn
 
     def stream(self, s: int) -> list[ClipWindow]:
-        """Stream ``s``'s windows this epoch, in order (cut to the epoch's length)."""
+        """Stream ``s``'s windows this epoch, in order: cut, or topped up from its last group, to the epoch's length."""
         if s not in self._cache:
             out: list[ClipWindow] = []
             clips = self.stream_clips[s]
+            last = 0  # where the last group's windows start
             for g in range(0, len(clips), self.group):
+                last = len(out)
                 rng = random.Random(hash_seed(self.seed, self.epoch, "stream", s, g))
                 lists = []
                 for source, clip, times in clips[g : g + self.group]:
@@ -203,7 +214,10 @@ class StreamOrder:
                     rng.shuffle(lists)
                     out += [windows.pop() for windows in lists]
                     lists = [windows for windows in lists if windows]
-            self._cache[s] = out[: self.turns * self.shape.turn]
+            want = self.turns * self.shape.turn
+            tail = out[last:]
+            out += [tail[i % len(tail)] for i in range(want - len(out))] if tail else []
+            self._cache[s] = out[:want]
         return self._cache[s]
 
     def __getitem__(self, position: int) -> ClipWindow:

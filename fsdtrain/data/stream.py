@@ -284,7 +284,8 @@ class FleetStream(IterableDataset):
             return StreamShape(n, slots // n)
         raise ConfigError(
             f"data.streams={n} does not fit micro batch {B} x {W} ranks x {K} loader workers = {slots} stream slots: use a "
-            f"multiple of {slots}, or a divisor of it down to {W * K} (one stream per loader worker), or leave it empty"
+            f"multiple of {slots}, or a divisor of it whose turn {slots} / streams divides {B}, down to {W * K} (one stream "
+            "per loader worker), or leave it empty"
         )
 
     def _clips_used(self) -> int:
@@ -386,7 +387,7 @@ class FleetStream(IterableDataset):
         """A decoded clip, or the error that made the skip policy drop it."""
         try:
             url, sample = fetched.get(key)
-            clip = self._load_clip(url, sample, currents=currents)
+            clip = self._load_clip(self.manifests[key[0]], url, sample, currents=currents)
         except DataError as exc:
             skips.skip(exc, clips=1)
             return exc
@@ -433,7 +434,7 @@ class FleetStream(IterableDataset):
             for ref in clips:
                 try:
                     url, sample = fetched.get((ref.source, ref.clip))
-                    clip = self._load_clip(url, sample)
+                    clip = self._load_clip(self.manifests[ref.source], url, sample)
                 except DataError as exc:
                     skips.skip(exc, clips=1)
                     continue
@@ -462,13 +463,22 @@ class FleetStream(IterableDataset):
 
     # --- one clip ------------------------------------------------------------------------------------
 
-    def _load_clip(self, url: str, sample: TarSample, currents: set[int] | None = None) -> _Clip | None:
-        """Validates a sample and decodes the frames its windows need (None: it yields no window).
+    def _load_clip(self, m: Manifest, url: str, sample: TarSample, currents: set[int] | None = None) -> _Clip | None:
+        """Validates a sample against the schema and its manifest ``m`` and decodes the frames its
+        windows need (None: it yields no window).
 
         ``currents``: cut only the windows ending at these frames (default: every window of the clip).
         """
         where = f"{url}:{sample.key}"
-        parsed = parse_clip(sample.key, sample.members, self.cameras, where)
+
+        def as_manifest_says(meta) -> None:  # the order planned this clip's windows from the manifest
+            if (meta.frames, meta.fps) != (m.frames, m.fps):
+                raise DataError(
+                    f"{where}: meta.json says {meta.frames} frames at {meta.fps} fps, the manifest {m.frames} at {m.fps}; "
+                    "run `fsdtrain data verify`"
+                )
+
+        parsed = parse_clip(sample.key, sample.members, self.cameras, where, expect=as_manifest_says)
         meta, calib, ego = parsed.meta, parsed.calib, parsed.ego
         all_currents = self.spec.current_frames(meta.frames, meta.fps)
         currents = (

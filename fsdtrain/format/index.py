@@ -225,7 +225,7 @@ class IndexedShards:
         out: dict[str, bytes] = {}
         for run in runs:
             start, end = span.members[run[0]].offset, span.members[run[-1]].end
-            blob = self._read(shard, start, end, sample=span.key)
+            blob = self._read(shard, start, end, sample=span.key) if end > start else b""  # an empty member: no request
             for name in run:
                 m = span.members[name]
                 data = blob[m.offset - start : m.end - start]

@@ -215,6 +215,8 @@ class FleetCLI(LightningCLI):
         plan = plan_batches(micro_batch=dm.batch_size, world_size=trainer.world_size, accumulation=accumulation, global_batch=dm.global_batch_size)
         trainer.accumulate_grad_batches = plan.accumulation
         dm.batch_plan = plan
+        subcommand_config = self.config.get(str(self.subcommand), self.config)
+        dm.resuming = bool(subcommand_config.get("ckpt_path"))  # the data order's shape then comes from the checkpoint
         if isinstance(trainer.strategy, FleetDeepSpeedStrategy):
             trainer.strategy.batch_plan = plan
         if rank_zero_only.rank == 0 and self.subcommand in (None, "fit"):

@@ -91,3 +91,18 @@ def test_validation_on_more_ranks_than_shards_reads_every_window_once(tmp_path):
         batches.append(len(rank_batches))
         real += [f"{c}@{int(f)}" for b in rank_batches for c, f, v in zip(b["clip_id"], b["frame"], b["valid"]) if v]
     assert batches == [3, 3, 3] and len(real) == len(set(real)) == 3 * TINY_WINDOW.count(50, 10.0)
+
+
+def test_a_resume_takes_the_checkpoints_shape_even_where_data_streams_does_not_fit_the_new_layout(tiny_fleet):
+    train = [tiny_fleet["US"]["train"], tiny_fleet["DE"]["train"]]  # 4 clips
+    dm = FleetDataModule(train=train, window=TINY_WINDOW, batch_size=2, num_workers=3, streams=4)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="data.streams=4 does not fit micro batch 2 x 1 ranks x 3 loader workers"):
+        dm.setup("fit")  # a new run: said at once
+    dm.resuming = True  # `fit --ckpt_path`: the shape comes from the checkpoint (saved at 2 ranks x 2 workers)
+    dm.setup("fit")
+    dm.load_state_dict({"order": "streams", "streams": 4, "turn": 2, "seed": 0, "epoch": 0, "windows_done": 8,
+                        "windows_per_micro_batch": 2, "datasets": dm._datasets()})  # fmt: skip
+    s = dm.train_stream
+    assert (s.shape.streams, s.shape.turn, s.start_batch) == (4, 2, 4) and not s.owned()
+    assert len(s) == len(s.stream_order()) // 2 * 2 == 32

@@ -313,3 +313,24 @@ def test_a_training_worker_holds_one_group_of_clips_per_stream(tiny_fleet, monke
     ids = window_ids(stream)
     assert (stream.shape.streams, stream.shape.turn) == (1, 1) and len(ids) == len(set(ids)) == 6 * 8
     assert peak[0] == 4  # one group of 4 clips at a time, not all 6
+
+
+def test_a_clip_that_disagrees_with_its_manifest_is_a_data_error_and_skippable(tiny_fleet, tmp_path, caplog):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+
+    def fewer_frames(ms):
+        out = []
+        for n, v in ms:
+            if n.endswith("meta.json"):
+                meta = json.loads(v)
+                meta["frames"] = 40
+                v = json.dumps(meta).encode()
+            out.append((n, v))
+        return out
+
+    rewrite_shard(d, fewer_frames)
+    with pytest.raises(DataError, match="meta.json says 40 frames at 10.0 fps, the manifest 50 at 10.0"):
+        window_ids(make_stream([str(d)], order="streams"))
+    ids = window_ids(skip_stream(d, fraction=0.5, order="streams"))
+    assert len(ids) == 2 * TINY_WINDOW.count(50, 10.0) and {i.split("@")[0] for i in ids} == {"synth_us_s0_train_000001-000000"}
+    assert "meta.json says 40 frames" in caplog.text
