@@ -75,19 +75,10 @@ class CountingGate(ZoneGate):
         super().__init__(site_zone)
         self.bytes: dict[str, int] = defaultdict(int)
 
-    def read(self, url, *, zone=None, byte_range=None):
-        data = super().read(url, zone=zone, byte_range=byte_range)
-        self.bytes["index" if url.endswith(".index.json") else "other"] += len(data)
-        return data
-
-    def read_range(self, url, *, zone, byte_range, sha256=None, sample=None):
-        data = super().read_range(url, zone=zone, byte_range=byte_range, sha256=sha256, sample=sample)
-        self.bytes["clip"] += len(data)
-        return data
-
-    def read_shard(self, url, *, zone, sha256):
-        data = super().read_shard(url, zone=zone, sha256=sha256)
-        self.bytes["shard"] += len(data)
+    def read(self, url, *, zone=None, byte_range=None, sha256=None, sample=None):  # every read of the gate comes here
+        data = super().read(url, zone=zone, byte_range=byte_range, sha256=sha256, sample=sample)
+        kind = "index" if url.endswith(".index.json") else "clip" if sample is not None else "shard" if url.endswith(".tar") else "other"
+        self.bytes[kind] += len(data)
         return data
 
 

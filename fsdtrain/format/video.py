@@ -164,7 +164,7 @@ def decode_video(
             need = frames_to_decode([p.is_keyframe for p in packets], wanted)
             wanted_set = set(wanted)
             # one converter for the clip: ``frame.to_ndarray(format=...)`` sets up FFmpeg's scaler anew for
-            # every frame, which cost 5-12x the conversion itself (same pixels either way)
+            # every frame, about 5x the conversion itself (same pixels; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
             height, width = size if size is not None else (None, None)
 

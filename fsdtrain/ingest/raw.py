@@ -25,6 +25,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import parse_calib
@@ -414,6 +415,7 @@ class CameraReader:
         self._frames = None
         self._pos = -1
         self._last: np.ndarray | None = None
+        self._rgb = VideoReformatter()  # one FFmpeg scaler for the camera (to_ndarray(format=...) makes one per frame)
 
     def __enter__(self) -> CameraReader:
         return self
@@ -439,7 +441,7 @@ class CameraReader:
         try:
             with av.open(str(path)) as container:
                 for frame in container.decode(video=0):
-                    return frame.to_ndarray(format="rgb24")
+                    return self._rgb.reformat(frame, format="rgb24").to_ndarray()
         except (av.error.FFmpegError, EOFError) as exc:
             raise DataError(f"{self.where}: unreadable frame {self.source.name}/{path.name} ({type(exc).__name__}: {exc})") from None
         raise DataError(f"{self.where}: unreadable frame {self.source.name}/{path.name} (no image in it)")
@@ -458,7 +460,7 @@ class CameraReader:
                 if frame is None:
                     raise DataError(f"{self.where}: {name} ends after {self._pos + 1} decodable frames, its timestamps list {len(self.source.t_us)} (unreadable frame {self._pos + 1}?)")
                 self._pos += 1
-                self._last = frame.to_ndarray(format="rgb24")
+                self._last = self._rgb.reformat(frame, format="rgb24").to_ndarray()
         except (av.error.FFmpegError, EOFError) as exc:
             raise DataError(f"{self.where}: unreadable frame {self._pos + 1} of {name} ({type(exc).__name__}: {exc})") from None
         assert self._last is not None

@@ -112,34 +112,31 @@ class ZoneGate:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def read(self, url: str, *, zone: str | None = None, byte_range: tuple[int, int] | None = None) -> bytes:
+    def read(
+        self, url: str, *, zone: str | None = None, byte_range: tuple[int, int] | None = None,
+        sha256: str | None = None, sample: str | None = None,
+    ) -> bytes:  # fmt: skip
         """An object's bytes (or ``[start, end)`` of them) after the bucket check and, given the data's
-        ``zone``, the zone check and an audit record."""
+        ``zone``, the zone check and an audit record (with the shard's ``sha256`` and the ``sample``
+        a range belongs to, where the caller knows them). Without a zone (a manifest, whose zone is
+        not known before it is read) the bucket check alone applies and nothing is recorded."""
         self.check_url(url)
         if zone is not None:
             self.check_data(url, zone)
-            if self.audit is not None:  # a zone's data (an index, a member): recorded like a shard
-                self.audit.record(url, zone, None, byte_range=byte_range)
+            if self.audit is not None:
+                self.audit.record(url, zone, sha256, sample=sample, byte_range=byte_range)
         return objects.read_bytes(url, byte_range=byte_range)
 
     def read_shard(self, url: str, *, zone: str, sha256: str | None) -> bytes:
         """A whole shard: checked, recorded in the audit log, then requested."""
-        self.check_url(url)
-        self.check_data(url, zone)
-        if self.audit is not None:
-            self.audit.record(url, zone, sha256)
-        return objects.read_bytes(url)
+        return self.read(url, zone=zone, sha256=sha256)
 
     def read_range(
         self, url: str, *, zone: str, byte_range: tuple[int, int], sha256: str | None = None, sample: str | None = None
     ) -> bytes:
-        """``[start, end)`` of a shard (members of one clip): checked, recorded in the audit log with
-        the sample key and range, then requested."""
-        self.check_url(url)
-        self.check_data(url, zone)
-        if self.audit is not None:
-            self.audit.record(url, zone, sha256, sample=sample, byte_range=byte_range)
-        return objects.read_bytes(url, byte_range=byte_range)
+        """``[start, end)`` of a shard (members of one clip): checked, recorded with the sample key and
+        range, then requested."""
+        return self.read(url, zone=zone, byte_range=byte_range, sha256=sha256, sample=sample)
 
     def exists(self, url: str) -> bool:
         self.check_url(url)

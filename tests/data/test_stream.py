@@ -103,6 +103,15 @@ def copy_split(url: str, dest: Path) -> Path:
     return dest
 
 
+def edit_meta(**fields):
+    """A ``rewrite_shard`` edit that sets ``fields`` in every clip's meta.json."""
+
+    def edit(members):
+        return [(n, json.dumps({**json.loads(v), **fields}).encode() if n.endswith("meta.json") else v) for n, v in members]
+
+    return edit
+
+
 def read_all(directory: Path) -> None:
     window_ids(make_stream([str(directory)]))
 
@@ -134,17 +143,7 @@ def test_missing_camera_is_named(tiny_fleet, tmp_path):
 def test_wrong_schema_and_bad_member_names(tiny_fleet, tmp_path):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "a")
 
-    def old_schema(ms):
-        out = []
-        for n, v in ms:
-            if n.endswith("meta.json"):
-                meta = json.loads(v)
-                meta["schema"] = "fsdtrain.clip/0"
-                v = json.dumps(meta).encode()
-            out.append((n, v))
-        return out
-
-    rewrite_shard(d, old_schema)
+    rewrite_shard(d, edit_meta(schema="fsdtrain.clip/0"))
     with pytest.raises(DataError, match="schema"):
         read_all(d)
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "b")
@@ -318,17 +317,7 @@ def test_a_training_worker_holds_one_group_of_clips_per_stream(tiny_fleet, monke
 def test_a_clip_that_disagrees_with_its_manifest_is_a_data_error_and_skippable(tiny_fleet, tmp_path, caplog):
     d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
 
-    def fewer_frames(ms):
-        out = []
-        for n, v in ms:
-            if n.endswith("meta.json"):
-                meta = json.loads(v)
-                meta["frames"] = 40
-                v = json.dumps(meta).encode()
-            out.append((n, v))
-        return out
-
-    rewrite_shard(d, fewer_frames)
+    rewrite_shard(d, edit_meta(frames=40))
     with pytest.raises(DataError, match="meta.json says 40 frames at 10.0 fps, the manifest 50 at 10.0"):
         window_ids(make_stream([str(d)], order="streams"))
     ids = window_ids(skip_stream(d, fraction=0.5, order="streams"))

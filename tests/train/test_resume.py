@@ -25,20 +25,28 @@ def fit(*args, cwd=REPO, rc=0):
     return proc
 
 
-def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_path):
+def common_args(tiny_fleet, *, epochs: int) -> list[str]:
+    """US + DE tiny clips, the tiny model over DDP, every rank's windows recorded per step."""
     train = f"[{tiny_fleet['US']['train']},{tiny_fleet['DE']['train']}]"
-    common = [
+    return [
         "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml", "--data.train", train, "--data.val", "[]",
-        "--data.window.window_stride", "2", "--wandb.mode", "disabled",
-        "--data.country_weights", "null",
-        "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--data.window.window_stride", "2", "--wandb.mode", "disabled", "--data.country_weights", "null",
+        "--trainer.strategy", "ddp", "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=helpers.window_recorder.RecordWindows",
     ]  # fmt: skip
+
+
+def every_3_steps(steps) -> list[str]:
+    """A checkpoint at steps 3, 6, ... in ``steps``."""
+    return ["--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={steps}", "--trainer.callbacks.every_n_train_steps=3",
+            "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}"]  # fmt: skip
+
+
+def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_path):
+    common = common_args(tiny_fleet, epochs=2)
     full = tmp_path / "full"
     fit(*common, f"--trainer.callbacks.path={full / 'windows'}", "--workdir", str(full), "--trainer.devices", "2",
-        "--data.batch_size", "2", "--data.num_workers", "2",
-        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={full / 'steps'}",
-        "--trainer.callbacks.every_n_train_steps=3", "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}")  # fmt: skip
+        "--data.batch_size", "2", "--data.num_workers", "2", *every_3_steps(full / "steps"))  # fmt: skip
     ckpt = full / "steps" / "step=3.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (full / "steps").iterdir())
     data_state = torch.load(ckpt, map_location="cpu", weights_only=True)["FleetDataModule"]
@@ -63,18 +71,10 @@ def test_resume_on_one_rank_continues_with_the_unseen_windows(tiny_fleet, tmp_pa
 
 
 def test_resume_of_a_one_rank_run_on_two_ranks_and_two_workers(tiny_fleet, tmp_path):
-    train = f"[{tiny_fleet['US']['train']},{tiny_fleet['DE']['train']}]"
-    common = [
-        "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml", "--data.train", train, "--data.val", "[]",
-        "--data.window.window_stride", "2", "--wandb.mode", "disabled", "--data.country_weights", "null",
-        "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=helpers.window_recorder.RecordWindows",
-    ]  # fmt: skip
+    common = common_args(tiny_fleet, epochs=1)
     alone = tmp_path / "alone"
     fit(*common, f"--trainer.callbacks.path={alone / 'windows'}", "--workdir", str(alone), "--trainer.devices", "1",
-        "--data.batch_size", "4", "--data.num_workers", "1",
-        "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={alone / 'steps'}",
-        "--trainer.callbacks.every_n_train_steps=3", "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}")  # fmt: skip
+        "--data.batch_size", "4", "--data.num_workers", "1", *every_3_steps(alone / "steps"))  # fmt: skip
     ckpt = alone / "steps" / "step=3.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["FleetDataModule"]
     assert (state["streams"], state["turn"]) == (1, 4)  # one worker: one stream
