@@ -490,8 +490,8 @@ class FleetStream(IterableDataset):
             return None
         needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
         videos = [  # channels first once per decoded frame, not once per window that uses it
-            np.ascontiguousarray(
-                decode_video(parsed.videos[c], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size).transpose(0, 3, 1, 2)
+            decode_video(
+                parsed.videos[c], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size, channels_first=True
             )
             for c in self.cameras
         ]  # each [len(needed), 3, H, W]

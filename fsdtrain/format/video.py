@@ -123,6 +123,7 @@ def decode_video(
     where: str,
     size: tuple[int, int] | None = None,
     keep: Sequence[int] | None = None,
+    channels_first: bool = False,
 ) -> np.ndarray:
     """Decodes the frames asked for (and only the ones they depend on) of an MP4, as RGB.
 
@@ -136,6 +137,8 @@ def decode_video(
         where: shard/sample/camera, for error messages.
         size: optional ``(H, W)`` to resize to while converting (in the decoder's scaler).
         keep: frame indices to return (default: all ``frames``).
+        channels_first: return ``[len(keep), 3, H, W]``, written in that layout as each frame
+            converts (one copy, not a stack and a transpose).
 
     Returns:
         uint8 array ``[len(keep), H, W, 3]`` (RGB), in the order of sorted ``keep``.
@@ -145,7 +148,9 @@ def decode_video(
         raise DataError(f"{where}: frames {wanted[0]}..{wanted[-1]} asked of a clip of {frames} frames")
     if not wanted:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
-    out: dict[int, np.ndarray] = {}
+    row = {f: r for r, f in enumerate(wanted)}
+    out: np.ndarray | None = None  # allocated at the first frame, when its size is known
+    done = np.zeros(len(wanted), dtype=bool)
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -162,17 +167,26 @@ def decode_video(
             if len(index) != len(packets):
                 raise DataError(f"{where}: video packets have missing or repeated timestamps")
             need = frames_to_decode([p.is_keyframe for p in packets], wanted)
-            wanted_set = set(wanted)
             # one converter for the clip: ``frame.to_ndarray(format=...)`` sets up FFmpeg's scaler anew for
             # every frame, about 5x the conversion itself (same pixels; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
             height, width = size if size is not None else (None, None)
 
             def take(decoded) -> None:
+                nonlocal out
                 for frame in decoded:
-                    i = index.get(frame.pts)
-                    if i in wanted_set:
-                        out[i] = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()
+                    r = row.get(index.get(frame.pts))
+                    if r is None:
+                        continue
+                    rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()  # [H, W, 3]
+                    if channels_first:
+                        rgb_frame = rgb_frame.transpose(2, 0, 1)
+                    if out is None:
+                        out = np.empty((len(wanted), *rgb_frame.shape), dtype=np.uint8)
+                    elif rgb_frame.shape != out.shape[1:]:
+                        raise DataError(f"{where}: frame {wanted[r]} is {frame.width}x{frame.height}, not the size of the first frame")
+                    out[r] = rgb_frame
+                    done[r] = True
 
             codec = stream.codec_context
             for i in np.flatnonzero(need):
@@ -180,7 +194,7 @@ def decode_video(
             take(codec.decode(None))  # flush: frames the decoder still holds
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
         raise DataError(f"{where}: video does not decode ({type(exc).__name__}: {exc})") from None
-    missing = [i for i in wanted if i not in out]
-    if missing:
+    if not done.all():
+        missing = [f for f, ok in zip(wanted, done) if not ok]
         raise DataError(f"{where}: frames {missing[:3]} did not decode (corrupt or truncated video)")
-    return np.stack([out[i] for i in wanted])  # [len(keep), H, W, 3]
+    return out  # [len(keep), H, W, 3] or [len(keep), 3, H, W]
