@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from fsdtrain.errors import ConfigError, FsdtrainError
@@ -17,6 +18,7 @@ from fsdtrain.logs import LEVEL_ENV, LEVELS, setup_logging
 __all__ = ["main"]
 
 _LIGHTNING_COMMANDS = ("fit", "validate", "test")
+_REPLACE_HELP = "replace the dataset already in the <split>/<country> folders written; the old one stays readable until the new one is complete"
 _LOG_LEVEL_HELP = f"operations output on stderr: {', '.join(LEVELS)} (default $FSDTRAIN_LOG_LEVEL or INFO); any command, before or after its name"
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,6 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--clips-per-shard", type=int, default=8)
     synth.add_argument("--split", default="train")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--zone", default=None, help="residency zone for all countries (default: cn for CN, global otherwise)")
     synth.add_argument("--seconds", type=float, default=10.0, help="clip length")
     synth.add_argument("--fps", type=float, default=10.0, help="frame rate")
     synth.add_argument("--width", type=int, default=160, help="image width, pixels (even)")
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--lane-change", type=float, default=0.0, help="fraction of clips in which the ego changes lanes, 0..1")
     synth.add_argument("--workers", type=int, default=1, help="processes rendering clips")
     synth.add_argument("--raw", action="store_true", help="write raw drives (docs/data-format.md) to the local folder --out; --clips is drives per country")
+    synth.add_argument("--replace", action="store_true", help=_REPLACE_HELP)
     write = data.add_parser("write", help="ingest raw drives (docs/data-format.md) into shards per country")
     write.add_argument("--raw", required=True, help="local folder of drive folders (or one drive folder)")
     write.add_argument("--out", required=True, help="dataset URL: s3://bucket/dataset or file:///path/dataset")
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--workers", type=int, default=1, help="processes checking and encoding drives")
     write.add_argument("--skip-bad", action="store_true", help="skip bad drives and list them instead of stopping at the first")
     write.add_argument("--split", default="train")
+    write.add_argument("--replace", action="store_true", help=_REPLACE_HELP)
     write.add_argument("--max-pose-gap", type=float, default=0.5, help="largest gap between poses, seconds")
     inspect = data.add_parser("inspect", help="clips, hours and bytes per country, zone and split")
     inspect.add_argument("url")
@@ -178,9 +181,11 @@ def _run(argv: list[str]) -> int:
         return serve(args.dir, args.port, zones=args.zones)
     if args.command == "data":
         if args.data_command == "synth" and args.raw:
+            if args.replace:
+                raise ConfigError("data synth --raw writes new drive folders and never replaces any: drop --replace")
             from fsdtrain.synth.raw_drives import synth_raw_drives
 
-            synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, zone=args.zone, progress=log.info)
+            synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, progress=log.info)
             return 0
         if args.data_command == "write":
             from fsdtrain.ingest.drives import write_drives
@@ -189,7 +194,7 @@ def _run(argv: list[str]) -> int:
             summary = write_drives(
                 args.raw, args.out, clip_seconds=args.clip_seconds, fps=args.fps, gop=args.gop, shard_bytes=args.shard_bytes,
                 workers=args.workers, skip_bad=args.skip_bad, split=args.split, limits=RawLimits(max_pose_gap_s=args.max_pose_gap),
-                progress=log.info,
+                replace=args.replace, progress=log.info,
             )  # fmt: skip
             print(summary.format())
             return 0
@@ -201,7 +206,7 @@ def _run(argv: list[str]) -> int:
             scenario = Scenario(conditions=args.conditions or {"day": 1.0}, vehicles=args.vehicles, lane_change=args.lane_change)
             synth_fleet(
                 args.out, args.countries, args.clips, clips_per_shard=args.clips_per_shard, split=args.split, seed=args.seed,
-                zone=args.zone, clip=clip, scenario=scenario, workers=args.workers, progress=log.info,
+                clip=clip, scenario=scenario, workers=args.workers, replace=args.replace, progress=log.info,
             )  # fmt: skip
             return 0
         from fsdtrain.format import verify as verify_mod
@@ -285,6 +290,24 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _argument_error(exc: argparse.ArgumentError) -> str:
+    """A LightningCLI (jsonargparse) error on one line, with its reason: ``data.batch_size: expected an int,
+    got abc`` rather than its first line alone (``Parser key "data.batch_size":``)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return _one_line(exc)
+    key = re.match(r'^Parser key "([^"]+)":?$', lines[0])
+    head = key.group(1) if key else lines[0].rstrip(":")
+    alternatives = [line[2:] for line in lines[1:] if line.startswith("- ")]
+    reason = " or ".join(alternatives) if alternatives else lines[1]
+    given = next((line for line in lines if line.startswith("Given value:")), None)
+    if alternatives and given:
+        reason += f" ({given[0].lower()}{given[1:]})"
+    reason = re.sub(r"Expected a <class '(\w+)'>\. Got value: ", r"expected \1, got ", reason)
+    reason = re.sub(r"<class '(\w+)'>", r"\1", reason)
+    return f"{head}: {reason}"
+
+
 def _peer_lost(exc: BaseException) -> bool:
     """A collective failed because a peer process died (gloo/NCCL report it as a RuntimeError)."""
     dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
@@ -345,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except argparse.ArgumentError as exc:
         # LightningCLI (jsonargparse, exit_on_error=False) reports bad flags and config values this way
-        print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"fsdtrain: error: {_argument_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -84,7 +84,7 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
                 per_shard = max(1, clips // 6) if split == "train" else CLIPS_PER_SHARD[split]  # several shards per rank
                 synth_fleet(
                     dataset_url(country), [country], clips, clips_per_shard=per_shard, split=split,
-                    seed=SPLIT_SEEDS[split], clip=ClipSpec(rig=RIG), workers=2,
+                    seed=SPLIT_SEEDS[split], clip=ClipSpec(rig=RIG), workers=2, replace=True,
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)
 

@@ -5,6 +5,10 @@ docs/residency.md: a job runs at a site with a zone (``site.zone`` or ``FSDTRAIN
 equals the site zone. This module holds the rules; :class:`fsdtrain.store.gate.ZoneGate` applies
 them before the first byte of any fleet data is requested, and keeps the audit log.
 
+A country's zone is not a free field: :data:`COUNTRY_ZONES` is the policy (``CN`` -> ``cn``, every other
+country ``global``), and :func:`zone_of_country` / :func:`check_country_zone` are the only way writers,
+``data verify`` and the loader decide which zone a clip, a drive or a manifest of a country belongs to.
+
 Weights carry the zones each part was trained on (``trained_on_zones``: ``backbone`` and each head);
 :class:`ExportPolicy` says which parts may leave the zone of their data, and ``fsdtrain export``
 enforces it (:func:`check_export`) from the weights' metadata, before their tensors are read.
@@ -21,17 +25,25 @@ from fsdtrain.errors import ConfigError, FsdtrainError
 
 __all__ = [
     "GLOBAL_ZONE",
+    "COUNTRY_ZONES",
     "ResidencyError",
     "ExportPolicy",
     "check_zone",
+    "check_country_zone",
+    "zone_of_country",
     "check_export",
     "resolve_site_zone",
     "validate_zone",
+    "SITE_ZONE_ENV",
 ]
 
 GLOBAL_ZONE = "global"
 SITE_ZONE_ENV = "FSDTRAIN_SITE_ZONE"
 _ZONE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+COUNTRY_ZONES: dict[str, str] = {"CN": "cn"}
+"""The residency policy: country (ISO 3166-1 alpha-2) -> the zone its data must stay in. A country not
+listed is ``global``. Changing it is a policy decision (docs/residency.md), not a setting."""
 
 
 class ResidencyError(FsdtrainError):
@@ -43,6 +55,20 @@ def validate_zone(zone: str, what: str = "zone") -> str:
     if not isinstance(zone, str) or not _ZONE_RE.match(zone):
         raise ConfigError(f"{what} {zone!r} is not a zone name: use lower-case letters, digits and '-', e.g. 'global' or 'cn'")
     return zone
+
+
+def zone_of_country(country: str) -> str:
+    """The zone the residency policy puts ``country``'s data in (``CN`` -> ``cn``, others ``global``)."""
+    return COUNTRY_ZONES.get(country, GLOBAL_ZONE)
+
+
+def check_country_zone(country: str, zone: str) -> str | None:
+    """None when ``zone`` is the policy's zone for ``country``, else the one-line reason it is not
+    (callers prefix the file and field and raise their own error type)."""
+    want = zone_of_country(country)
+    if zone == want:
+        return None
+    return f"zone {zone!r} is not the residency policy's zone {want!r} for country {country} (docs/residency.md); data of {country} belongs in zone {want!r}"
 
 
 def resolve_site_zone(configured: str | None = None) -> str:

@@ -1,7 +1,14 @@
 import pytest
 
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import ResidencyError, check_zone, resolve_site_zone
+from fsdtrain.residency import (
+    COUNTRY_ZONES,
+    ResidencyError,
+    check_country_zone,
+    check_zone,
+    resolve_site_zone,
+    zone_of_country,
+)
 from fsdtrain.store.gate import AuditLog
 
 
@@ -13,6 +20,16 @@ def test_zone_rules():
         check_zone("s3://b/x.tar", "cn", "global")
     with pytest.raises(ResidencyError):
         check_zone("s3://b/x.tar", "cn", "eu")
+
+
+def test_a_countrys_zone_comes_from_the_policy():
+    assert COUNTRY_ZONES == {"CN": "cn"}
+    assert zone_of_country("CN") == "cn" and zone_of_country("US") == zone_of_country("DE") == "global"
+    assert check_country_zone("CN", "cn") is None and check_country_zone("US", "global") is None
+    assert check_country_zone("CN", "global") == (
+        "zone 'global' is not the residency policy's zone 'cn' for country CN (docs/residency.md); data of CN belongs in zone 'cn'"
+    )
+    assert "policy's zone 'global' for country US" in check_country_zone("US", "cn")
 
 
 def test_site_zone_defaults_to_global_and_reads_env(monkeypatch):

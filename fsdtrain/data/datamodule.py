@@ -15,7 +15,7 @@ from fsdtrain.data.order import StreamShape
 from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
-from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.format.schema import DEFAULT_CAMERAS, MAX_IMAGE_SIDE, is_int
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.residency import resolve_site_zone
 from fsdtrain.store.gate import AuditLog, ZoneGate
@@ -107,8 +107,8 @@ class FleetDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if global_batch_size is not None and global_batch_size < 1:
             raise ConfigError(f"data.global_batch_size must be >= 1 (or empty), got {global_batch_size}")
-        if image_size is not None and len(image_size) != 2:
-            raise ConfigError(f"data.image_size must be [H, W], got {image_size}")
+        if image_size is not None and (len(image_size) != 2 or not all(is_int(v, 1, MAX_IMAGE_SIDE) for v in image_size)):
+            raise ConfigError(f"data.image_size must be [H, W], each a whole number of pixels in [1, {MAX_IMAGE_SIDE}] (or empty: the stored size), got {image_size}")
         self.train_urls = list(train or [])
         self.val_urls = list(val or [])
         self.cameras = list(cameras or DEFAULT_CAMERAS)

@@ -43,7 +43,7 @@ from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format import schema
 from fsdtrain.format.index import IndexedShards
 from fsdtrain.format.manifest import Manifest, ShardInfo
-from fsdtrain.format.samples import TarSample, parse_clip
+from fsdtrain.format.samples import TarSample, check_same_size, manifest_expect, parse_clip
 from fsdtrain.format.schema import FIXED_MEMBERS
 from fsdtrain.format.video import decode_video
 from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
@@ -261,6 +261,7 @@ class FleetStream(IterableDataset):
         self.shape: StreamShape | None = None  # order=streams: fitted by set_distributed, or a checkpoint's
         self._order: tuple[tuple, StreamOrder] | None = None
         self._readers: dict[int, IndexedShards] = {}
+        self._sizes: dict[str, tuple[tuple[int, int], str]] = {}  # camera -> (W, H) of the first clip read, and where
         self._clip_starts = [np.concatenate([[0], np.cumsum([s.samples for s in m.shards])]).astype(np.int64) for m in manifests]
 
     def set_distributed(self, rank: int, world_size: int, num_workers: int) -> None:
@@ -470,16 +471,15 @@ class FleetStream(IterableDataset):
         ``currents``: cut only the windows ending at these frames (default: every window of the clip).
         """
         where = f"{url}:{sample.key}"
-
-        def as_manifest_says(meta) -> None:  # the order planned this clip's windows from the manifest
-            if (meta.frames, meta.fps) != (m.frames, m.fps):
-                raise DataError(
-                    f"{where}: meta.json says {meta.frames} frames at {meta.fps} fps, the manifest {m.frames} at {m.fps}; "
-                    "run `fsdtrain data verify`"
-                )
-
-        parsed = parse_clip(sample.key, sample.members, self.cameras, where, expect=as_manifest_says)
+        # the clip's own meta.json against the site zone (a ResidencyError stops the job, skip or not:
+        # a shard relabelled under another zone's manifest) and against the manifest the order was
+        # planned from (a DataError, skippable)
+        expect = manifest_expect(m, where, site_zone=self.gate.site_zone)
+        parsed = parse_clip(sample.key, sample.members, self.cameras, where, expect=expect)
         meta, calib, ego = parsed.meta, parsed.calib, parsed.ego
+        if self.image_size is None:  # a batch stacks the clips: a DataError here, not a torch.stack error
+            fix = "set data.image_size to train on clips of several resolutions (docs/data-format.md)"
+            check_same_size(self._sizes, parsed, self.cameras, where, fix)
         all_currents = self.spec.current_frames(meta.frames, meta.fps)
         currents = (
             all_currents
@@ -495,6 +495,10 @@ class FleetStream(IterableDataset):
             )
             for c in self.cameras
         ]  # each [len(needed), 3, H, W]
+        for c, video in zip(self.cameras, videos):
+            width, height = calib[c]["size"]
+            if self.image_size is None and video.shape[2:] != (height, width):
+                raise DataError(f"{where}/{c}.mp4: frames are {video.shape[3]}x{video.shape[2]}, calib.json {c}.size says {width}x{height}")
         intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
         clip = _Clip(
             self.spec,

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.stream import FleetStream, Source, init_loader_worker
-from fsdtrain.errors import ConfigError
+from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.eval.metrics import MetricTable, sample_errors
 from fsdtrain.eval.report import build_report
 from fsdtrain.eval.viz import save_plots
@@ -18,8 +18,9 @@ from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
 from fsdtrain.model.ego_mlp import EgoStatusMLP
 from fsdtrain.model.heads import GLOBAL_HEAD
+from fsdtrain.residency import resolve_site_zone
 from fsdtrain.store.gate import AuditLog, ZoneGate
-from fsdtrain.weights.files import load_weights
+from fsdtrain.weights.files import load_weights, read_metadata
 from fsdtrain.weights.metadata import WeightsMeta
 
 __all__ = ["load_predictors", "evaluate"]
@@ -74,12 +75,17 @@ def evaluate(
     Returns:
         The report dict (docs/report-format.md).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     if plots_per_country < 0:
         raise ConfigError(f"plots_per_country={plots_per_country} must be >= 0")
     if plots is not None and "://" in str(plots):
         raise ConfigError(f"plots={plots}: give a local folder, not a URL (the pictures hold camera frames)")
     gate = ZoneGate(site_zone, audit=AuditLog(audit_log, job="eval") if audit_log else None)
     gate.check_urls(data)  # before anything is read: no request to a bucket of a zone this site may not read
+    site = resolve_site_zone(site_zone)
+    for path in (weights, head) if head is not None else (weights,):  # from the metadata, before any tensor is read
+        read_metadata(path).check_site(site, "fsdtrain eval")
     net, base, meta = load_predictors(weights, head)
     manifests = load_manifests(data, gate)  # each manifest's zone, before the first shard byte
     window = WindowSpec(**meta.window)
@@ -95,6 +101,7 @@ def evaluate(
         batch = _real_windows(batch)
         if not batch["valid"].numel():
             continue
+        _check_finite(batch)
         countries = list(batch["country"])
         for c, clip in zip(countries, batch["clip_id"]):
             clips[c].add(clip)
@@ -133,6 +140,15 @@ def _real_windows(batch: dict) -> dict:
         return batch
     keep = valid.nonzero().flatten().tolist()
     return {k: v[valid] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()}
+
+
+def _check_finite(batch: dict) -> None:
+    """A window whose ego history or ground truth holds NaN or inf would make every metric NaN: one line naming its clip."""
+    for name, what in (("ego_hist", "ego history"), ("future", "future path (ground truth)")):
+        bad = ~torch.isfinite(batch[name].flatten(1)).all(1)  # [B]
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise DataError(f"clip {batch['clip_id'][i]} (frame {int(batch['frame'][i])}): its {what} holds NaN or inf (ego.npy); fix or drop the clip")
 
 
 def _plot_indices(countries: list[str], plotted: dict[str, int], limit: int) -> list[int]:

@@ -18,6 +18,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from fsdtrain.errors import DataError
+
 __all__ = ["METRIC_KEYS", "MISS_THRESHOLD_M", "sample_errors", "stable_key", "MetricTable"]
 
 MISS_THRESHOLD_M = 2.0
@@ -55,6 +57,9 @@ def sample_errors(traj: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
     return torch.stack(cols, dim=1).cpu().numpy()
 
 
+_EVERY_POINT = (METRIC_KEYS.index("ade"), METRIC_KEYS.index("min_ade_k"))  # columns over every point of every mode
+
+
 def stable_key(text: str) -> int:
     """A signed 64-bit key of ``text``, the same in every process and run (unlike ``hash``), so that
     int64 tensors can carry clip and window identities through a gather."""
@@ -68,8 +73,16 @@ class MetricTable:
         self.rows: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
 
     def add(self, countries: list[str], predictor: str, errors: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Adds the rows of :func:`sample_errors` (where ``mask``); a non-finite ``ade`` or ``min_ade_k`` (NaN or
+        inf anywhere in a window's predictions or ground truth) is a one-line DataError naming the metric."""
         for i, c in enumerate(countries):
             if mask is None or mask[i]:
+                for col in _EVERY_POINT:
+                    if not np.isfinite(errors[i, col]):
+                        raise DataError(
+                            f"non-finite {METRIC_KEYS[col]} ({errors[i, col]}) of predictor {predictor!r} on a {c} window: its "
+                            "predictions or ground truth hold NaN or inf; check the weights (finite?) and the data (`fsdtrain data verify`)"
+                        )
                 self.rows[(c, predictor)].append(errors[i])
 
     def countries(self) -> list[str]:
@@ -83,9 +96,21 @@ class MetricTable:
 
     def summary(self, country: str | None, predictor: str, *, digits: int | None = 4) -> dict[str, float | None]:
         """Mean of each metric over the samples of one country (or all, for None), rounded to
-        ``digits`` decimals (None: full precision); None for a time beyond the horizon."""
+        ``digits`` decimals (None: full precision); None for a time beyond the horizon, the only
+        metric that may not be a number (a mean that is not finite is a one-line DataError)."""
         rows = [r for (c, p), v in self.rows.items() if p == predictor and (country is None or c == country) for r in v]
         if not rows:
             return {}
-        mean = np.mean(np.stack(rows), axis=0)
-        return {k: (None if np.isnan(v) else float(v) if digits is None else round(float(v), digits)) for k, v in zip(METRIC_KEYS, mean)}
+        stacked = np.stack(rows)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing mean is reported below, not warned about
+            mean = np.mean(stacked, axis=0)
+        out: dict[str, float | None] = {}
+        for j, (key, value) in enumerate(zip(METRIC_KEYS, mean)):
+            if np.isnan(stacked[:, j]).all():  # only a time beyond the horizon is NaN in every row (add checked the rest)
+                out[key] = None
+            elif not np.isfinite(value):
+                where = "all countries" if country is None else country
+                raise DataError(f"metric {key} of predictor {predictor!r} on {where} is {value} (not finite): values too large to average; check the data")
+            else:
+                out[key] = float(value) if digits is None else round(float(value), digits)
+        return out

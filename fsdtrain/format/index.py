@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from fsdtrain.errors import DataError
 from fsdtrain.format.manifest import Manifest, ShardInfo
+from fsdtrain.format.schema import is_int, is_sha256, shown, strict_json, validate_key, validate_member
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
 
@@ -105,26 +106,65 @@ class ShardIndex:
 
 
 def parse_index(data: bytes, where: str) -> ShardIndex:
-    """Parses and checks an index file (spans inside the shard, members inside their sample)."""
+    """Parses and checks an index file: every field's type and range, keys and member names of the
+    clip schema, each key once, spans inside the shard, members inside their sample; one
+    :class:`DataError` naming ``where`` and the field otherwise."""
     try:
-        raw = json.loads(data)
-        if not isinstance(raw, dict) or raw.get("schema") != INDEX_SCHEMA:
-            found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"schema is {found!r}, expected {INDEX_SCHEMA!r}")
-        samples = []
-        for s in raw["samples"]:
-            members = {str(n): MemberSpan(int(m["offset"]), int(m["size"]), str(m["sha256"])) for n, m in s["members"].items()}
-            samples.append(SampleSpan(key=str(s["key"]), offset=int(s["offset"]), size=int(s["size"]), members=members))
-        index = ShardIndex(shard=str(raw["shard"]), bytes=int(raw["bytes"]), sha256=str(raw["sha256"]), samples=samples)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raw = strict_json(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{where}: not a shard index ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict) or raw.get("schema") != INDEX_SCHEMA:
+        found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+        raise DataError(f"{where}: not a shard index (schema is {found!r}, expected {INDEX_SCHEMA!r})")
+    unknown = sorted(set(raw) - {"schema", "shard", "bytes", "sha256", "samples"})
+    if unknown:
+        raise DataError(f"{where}: unknown field(s) {unknown} in a shard index")
+    if not isinstance(raw.get("shard"), str) or not _SHARD_TAR_RE.match(raw["shard"]):
+        raise _bad(where, "shard", raw.get("shard"), "shard-NNNNNN.tar")
+    if not is_int(raw.get("bytes"), 0):
+        raise _bad(where, "bytes", raw.get("bytes"), "a non-negative integer")
+    if not is_sha256(raw.get("sha256")):
+        raise _bad(where, "sha256", raw.get("sha256"), "64 lower-case hex digits")
+    if not isinstance(raw.get("samples"), list):
+        raise _bad(where, "samples", raw.get("samples"), "a list of samples")
+    index = ShardIndex(shard=raw["shard"], bytes=raw["bytes"], sha256=raw["sha256"])
+    seen: set[str] = set()
+    for i, s in enumerate(raw["samples"]):
+        at = f"samples[{i}]"
+        if not isinstance(s, dict) or set(s) != {"key", "offset", "size", "members"}:
+            raise _bad(where, at, s, "an object with key, offset, size and members")
+        try:
+            key = validate_key(s["key"])
+        except DataError as exc:
+            raise DataError(f"{where}: {at}: {exc}") from None
+        if key in seen:
+            raise DataError(f"{where}: {at} key {key!r} is listed twice")
+        seen.add(key)
+        if not is_int(s["offset"], 0) or not is_int(s["size"], 0):
+            raise _bad(where, f"{at} offset/size", (s["offset"], s["size"]), "non-negative integers")
+        if not isinstance(s["members"], dict):
+            raise _bad(where, f"{at} members", s["members"], "an object of member name -> span")
+        members = {}
+        for name, m in s["members"].items():
+            try:
+                validate_member(key, name)
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            if not (isinstance(m, dict) and set(m) == {"offset", "size", "sha256"} and is_int(m["offset"], 0) and is_int(m["size"], 0) and is_sha256(m["sha256"])):
+                raise _bad(where, f"member {key}.{name}", m, "{offset, size: non-negative integers, sha256: 64 hex digits}")
+            members[name] = MemberSpan(m["offset"], m["size"], m["sha256"])
+        index.samples.append(SampleSpan(key=key, offset=s["offset"], size=s["size"], members=members))
     for s in index.samples:
-        if s.offset < 0 or s.offset + s.size > index.bytes:
+        if s.offset + s.size > index.bytes:
             raise DataError(f"{where}: sample {s.key} spans [{s.offset}, {s.offset + s.size}), outside the {index.bytes}-byte shard")
         for name, m in s.members.items():
             if m.offset < s.offset or m.end > s.offset + s.size:
                 raise DataError(f"{where}: member {s.key}.{name} lies outside its sample's span")
     return index
+
+
+def _bad(where: str, name: str, value: object, want: str) -> DataError:
+    return DataError(f"{where}: {name} {shown(value)} must be {want}")
 
 
 def load_index(manifest: Manifest, shard: ShardInfo, gate: ZoneGate) -> ShardIndex:

@@ -20,8 +20,10 @@ import numpy as np
 
 from fsdtrain.errors import DataError
 from fsdtrain.format import schema
+from fsdtrain.format.manifest import Manifest
+from fsdtrain.residency import check_zone
 
-__all__ = ["TarSample", "Clip", "read_tar", "shard_samples", "parse_clip"]
+__all__ = ["TarSample", "Clip", "read_tar", "shard_samples", "parse_clip", "manifest_expect", "check_same_size"]
 
 
 @dataclass
@@ -63,9 +65,13 @@ def read_tar(data: bytes) -> Iterator[TarSample]:
                 if not info.isfile():
                     issues.append(f"member {info.name} is not a regular file")
                     continue
+                name = suffix if dot else ""
+                if name in sample:  # a reader keeping either copy would read something verify did not check
+                    issues.append(f"member {info.name} appears twice")
+                    continue
                 f = tar.extractfile(info)
                 assert f is not None  # regular files always have data
-                sample[suffix if dot else ""] = f.read()
+                sample[name] = f.read()
     except tarfile.TarError as exc:
         where = f"in sample {key}" if key else "at its start"
         yield TarSample(key or "(start)", {}, f"tar unreadable {where} ({exc}): truncated or corrupt")
@@ -97,7 +103,10 @@ def parse_clip(
     key: str, members: dict[str, bytes], cameras: list[str], where: str, *,
     known_cameras: list[str] | None = None, expect: Callable[[schema.ClipMeta], None] | None = None,
 ) -> Clip:  # fmt: skip
-    """Checks one sample against the clip schema and parses it.
+    """Checks one sample against the clip schema and parses it: every field of ``meta.json`` (types,
+    ranges, the zone the residency policy gives its country, ``clip_id`` equal to the key), of
+    ``calib.json``, and ``ego.npy`` (header before data, finite values in range). Writer, verify and
+    loader all call it, so a clip is valid or not in one place; only the videos are left undecoded.
 
     Args:
         key: the sample key.
@@ -106,8 +115,9 @@ def parse_clip(
         where: ``<shard url>:<key>``, the start of every error line.
         known_cameras: when given, member names must be one of these cameras' videos (verify: the
             manifest's cameras); otherwise any camera name is accepted (a loader may read a subset).
-        expect: called with the parsed ``meta.json`` before the other members are parsed (verify:
-            the manifest's country, zone, cameras, fps and frames); raises DataError to reject it.
+        expect: called with the parsed ``meta.json`` before the other members are parsed (verify and
+            the loader: the manifest's country, zone, cameras, fps and frames, and the site zone); raises
+            DataError (or ResidencyError) to reject it.
 
     Raises:
         DataError: at the first way the sample breaks the schema, naming ``where``.
@@ -122,10 +132,45 @@ def parse_clip(
     if missing:
         raise DataError(f"{where}: member(s) {', '.join(missing)} missing")
     meta = schema.parse_meta(members["meta.json"], where)
+    if meta.clip_id != key:
+        raise DataError(f"{where}: meta.json clip_id {meta.clip_id!r} is not the sample's key {key!r}")
     if expect is not None:
         expect(meta)
     calib = schema.parse_calib(members["calib.json"], list(cameras), where)
-    ego = schema.decode_npy(members["ego.npy"], f"{where}/ego.npy")
-    if ego.shape != (meta.frames, len(schema.EGO_FIELDS)) or ego.dtype != np.float64:
-        raise DataError(f"{where}: ego.npy is {ego.dtype}{list(ego.shape)}, expected float64[{meta.frames}, 6]")
+    ego = schema.decode_ego(members["ego.npy"], meta.frames, where)
     return Clip(key, meta, calib, ego, {c: members[f"{c}.mp4"] for c in cameras})
+
+
+def manifest_expect(m: Manifest, where: str, *, site_zone: str | None = None) -> Callable[[schema.ClipMeta], None]:
+    """The ``expect`` of :func:`parse_clip` for a clip of manifest ``m`` (loader, verify): the clip's own
+    ``meta.json`` zone must be readable at ``site_zone`` (when given; a
+    :class:`~fsdtrain.residency.ResidencyError`), and its country, zone, cameras, fps and frames must be
+    the manifest's (a :class:`DataError`). A shard copied under a manifest relabelled to another zone is
+    refused here: each clip still says where it belongs."""
+
+    def expect(meta: schema.ClipMeta) -> None:
+        if site_zone is not None:
+            check_zone(f"{where} (meta.json zone)", meta.zone, site_zone)
+        for name, got, want in (
+            ("country", meta.country, m.country),
+            ("zone", meta.zone, m.zone),
+            ("cameras", list(meta.cameras), list(m.cameras)),
+            ("fps", float(meta.fps), float(m.fps)),
+            ("frames", meta.frames, m.frames),
+        ):
+            if got != want:
+                raise DataError(f"{where}: meta.json {name} is {got!r}, the manifest says {want!r}")
+
+    return expect
+
+
+def check_same_size(seen: dict[str, tuple[tuple[int, int], str]], clip: Clip, cameras: list[str], where: str, fix: str) -> None:
+    """One resolution per camera (writer and verify: per shard directory; loader without
+    ``data.image_size``: per stream): records each camera's ``calib.json`` size of the first clip in
+    ``seen`` (camera -> (W, H), where), and raises a :class:`DataError` naming ``where``, the camera
+    and both sizes, then ``fix``, for a clip whose size differs."""
+    for cam in cameras:
+        size = clip.calib[cam]["size"]
+        first, at = seen.setdefault(cam, (size, where))
+        if size != first:
+            raise DataError(f"{where}: calib.json {cam}.size is {size[0]}x{size[1]}, {at} has {first[0]}x{first[1]}: {fix}")

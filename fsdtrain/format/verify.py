@@ -6,14 +6,18 @@ the sample as ``<shard url>:<sample key>``:
 
 - objects: a shard (or its index) listed in the manifest but missing from the store; an object in
   the shard directory that the manifest does not list; size or sha256 differing from the manifest;
-- the per-shard index (:mod:`fsdtrain.format.index`, when the manifest lists one): it must describe
-  this shard, and every member's bytes must match their sha256 in it, which names the sample
-  (and member) a corrupt byte lies in;
+- the per-shard index (:mod:`fsdtrain.format.index`): the manifest must list one for every shard (the
+  loader reads clips only through it), it must describe this shard, and every member's bytes must
+  match their sha256 in it, which names the sample (and member) a corrupt byte lies in;
 - tar structure: truncated or corrupt archives (naming the sample they end in), members that are
-  not plain files, samples split across the archive, a sample count differing from the manifest;
-- samples: keys, member names, ``meta.json`` against the manifest (country, zone, cameras, fps,
-  frames), ``calib.json``, ``ego.npy`` dtype and shape, and (unless ``fast``) that every video decodes
-  to its declared frames at its calibrated size.
+  not plain files, a member name appearing twice in a sample, samples split across the archive, a
+  sample count differing from the manifest;
+- samples: the whole clip schema of :func:`~fsdtrain.format.samples.parse_clip` (every field of
+  ``meta.json``, ``calib.json`` and ``ego.npy``, types, ranges, finite values), each clip's own zone
+  against the site zone and, with its country, cameras, fps and frames, against the manifest; one
+  resolution per camera in a shard directory; each clip once in everything verified (a clip in two
+  shards, or two datasets, would be trained on twice); and (unless ``fast``) that every video
+  decodes to its declared frames at its calibrated size.
 
 Sample checks run even when a shard's checksum fails, so the damaged sample is named where it can be.
 """
@@ -27,9 +31,9 @@ from collections.abc import Callable
 from fsdtrain.errors import DataError
 from fsdtrain.format.index import ShardIndex, parse_index
 from fsdtrain.format.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
-from fsdtrain.format.samples import parse_clip, read_tar
-from fsdtrain.format.schema import ClipMeta
+from fsdtrain.format.samples import check_same_size, manifest_expect, parse_clip, read_tar
 from fsdtrain.format.video import decode_video
+from fsdtrain.residency import ResidencyError
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
 
@@ -134,13 +138,18 @@ def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | No
             problems.append(str(exc))
     for m in manifests:  # every zone checked before the first shard byte of any of them
         gate.check_data(m.url, m.zone)
+    seen_keys: dict[str, str] = {}  # across manifests too: a clip in two datasets is one clip read twice
     for m in manifests:
-        problems += verify_manifest(m, gate, fast=fast, progress=progress)
+        problems += verify_manifest(m, gate, fast=fast, progress=progress, seen_keys=seen_keys)
     return problems
 
 
-def verify_manifest(m: Manifest, gate: ZoneGate, *, fast: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
-    """The problems of one loaded manifest's shard directory; see :func:`verify`."""
+def verify_manifest(
+    m: Manifest, gate: ZoneGate, *, fast: bool = False, progress: Callable[[str], None] | None = None,
+    seen_keys: dict[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """The problems of one loaded manifest's shard directory; see :func:`verify`. ``seen_keys`` (clip
+    key -> shard URL) carries the clips of manifests verified before, to report a clip found twice."""
     listed = _listing(m.url, gate)
     expected = {MANIFEST_NAME}
     for shard in m.shards:
@@ -148,9 +157,10 @@ def verify_manifest(m: Manifest, gate: ZoneGate, *, fast: bool = False, progress
         if _index_name(shard):
             expected.add(_index_name(shard))
     problems = [f"{objects.join_url(m.url, name)}: in the store but not in the manifest" for name in sorted(listed - expected)]
-    seen_keys: dict[str, str] = {}
+    seen_keys = {} if seen_keys is None else seen_keys
+    sizes: dict[str, tuple[tuple[int, int], str]] = {}  # camera -> (W, H) of the first clip, and where
     for shard in m.shards:
-        found, count = _verify_shard(m, gate, shard, listed, fast, seen_keys)
+        found, count = _verify_shard(m, gate, shard, listed, fast, seen_keys, sizes)
         problems += found
         if progress:
             progress(f"checked {m.shard_url(shard)} ({count} clips, {len(found)} problem(s))")
@@ -178,6 +188,10 @@ def _load_index(m: Manifest, gate: ZoneGate, shard: ShardInfo, listed: set[str],
     shard; otherwise None, with the reason appended to ``problems``."""
     name = _index_name(shard)
     if name is None:
+        problems.append(
+            f"{m.shard_url(shard)}: the manifest lists no index for this shard (written before indexes existed), "
+            "so the loader cannot read it and its members are not checked against an index; rewrite the dataset"
+        )
         return None
     iurl = objects.join_url(m.url, name)
     if name not in listed:
@@ -218,7 +232,8 @@ def _check_index_spans(index: ShardIndex, data: bytes, surl: str, tar_keys: set[
 
 
 def _verify_shard(
-    m: Manifest, gate: ZoneGate, shard: ShardInfo, listed: set[str], fast: bool, seen_keys: dict[str, str]
+    m: Manifest, gate: ZoneGate, shard: ShardInfo, listed: set[str], fast: bool, seen_keys: dict[str, str],
+    sizes: dict[str, tuple[tuple[int, int], str]],
 ) -> tuple[list[str], int]:
     """Problems of one shard (and its index), and how many samples it holds."""
     surl = m.shard_url(shard)
@@ -239,15 +254,15 @@ def _verify_shard(
         tar_keys.add(key)
         where = f"{surl}:{key}"
         if key in seen_keys:
-            problems.append(f"{where}: sample key appears more than once (also in {seen_keys[key]})")
+            problems.append(f"{where}: sample key appears more than once (also in {seen_keys[key]}): the clip would be trained on twice")
         seen_keys.setdefault(key, surl)
         if broken:
             problems.append(f"{where}: {broken}")
             unreadable = unreadable or not sample
             continue
         try:
-            _check_sample(key, sample, m, where, decode=not fast)
-        except DataError as exc:
+            _check_sample(key, sample, m, where, gate=gate, decode=not fast, sizes=sizes)
+        except (DataError, ResidencyError) as exc:
             problems.append(str(exc))
     if count != shard.samples:
         problems.append(f"{surl}: {count} samples, the manifest says {shard.samples}")
@@ -259,26 +274,18 @@ def _verify_shard(
     return problems, count
 
 
-def _check_sample(key: str, sample: dict[str, bytes], m: Manifest, where: str, *, decode: bool) -> None:
-    """Raises DataError (naming ``where``) at the first way ``sample`` breaks the clip schema or disagrees with the manifest."""
-
-    def expect(meta: ClipMeta) -> None:
-        for field, got, want in (
-            ("country/zone", f"{meta.country}/{meta.zone}", f"{m.country}/{m.zone}"),
-            ("cameras", list(meta.cameras), list(m.cameras)),
-            ("fps", float(meta.fps), float(m.fps)),
-            ("frames", int(meta.frames), int(m.frames)),
-        ):
-            if got != want:
-                raise DataError(f"{where}: meta.json {field} is {got}, the manifest says {want}")
-
-    clip = parse_clip(key, sample, m.cameras, where, known_cameras=m.cameras, expect=expect)
-    meta = clip.meta
-    calib = clip.calib
+def _check_sample(
+    key: str, sample: dict[str, bytes], m: Manifest, where: str, *, gate: ZoneGate, decode: bool,
+    sizes: dict[str, tuple[tuple[int, int], str]],
+) -> None:  # fmt: skip
+    """Raises DataError (naming ``where``) at the first way ``sample`` breaks the clip schema or disagrees
+    with the manifest, or ResidencyError when its own zone may not be read at this site."""
+    clip = parse_clip(key, sample, m.cameras, where, known_cameras=m.cameras, expect=manifest_expect(m, where, site_zone=gate.site_zone))
+    check_same_size(sizes, clip, m.cameras, where, "one shard directory holds one resolution per camera; write other sizes to their own directory")
     if not decode:
         return
     for cam in m.cameras:
-        frames = decode_video(sample[f"{cam}.mp4"], frames=meta.frames, where=f"{where}/{cam}.mp4")  # [F, H, W, 3]
-        width, height = calib[cam]["size"]
+        frames = decode_video(sample[f"{cam}.mp4"], frames=clip.meta.frames, where=f"{where}/{cam}.mp4")  # [F, H, W, 3]
+        width, height = clip.calib[cam]["size"]
         if frames.shape[1:3] != (height, width):
             raise DataError(f"{where}/{cam}.mp4: frames are {frames.shape[2]}x{frames.shape[1]}, calib.json says {width}x{height}")

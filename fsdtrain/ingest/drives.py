@@ -14,8 +14,9 @@ is read and checked (:func:`~fsdtrain.ingest.raw.load_drive`, :func:`cut_drive`,
 between drives of one country), then the good drives are encoded in parallel, each into a private
 temporary folder, and handed to the shard writers whole, in drive order. A drive that fails while
 encoding (an unreadable frame) therefore adds nothing. Manifests are saved only after the last
-drive, so an aborted run publishes no manifest. The output depends only on the input and the
-settings, not on ``workers``.
+drive, so an aborted run publishes no manifest, removes the shards it wrote and leaves a dataset
+already in ``out`` as it was (replacing one needs ``replace``; :class:`~fsdtrain.format.writer.ShardWriter`).
+The output depends only on the input and the settings, not on ``workers``.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.errors import ConfigError, DataError, StoreError
 from fsdtrain.format.manifest import Manifest, dataset_name, validate_split
-from fsdtrain.format.schema import FIXED_MEMBERS, ClipMeta, clip_key, encode_npy
+from fsdtrain.format.schema import FIXED_MEMBERS, ClipMeta, clip_key, decode_ego, encode_npy
 from fsdtrain.format.video import encode_video
-from fsdtrain.format.writer import ShardSet, ShardWriter
+from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
 from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, find_drives, load_drive
 from fsdtrain.store import objects
 
-__all__ = ["DriveCut", "cut_drive", "resample_poses", "ego_array", "drive_samples", "SkippedDrive", "IngestSummary", "write_drives"]
+__all__ = ["DriveCut", "cut_drive", "resample_poses", "ego_array", "clip_egos", "drive_samples", "SkippedDrive", "IngestSummary", "write_drives"]
 
 
 
@@ -122,10 +123,25 @@ def ego_array(world: np.ndarray, t_us: np.ndarray) -> np.ndarray:
     return np.stack([t, c * dx + s * dy, -s * dx + c * dy, world[:, 2] - yaw0, world[:, 3], world[:, 4]], axis=1).astype(np.float64)
 
 
+def clip_egos(cut: DriveCut) -> list[bytes]:
+    """``ego.npy`` of every clip of a cut drive, each checked against the clip schema (finite, within
+    :data:`~fsdtrain.format.schema.EGO_LIMITS`): a pose jump is the drive's problem, found in pass 1
+    and skipped with the drive, not a writer error that stops the run after shards were written."""
+    F = cut.clip_frames
+    world = resample_poses(cut.drive, cut.t_us)  # [clips * F, 5]
+    egos = []
+    for j in range(cut.clips):
+        sl = slice(j * F, (j + 1) * F)
+        data = encode_npy(ego_array(world[sl], cut.t_us[sl]))
+        decode_ego(data, F, f"{cut.drive.where}: clip {clip_key(cut.drive.info.drive_id, j * F)}")
+        egos.append(data)
+    return egos
+
+
 def drive_samples(cut: DriveCut, *, gop: int = 10) -> Iterator[dict[str, bytes]]:
     """The clips of a cut drive as webdataset samples (``__key__``, meta.json, calib.json, ego.npy, ``<CAM>.mp4``)."""
     drive, info, F = cut.drive, cut.drive.info, cut.clip_frames
-    world = resample_poses(drive, cut.t_us)  # [clips * F, 5]
+    egos = clip_egos(cut)
     calib = drive.calib_json()
     with contextlib.ExitStack() as stack:
         readers = {cam: stack.enter_context(CameraReader(src, drive.calib[cam]["size"], drive.where)) for cam, src in drive.cameras.items()}
@@ -137,7 +153,7 @@ def drive_samples(cut: DriveCut, *, gop: int = 10) -> Iterator[dict[str, bytes]]
                 fps=cut.fps, frames=F, cameras=list(info.cameras),
                 tags={**info.tags, "vehicle": info.vehicle, "source": "raw", "first_frame": j * F},
             )  # fmt: skip
-            sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": calib, "ego.npy": encode_npy(ego_array(world[sl], cut.t_us[sl]))}
+            sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": calib, "ego.npy": egos[j]}
             for cam, reader in readers.items():
                 frames = np.stack([reader.read(int(i)) for i in cut.frame_index[cam][sl]])  # [F, H, W, 3]
                 sample[f"{cam}.mp4"] = encode_video(frames, cut.fps, gop=gop)
@@ -196,7 +212,7 @@ def _check(task: tuple[Path, _Settings]) -> RawDrive | SkippedDrive:
     path, st = task
     try:
         drive = load_drive(path, limits=st.limits)
-        cut_drive(drive, fps=st.fps, clip_frames=st.clip_frames, limits=st.limits)
+        clip_egos(cut_drive(drive, fps=st.fps, clip_frames=st.clip_frames, limits=st.limits))
         return drive
     except DataError as exc:  # a bad drive: reported or skipped by the caller
         return SkippedDrive(display_name(path.name), str(exc))
@@ -210,10 +226,13 @@ def _encode(task: tuple[RawDrive, _Settings, Path]) -> list[str] | SkippedDrive:
         cut = cut_drive(drive, fps=st.fps, clip_frames=st.clip_frames, limits=st.limits)
         for sample in drive_samples(cut, gop=st.gop):
             d = tmp / sample["__key__"]
-            d.mkdir(parents=True)
-            for member, data in sample.items():
-                if member != "__key__":
-                    (d / member).write_bytes(data)
+            try:
+                d.mkdir(parents=True)
+                for member, data in sample.items():
+                    if member != "__key__":
+                        (d / member).write_bytes(data)
+            except OSError as exc:  # the machine's problem (disk full), not the drive's: not skipped
+                raise StoreError(f"cannot write encoded clips to {d}: {exc.strerror or exc}; free space there or set TMPDIR to a larger disk") from None
             keys.append(sample["__key__"])
         return keys
     except DataError as exc:  # e.g. an unreadable frame: the drive adds nothing
@@ -262,6 +281,7 @@ def write_drives(
     dataset: str | None = None,
     limits: RawLimits | None = None,
     progress: Callable[[str], None] | None = None,
+    replace: bool = False,
 ) -> IngestSummary:
     """Ingests every raw drive under ``raw`` into ``<out>/<split>/<country>/`` (shards, indexes, manifest).
 
@@ -278,10 +298,17 @@ def write_drives(
         dataset: dataset name in the manifests; default: the last component of ``out``.
         limits: tolerances for imperfect raw data.
         progress: called with a one-line message per drive.
+        replace: replace the datasets already in the ``<split>/<country>`` directories this run
+            writes (each switches to the new version once all are written) instead of refusing them;
+            other directories of ``out`` are left alone.
 
     Raises:
         DataError: without ``skip_bad``, for the first bad drive (in name order), before any shard is
-            written when pass 1 finds it; no manifest is written in either case.
+            written when pass 1 finds it; no manifest is written in either case, and what ``out``
+            held stays as it was.
+        ConfigError: a ``<split>/<country>`` directory to write already holds a dataset and
+            ``replace`` is not given (checked after pass 1, before anything is encoded).
+        StoreError: ``out`` or the temporary folder cannot be written (unreachable, denied, disk full).
     """
     frames = int(round(clip_seconds * fps)) if fps > 0 else 0
     if not fps > 0 or frames < 2:
@@ -305,28 +332,35 @@ def write_drives(
         return False
 
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp:
+    # A writer still open when this block raises removes the shards it wrote (ShardWriter.__exit__).
+    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp, contextlib.ExitStack() as stack:
         run = pool.imap if pool is not None else map
         checked = [r for r in run(_check, [(p, st) for p in paths]) if keep(r)]
         good = [d for d in _consistent(checked) if keep(d)]
         writers: dict[str, ShardWriter] = {}
+        for d in good:  # every directory is checked (refused unless replace) before anything is encoded
+            info = d.info
+            if info.country not in writers:
+                shard_set = ShardSet(dataset=dataset, split=split, country=info.country, zone=info.zone, cameras=info.cameras, fps=st.fps)
+                writer = ShardWriter(objects.join_url(out, split, info.country), shard_set, shard_bytes=shard_bytes, replace=replace)
+                writers[info.country] = stack.enter_context(writer)
+        filled: set[str] = set()
         tasks = [(d, st, Path(tmp) / f"{i:06d}") for i, d in enumerate(good)]
         encoded = _ordered(pool, _encode, tasks, ahead=2 * workers) if pool is not None else map(_encode, tasks)
         for (drive, _, folder), result in zip(tasks, encoded):
             if not keep(result):
                 continue
             info = drive.info
-            writer = writers.get(info.country)
-            if writer is None:
-                shard_set = ShardSet(dataset=dataset, split=split, country=info.country, zone=info.zone, cameras=info.cameras, fps=st.fps)
-                writer = writers[info.country] = ShardWriter(objects.join_url(out, split, info.country), shard_set, shard_bytes=shard_bytes)
             members = list(FIXED_MEMBERS) + [f"{c}.mp4" for c in info.cameras]
             for key in result:
-                writer.write({"__key__": key, **{m: (folder / key / m).read_bytes() for m in members}})
-            shutil.rmtree(folder)
+                writers[info.country].write({"__key__": key, **{m: (folder / key / m).read_bytes() for m in members}})
+            filled.add(info.country)
+            shutil.rmtree(folder)  # this drive's encoded clips, now in the shards
             summary.written.append(info.drive_id)
             report(f"{info.country}: drive {info.drive_id}: {len(result)} clips")
-    if not writers:
-        raise DataError(f"none of the {len(paths)} drive(s) under {raw} could be ingested; first problem: {summary.skipped[0].reason}")
-    summary.manifests = [writers[c].close() for c in sorted(writers)]
+        if not filled:
+            raise DataError(f"none of the {len(paths)} drive(s) under {raw} could be ingested; first problem: {summary.skipped[0].reason}")
+        for country in set(writers) - filled:  # every drive of it skipped while encoding: its directory stays as it was
+            writers[country].abort()
+        summary.manifests = publish_all(writers[c] for c in sorted(filled))
     return summary

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from av.video.reformatter import VideoReformatter
 
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import parse_calib
-from fsdtrain.residency import validate_zone
+from fsdtrain.residency import check_country_zone, validate_zone
 
 __all__ = [
     "ISO_COUNTRIES",
@@ -61,6 +62,8 @@ DRIVE_JSON, CALIB_JSON, POSES_CSV = "drive.json", "calib.json", "poses.csv"
 _DRIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _CAMERA_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 _JPEG_RE = re.compile(r"^(\d{1,19})\.(jpg|jpeg)$")
+_MAX_US = 2**63 - 1  # timestamps are int64 microseconds
+_MAX_POSE = 1e9  # m or rad: a world coordinate beyond it is not on Earth
 _DRIVE_FIELDS = {"drive_id", "country", "zone", "vehicle", "cameras", "fps", "tags"}
 
 
@@ -187,12 +190,34 @@ def _check_plain_name(value: object, pattern: re.Pattern, where: str, what: str,
     return value
 
 
-def _parse_drive_json(path: Path, dir_name: str, where: str) -> DriveInfo:
+def _regular_file(path: Path, where: str, missing: str) -> Path:
+    """``path`` when it is a regular file (symlinks followed). Checked before opening: a FIFO or a
+    device in a raw drive would block the read forever or never end. ``missing``: the message when absent."""
     try:
-        raw = json.loads(path.read_bytes())
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{where}: no {DRIVE_JSON}; every drive folder needs one (docs/data-format.md)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: {missing}") from None
+    except OSError as exc:
+        raise DataError(f"{where}: {display_name(path.name)} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or other special file"
+        raise DataError(f"{where}: {display_name(path.name)} is {kind}, not a regular file; raw inputs must be plain files")
+    return path
+
+
+def _read_file(path: Path, where: str, missing: str) -> bytes:
+    """The bytes of a regular file of a raw drive (see :func:`_regular_file`)."""
+    try:
+        return _regular_file(path, where, missing).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{where}: {display_name(path.name)} cannot be read ({exc.strerror})") from None
+
+
+def _parse_drive_json(path: Path, dir_name: str, where: str) -> DriveInfo:
+    data = _read_file(path, where, f"no {DRIVE_JSON}; every drive folder needs one (docs/data-format.md)")
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{where}: {DRIVE_JSON} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{where}: {DRIVE_JSON} must hold a JSON object, got {type(raw).__name__}")
@@ -213,6 +238,9 @@ def _parse_drive_json(path: Path, dir_name: str, where: str) -> DriveInfo:
         zone = validate_zone(raw["zone"], f"{DRIVE_JSON} zone")
     except ConfigError as exc:
         raise DataError(f"{where}: {exc}") from None
+    reason = check_country_zone(country, zone)
+    if reason:  # the zone is the policy's, not the drive's to choose
+        raise DataError(f"{where}: {DRIVE_JSON} {reason}")
     vehicle = raw["vehicle"]
     if not isinstance(vehicle, str) or not vehicle.strip():
         raise DataError(f"{where}: vehicle must be a non-empty string (a vehicle or rig id)")
@@ -234,6 +262,7 @@ def _parse_drive_json(path: Path, dir_name: str, where: str) -> DriveInfo:
 
 def _read_csv(path: Path, where: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line number, cells) rows of a CSV file with the ``required`` columns."""
+    _regular_file(path, where, f"no {path.name}")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if row and any(c.strip() for c in row)]
@@ -256,10 +285,15 @@ def _read_csv(path: Path, where: str, required: tuple[str, ...]) -> tuple[list[s
 
 
 def _int_cell(text: str, where: str, name: str, n: int, column: str) -> int:
+    cell = text.strip()
     try:
-        return int(text.strip())
+        value = int(cell) if len(cell) <= 32 else None
     except ValueError:
-        raise DataError(f"{where}: {name} line {n}: {column} {text.strip()!r} is not an integer number of microseconds") from None
+        value = None
+    if value is None or not 0 <= value <= _MAX_US:
+        shown = cell if len(cell) <= 32 else cell[:29] + "..."
+        raise DataError(f"{where}: {name} line {n}: {column} {shown!r} is not an integer number of microseconds in [0, 2^63)")
+    return value
 
 
 def _float_cell(text: str, where: str, name: str, n: int, column: str) -> float:
@@ -267,8 +301,8 @@ def _float_cell(text: str, where: str, name: str, n: int, column: str) -> float:
         value = float(text.strip())
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise DataError(f"{where}: {name} line {n}: {column} {text.strip()!r} is not a finite number")
+    if not math.isfinite(value) or abs(value) > _MAX_POSE:
+        raise DataError(f"{where}: {name} line {n}: {column} {text.strip()[:32]!r} is not a finite number within +-{_MAX_POSE:g}")
     return value
 
 
@@ -314,7 +348,7 @@ def _count_video_frames(path: Path, where: str) -> tuple[int, tuple[int, int]]:
 
 def _load_camera(drive_dir: Path, names: set[str], cam: str, size: tuple[int, int], where: str) -> CameraSource:
     video, folder = f"{cam}.mp4", cam
-    has_video, has_folder = video in names and (drive_dir / video).is_file(), folder in names and (drive_dir / folder).is_dir()
+    has_video, has_folder = video in names and not (drive_dir / video).is_dir(), folder in names and (drive_dir / folder).is_dir()
     if has_video and has_folder:
         raise DataError(f"{where}: camera {cam} has both {video} and a folder {cam}/; keep one")
     if has_video:
@@ -325,6 +359,7 @@ def _load_camera(drive_dir: Path, names: set[str], cam: str, size: tuple[int, in
         if len(t) < 1:
             raise DataError(f"{where}: {ts_name} lists no frames")
         _check_increasing(t, [n for n, _ in rows], where, ts_name)
+        _regular_file(drive_dir / video, where, f"no {video}")
         count, video_size = _count_video_frames(drive_dir / video, where)
         if count != len(t):
             shorter = "video shorter than its timestamps" if count < len(t) else "timestamps missing for some frames"
@@ -339,6 +374,8 @@ def _load_camera(drive_dir: Path, names: set[str], cam: str, size: tuple[int, in
             if entry.name.startswith("."):
                 continue
             m = _JPEG_RE.match(entry.name)
+            if m is not None and int(m.group(1)) > _MAX_US:
+                raise DataError(f"{where}: {cam}/{entry.name}: timestamp_us {m.group(1)} is not in [0, 2^63)")
             if m is None or not entry.is_file():
                 raise DataError(f"{where}: unexpected {cam}/{display_name(entry.name)}; a camera folder holds only <timestamp_us>.jpg frames")
             frames.append((int(m.group(1)), entry.name))
@@ -369,10 +406,7 @@ def load_drive(path: str | os.PathLike, *, limits: RawLimits | None = None) -> R
     for name in sorted(names, key=os.fsencode):
         _check_name(name, where, "file")
     info = _parse_drive_json(drive_dir / DRIVE_JSON, drive_dir.name, where)
-    try:
-        calib_bytes = (drive_dir / CALIB_JSON).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{where}: no {CALIB_JSON}; it gives K, T_cam_to_ego and size per camera") from None
+    calib_bytes = _read_file(drive_dir / CALIB_JSON, where, f"no {CALIB_JSON}; it gives K, T_cam_to_ego and size per camera")
     calib = parse_calib(calib_bytes, list(info.cameras), where)
     for cam, c in calib.items():
         w, h = c["size"]

@@ -117,11 +117,42 @@ def resolve_config(config: str, overrides: list[str], nodes: int, gpus_per_node:
     return resolved
 
 
-def _check_no_secrets(text: str) -> None:
+# a config field whose name says it holds a credential
+_SECRET_FIELD = re.compile(r"(secret|password|passwd|token|api_?key|access_?key|credential|private_?key)", re.I)
+# credentials recognised by their form, whichever zone's and whether or not this shell has them
+_SECRET_FORMS = {
+    "an AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "an access key of fsdtrain's local store": re.compile(r"\bFSD[0-9A-F]{16}\b"),
+    "a user name and password in a URL": re.compile(r"://[^/\s:@'\"]+:[^/\s@'\"]+@"),
+    "a credential variable set to a value": re.compile(rf"\b(?:{'|'.join(_SECRET_ENV)})\s*[=:]\s*[^\s,}}]"),
+}
+
+
+def _secret_fields(node, path: str = "") -> list[str]:
+    """Dotted names of the config fields named like a credential (``*secret*``, ``*token*``...) that hold a value."""
+    if isinstance(node, dict):
+        return [f for k, v in node.items() for f in _secret_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [f for i, v in enumerate(node) for f in _secret_fields(v, f"{path}[{i}]")]
+    return [path] if node not in (None, "") and _SECRET_FIELD.search(path.rsplit(".", 1)[-1]) else []
+
+
+def _check_no_secrets(text: str, resolved: dict | None = None) -> None:
+    """Refuses a job file that would hold a credential: this shell's keys by value, any key by its form
+    (an access key id of AWS or of the local store, ``user:password@`` in a URL, ``AWS_SECRET_ACCESS_KEY=...``),
+    and any config field named like one. Job files name the variables; the values stay in the environment."""
+    fix = "keep credentials out of configs and flags: the job reads them from its environment (AWS_PROFILE, a secret store, a Kubernetes Secret)"
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 8 and value in text:
-            raise ConfigError(f"the rendered job would contain the value of ${name}; keep credentials out of configs and flags (the job reads them from its environment)")
+            raise ConfigError(f"the rendered job would contain the value of ${name}; {fix}")
+    for field_name in _secret_fields(resolved or {}):
+        raise ConfigError(f"the rendered job would contain the credential in config field {field_name}; {fix}")
+    for what, form in _SECRET_FORMS.items():
+        found = form.search(text)
+        if found:
+            line = text.count("\n", 0, found.start()) + 1
+            raise ConfigError(f"the rendered job would contain {what} (line {line} of the job file); {fix}")
 
 
 def _store_env(kind: str) -> str:
@@ -247,7 +278,7 @@ def render_job(spec: LaunchSpec, *, check_store: bool = True) -> RenderedJob:
         values["env"] = _fill(PARTS["env"], {**values, "store_env": _store_env(spec.kind)})
         values["config_block"] = _config_block(spec, config_yaml, workdir)
     text = _fill(TEMPLATES[spec.kind], values)
-    _check_no_secrets(text)
+    _check_no_secrets(text, resolved)
     submit = {
         "slurm": f"sbatch {file_name}",
         "torchrun": f"MASTER_ADDR=<first node> NODE_RANK=<0..{spec.nodes - 1}> bash {file_name}   # on each node",

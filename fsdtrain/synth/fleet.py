@@ -32,8 +32,7 @@ from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, dataset_name, validate_split
 from fsdtrain.format.schema import ClipMeta, clip_key, encode_npy
 from fsdtrain.format.video import encode_video
-from fsdtrain.format.writer import ShardSet, write_shards
-from fsdtrain.residency import validate_zone
+from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
 from fsdtrain.store import objects
 from fsdtrain.synth.render import Renderer
 from fsdtrain.synth.rig import DEFAULT_RIG, calib_json, make_rig
@@ -89,7 +88,6 @@ def make_clip(
     seed: int,
     index: int,
     split: str = "train",
-    zone: str | None = None,
     clip: ClipSpec = ClipSpec(),  # noqa: B008 (frozen dataclass)
     scenario: Scenario | None = None,
 ) -> dict[str, bytes]:
@@ -99,7 +97,6 @@ def make_clip(
     ``calib.json``, ``ego.npy`` and one ``<camera>.mp4`` per camera of the rig (:data:`~fsdtrain.synth.rig.RIGS`).
     """
     style = country_style(country)
-    zone = validate_zone(zone) if zone is not None else style.zone
     width, height, fps, rig = clip.width, clip.height, clip.fps, clip.rig
     plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=clip.seconds, scenario=scenario)
     renderer = _renderer(rig, width, height)
@@ -108,7 +105,7 @@ def make_clip(
     key = clip_key(drive_id, 0)
     cameras = [c.name for c in renderer.rig]
     meta = ClipMeta(
-        clip_id=key, drive_id=drive_id, country=style.code, zone=zone, timestamp_us=plan.timestamp_us,
+        clip_id=key, drive_id=drive_id, country=style.code, zone=style.zone, timestamp_us=plan.timestamp_us,
         fps=float(fps), frames=len(plan.ego), cameras=cameras, tags={**plan.tags, "rig": rig, "seed": seed, "index": index},
     )
     sample = {
@@ -135,13 +132,16 @@ def synth_fleet(
     clips_per_shard: int = 8,
     split: str = "train",
     seed: int = 0,
-    zone: str | None = None,
     clip: ClipSpec = ClipSpec(),  # noqa: B008 (frozen dataclass)
     scenario: Scenario = Scenario(),  # noqa: B008 (frozen dataclass)
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    replace: bool = False,
 ) -> list[Manifest]:
     """Writes ``clips`` synthetic clips per country to ``<out>/<split>/<country>/`` (shards + manifest).
+
+    Every country's shards are written before any manifest is saved, so a run that fails publishes
+    nothing and leaves what ``out`` held as it was (:class:`~fsdtrain.format.writer.ShardWriter`).
 
     Args:
         out: dataset URL (``s3://bucket/prefix/NAME`` or ``file:///dir/NAME``); ``NAME`` is the dataset name.
@@ -150,14 +150,20 @@ def synth_fleet(
         clips_per_shard: clips per tar shard.
         split: split name (``[A-Za-z0-9_-]``); it enters every clip's seed, so splits never share clips.
         seed: fleet seed; the same arguments give byte-identical shards.
-        zone: residency zone for every country; default: each style's zone (``cn`` for CN, else ``global``).
         clip: image size, frame rate, length, keyframe interval and camera rig of every clip.
         scenario: what the clips show: conditions (default all day), other vehicles, lane changes.
         workers: processes rendering clips in parallel (a fork pool, so Linux/macOS); the output does not depend on it.
         progress: called with a one-line message after each clip.
+        replace: replace the datasets already in these ``<split>/<country>`` directories (each
+            switches to the new version once all are written) instead of refusing them.
 
     Returns:
         One manifest per country, in the order given.
+
+    Raises:
+        ConfigError: a bad argument, or a ``<split>/<country>`` directory already holds a dataset
+            and ``replace`` is not given (checked before any clip is rendered).
+        StoreError: ``out`` cannot be written (unreachable, denied, disk full).
     """
     if clips < 1 or clips_per_shard < 1 or workers < 1:
         raise ConfigError(f"clips={clips}, clips_per_shard={clips_per_shard} and workers={workers} must all be at least 1")
@@ -167,27 +173,22 @@ def synth_fleet(
     styles = [country_style(c) for c in countries]
     if len({s.code for s in styles}) != len(styles):
         raise ConfigError(f"countries {countries} list a country twice")
-    if zone is not None:
-        validate_zone(zone)
     cameras = clip.cameras
     dataset = dataset_name(out)
-    ctx = multiprocessing.get_context("fork")
-    pool_cm = ctx.Pool(workers) if workers > 1 else contextlib.nullcontext()
-    manifests = []
-    with pool_cm as pool:
-        for style in styles:
-            clip_zone = zone or style.zone
-            common = dict(seed=seed, split=split, zone=clip_zone, clip=clip, scenario=scenario)
+    with contextlib.ExitStack() as stack:  # a writer left open when this block raises removes what it wrote
+        writers: list[ShardWriter] = []
+        for style in styles:  # every directory is checked (refused unless replace) before any clip is rendered
+            shard_set = ShardSet(dataset=dataset, split=split, country=style.code, zone=style.zone, cameras=cameras, fps=clip.fps)
+            writer = ShardWriter(objects.join_url(out, split, style.code), shard_set, clips_per_shard=clips_per_shard, replace=replace)
+            writers.append(stack.enter_context(writer))
+        pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers)) if workers > 1 else None
+        for style, writer in zip(styles, writers):
+            common = dict(seed=seed, split=split, clip=clip, scenario=scenario)
             tasks = [dict(country=style.code, index=i, **common) for i in range(clips)]
             samples: Iterator[dict[str, bytes]] = pool.imap(_make_clip_kw, tasks) if pool is not None else map(_make_clip_kw, tasks)
-            manifests.append(
-                write_shards(
-                    objects.join_url(out, split, style.code), _report(samples, style.code, clips, progress),
-                    ShardSet(dataset=dataset, split=split, country=style.code, zone=clip_zone, cameras=cameras, fps=clip.fps),
-                    clips_per_shard=clips_per_shard,
-                )
-            )
-    return manifests
+            for sample in _report(samples, style.code, clips, progress):
+                writer.write(sample)
+        return publish_all(writers)
 
 
 def _report(samples: Iterator[dict[str, bytes]], country: str, total: int, progress: Callable[[str], None] | None):

@@ -30,7 +30,6 @@ import numpy as np
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.video import encode_video
 from fsdtrain.ingest.raw import CALIB_JSON, DRIVE_JSON, POSES_CSV
-from fsdtrain.residency import validate_zone
 from fsdtrain.store import objects
 from fsdtrain.synth.render import Renderer
 from fsdtrain.synth.rig import calib_json, default_rig
@@ -92,10 +91,10 @@ def write_raw_drive(
     fps: float,
     pose_hz: float,
     jpeg_cameras: bool,
-    zone: str,
 ) -> Path:
     """Writes one synthetic raw drive folder into ``out_dir``; returns its path."""
-    code = country_style(country).code
+    style = country_style(country)
+    code = style.code
     name = drive_name(code, seed, index)
     drive = Path(out_dir) / name
     if drive.exists():
@@ -107,7 +106,7 @@ def write_raw_drive(
     t0 = cam_plan.timestamp_us
 
     info = {
-        "drive_id": name, "country": code, "zone": zone, "vehicle": "synth-suv-6cam",
+        "drive_id": name, "country": code, "zone": style.zone, "vehicle": "synth-suv-6cam",
         "cameras": [c.name for c in cams], "fps": float(fps),
         "tags": {"synthetic": True, "generator": "fsdtrain.synth_raw/1", "seed": seed, "index": index},
     }  # fmt: skip
@@ -152,7 +151,6 @@ def synth_raw_drives(
     fps: float = 10.0,
     pose_hz: float = 25.0,
     jpeg_cameras: bool = True,
-    zone: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Writes ``drives`` synthetic raw drives per country into the local folder ``out_dir``.
@@ -167,7 +165,6 @@ def synth_raw_drives(
         fps: camera frame rate.
         pose_hz: pose rate, normally not ``fps`` (ingest resamples poses onto frame times).
         jpeg_cameras: write every second camera as a folder of JPEG frames instead of an MP4.
-        zone: residency zone for every drive; default: each country style's zone.
         progress: called with a one-line message after each drive.
 
     Returns:
@@ -184,8 +181,6 @@ def synth_raw_drives(
         raise ConfigError(f"seconds={seconds}, fps={fps}, pose_hz={pose_hz}: need positive rates and at least 2 frames and poses")
     if not countries:
         raise ConfigError("no countries given, e.g. CN,US,DE")
-    if zone is not None:
-        validate_zone(zone)
     styles = [country_style(c) for c in countries]
     renderer = Renderer(default_rig(), width, height)
     out = []
@@ -193,7 +188,7 @@ def synth_raw_drives(
         for i in range(drives):
             path = write_raw_drive(
                 u.key, style.code, seed=seed, index=i, renderer=renderer, seconds=seconds, fps=fps, pose_hz=pose_hz,
-                jpeg_cameras=jpeg_cameras, zone=zone or style.zone,
+                jpeg_cameras=jpeg_cameras,
             )  # fmt: skip
             out.append(path)
             if progress is not None:

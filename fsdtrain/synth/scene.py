@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import GLOBAL_ZONE
+from fsdtrain.residency import zone_of_country
 
 __all__ = [
     "WHITE", "CONDITIONS", "CountryStyle", "STYLES", "country_style", "clip_seed", "Road", "make_road", "speed_profile",
@@ -40,8 +40,6 @@ class CountryStyle:
 
     code: str
     """ISO 3166-1 alpha-2 country code."""
-    zone: str
-    """Residency zone its clips belong to (``cn`` for China, else ``global``)."""
     drive_side: str
     """``right`` or ``left``: the side of the road traffic keeps to."""
     lanes_per_direction: int
@@ -79,23 +77,28 @@ class CountryStyle:
         if self.lanes_per_direction < 1 or min(self.cruise_mps, self.a_lat_max, self.accel_mps2, self.decel_mps2) <= 0:
             raise ConfigError(f"style {self.code}: lanes, speeds and accelerations must be positive")
 
+    @property
+    def zone(self) -> str:
+        """Residency zone its clips belong to: the policy's (fsdtrain.residency.zone_of_country)."""
+        return zone_of_country(self.code)
+
 
 STYLES: dict[str, CountryStyle] = {
     s.code: s
     for s in (
-        CountryStyle(code="CN", zone="cn", drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=10.0,
+        CountryStyle(code="CN", drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=10.0,
                      a_lat_max=1.2, accel_mps2=0.8, decel_mps2=1.0, lookahead_s=3.0, lane_offset_m=0.4,
                      centre_line="double_solid", centre_color=_YELLOW, dash_m=6.0, gap_m=9.0, asphalt=(84, 84, 88)),
-        CountryStyle(code="US", zone=GLOBAL_ZONE, drive_side="right", lanes_per_direction=2, lane_width_m=3.7, cruise_mps=14.0,
+        CountryStyle(code="US", drive_side="right", lanes_per_direction=2, lane_width_m=3.7, cruise_mps=14.0,
                      a_lat_max=3.0, accel_mps2=1.5, decel_mps2=2.0, lookahead_s=2.0, lane_offset_m=0.0,
                      centre_line="double_solid", centre_color=_YELLOW, dash_m=3.0, gap_m=9.0, asphalt=(98, 97, 95)),
-        CountryStyle(code="DE", zone=GLOBAL_ZONE, drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=18.0,
+        CountryStyle(code="DE", drive_side="right", lanes_per_direction=2, lane_width_m=3.5, cruise_mps=18.0,
                      a_lat_max=2.5, accel_mps2=2.0, decel_mps2=2.5, lookahead_s=2.0, lane_offset_m=-0.2,
                      centre_line="dashed", centre_color=WHITE, dash_m=6.0, gap_m=12.0, asphalt=(90, 91, 95)),
-        CountryStyle(code="GB", zone=GLOBAL_ZONE, drive_side="left", lanes_per_direction=2, lane_width_m=3.65, cruise_mps=15.0,
+        CountryStyle(code="GB", drive_side="left", lanes_per_direction=2, lane_width_m=3.65, cruise_mps=15.0,
                      a_lat_max=2.5, accel_mps2=1.5, decel_mps2=2.0, lookahead_s=2.5, lane_offset_m=0.0,
                      centre_line="dashed", centre_color=WHITE, dash_m=4.0, gap_m=5.0, asphalt=(95, 93, 92)),
-        CountryStyle(code="JP", zone=GLOBAL_ZONE, drive_side="left", lanes_per_direction=2, lane_width_m=3.25, cruise_mps=12.0,
+        CountryStyle(code="JP", drive_side="left", lanes_per_direction=2, lane_width_m=3.25, cruise_mps=12.0,
                      a_lat_max=2.0, accel_mps2=1.2, decel_mps2=1.5, lookahead_s=2.5, lane_offset_m=0.1,
                      centre_line="solid", centre_color=_YELLOW, dash_m=5.0, gap_m=5.0, asphalt=(88, 90, 94)),
     )

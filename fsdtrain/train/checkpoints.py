@@ -11,16 +11,22 @@ leaves the previous checkpoint (or the one just published) loadable as ``last``;
 interrupted save are hidden, never resolved as ``last``, and removed when the next run starts.
 
 The folder's names and how a checkpoint is found and read back (without pickle) are
-:mod:`fsdtrain.weights.checkpoint_files`. Resuming (``--ckpt_path``) is DeepSpeed's own loader,
-which unpickles: resume only from checkpoints your own runs wrote (docs/checkpoints.md).
+:mod:`fsdtrain.weights.checkpoint_files`. Resuming (``--ckpt_path``) reads every file with
+``weights_only=True``, DeepSpeed's shards included (:mod:`fsdtrain.train.safe_resume`).
+
+A checkpoint is never saved with weights that are not finite (:func:`fsdtrain.train.finite.check_finite_weights`),
+and a save that fails on the disk (full: ENOSPC) is a one-line :class:`CheckpointWriteError` naming the path;
+the previous checkpoint stays ``last``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from weakref import proxy
@@ -28,8 +34,9 @@ from weakref import proxy
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from fsdtrain.errors import ConfigError
+from fsdtrain.errors import ConfigError, FsdtrainError
 from fsdtrain.train.callbacks import run_metadata
+from fsdtrain.train.finite import check_finite_weights
 from fsdtrain.train.lightning_internals import last_checkpoint_saved, mark_saved, save_as_model_checkpoint
 from fsdtrain.weights.checkpoint_files import (
     CONFIG_NAME,
@@ -44,7 +51,7 @@ from fsdtrain.weights.checkpoint_files import (
 )
 from fsdtrain.weights.metadata import WeightsMeta
 
-__all__ = ["CheckpointConfig", "FleetCheckpoint"]
+__all__ = ["CheckpointConfig", "CheckpointWriteError", "FleetCheckpoint"]
 
 @dataclass
 class CheckpointConfig:
@@ -109,6 +116,33 @@ def _point(link: Path, target: Path) -> None:
         shutil.rmtree(link)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
+
+
+class CheckpointWriteError(FsdtrainError):
+    """A checkpoint could not be written (disk full, no permission...); the previous one is still ``last``."""
+
+
+# what torch.save says when its file cannot be written (it raises RuntimeError, not the OSError beneath)
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed")
+
+
+@contextmanager
+def _disk_errors(final: Path) -> Iterator[None]:
+    """An OSError (disk full: ENOSPC) while saving ``final`` -> one line naming the path and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(final) else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = "free space on its disk or lower checkpoint.keep" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
+        raise CheckpointWriteError(f"could not save checkpoint {final}{where}: {reason}; {hint}. The previous checkpoint is still `last`") from None
+    except RuntimeError as exc:
+        if not any(text in str(exc) for text in _TORCH_WRITE_FAILED):
+            raise
+        raise CheckpointWriteError(
+            f"could not save checkpoint {final}: writing its files failed (is the disk full?); free space on its disk or lower "
+            "checkpoint.keep. The previous checkpoint is still `last`"
+        ) from None
 
 
 class FleetCheckpoint(ModelCheckpoint):
@@ -193,14 +227,16 @@ class FleetCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         final = Path(filepath)
         tmp = final.with_name(f".{final.name}{PARTIAL}")
-        if trainer.is_global_zero:
-            remove_path(tmp)
-        trainer.strategy.barrier()
-        trainer.save_checkpoint(str(tmp), self.save_weights_only)  # every rank writes its shards
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            self._write_run_files(trainer, tmp, final)
-            _commit(tmp, final)
+        check_finite_weights(trainer, trainer.lightning_module, str(final))  # never a checkpoint of NaN weights
+        with _disk_errors(final):
+            if trainer.is_global_zero:
+                remove_path(tmp)
+            trainer.strategy.barrier()
+            trainer.save_checkpoint(str(tmp), self.save_weights_only)  # every rank writes its shards
+            trainer.strategy.barrier()
+            if trainer.is_global_zero:
+                self._write_run_files(trainer, tmp, final)
+                _commit(tmp, final)
         trainer.strategy.barrier()
         mark_saved(self, trainer.global_step, str(final))
         if trainer.is_global_zero:

@@ -32,6 +32,8 @@ DATA_TYPES = "data_types"
 BUFFER_DTYPE = "buffer_dtype"
 
 _STRATEGY = "fsdtrain/train/strategies.py FleetDeepSpeedStrategy"
+_SAFE_RESUME = "fsdtrain/train/safe_resume.py install_safe_loading"
+_ENGINE = "deepspeed.runtime.engine.DeepSpeedEngine"
 
 INTERNALS: tuple[Internal, ...] = (
     Internal(
@@ -59,6 +61,39 @@ INTERNALS: tuple[Internal, ...] = (
         f"writes the config keys {DATA_TYPES!r} and {BUFFER_DTYPE!r} by these names",
         "none (the names are DeepSpeed's config schema)",
         contains=(f'{DATA_TYPES.upper()} = "{DATA_TYPES}"', f'{BUFFER_DTYPE.upper()} = "{BUFFER_DTYPE}"'),
+    ),
+    Internal(
+        _ENGINE, "_configure_checkpointing", "source", _SAFE_RESUME,
+        "replaces the checkpoint_engine this method sets by a subclass of TorchCheckpointEngine that loads with "
+        "weights_only=True (DeepSpeed's own engines all unpickle)",
+        "none: the DeepSpeed config chooses only among DeepSpeed's engines; DeepSpeed documents the engine as replaceable",
+        contains=("self.checkpoint_engine = create_checkpoint_engine(",),
+    ),
+    Internal(
+        _ENGINE, "_load_checkpoint", "source", _SAFE_RESUME,
+        "relies on DeepSpeed reading the model states through self.checkpoint_engine (so the replaced engine's load applies)",
+        "none",
+        contains=("checkpoint_engine=self.checkpoint_engine",),
+    ),
+    Internal(
+        _ENGINE, "_get_all_zero_checkpoint_state_dicts", "source", _SAFE_RESUME,
+        "relies on DeepSpeed reading the optimizer shards through self.checkpoint_engine.load",
+        "none",
+        contains=("self.checkpoint_engine.load(",),
+    ),
+    Internal(
+        "deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine.TorchCheckpointEngine", "load", "method", _SAFE_RESUME,
+        "overrides it in a subclass to load with weights_only=True and DeepSpeed's classes allowed by name",
+        "none: it calls torch.load(weights_only=False)",
+        params=("self", "path", "map_location"),
+    ),
+    Internal(
+        _ENGINE, "_take_model_step", "source", "fsdtrain/train/finite.py FiniteTraining",
+        "reads engine.skipped_steps, which this method counts up when the ZeRO optimizer skipped a step for "
+        "non-finite gradients, to stop the run after such a step",
+        "was_step_applied() is public but also False between accumulation boundaries; the gradients themselves are "
+        "partitioned inside the ZeRO optimizer",
+        contains=("self.skipped_steps += 1",),
     ),
 )  # fmt: skip
 

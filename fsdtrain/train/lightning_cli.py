@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fsdtrain.batching import plan_batches
@@ -40,11 +41,20 @@ from fsdtrain.train.callbacks import (
 )
 from fsdtrain.train.checkpoints import CheckpointConfig, FleetCheckpoint
 from fsdtrain.train.cluster import cluster_setup, detect_cluster
+from fsdtrain.train.finite import FiniteTraining
 from fsdtrain.train.lightning_internals import subcommand_parser
 from fsdtrain.train.module import DrivingModule
-from fsdtrain.train.strategies import FleetDeepSpeedStrategy, register_strategies
+from fsdtrain.train.safe_resume import check_checkpoint_files
+from fsdtrain.train.strategies import STRATEGY_NAMES, FleetDeepSpeedStrategy, register_strategies
 from fsdtrain.train.wandb_log import FleetWandbLogger, WandbReview, WandbTarget, sync_line
-from fsdtrain.weights.checkpoint_files import last_checkpoint, resolve_checkpoint
+from fsdtrain.weights.checkpoint_files import (
+    META_NAME,
+    last_checkpoint,
+    read_checkpoint_metadata,
+    resolve_checkpoint,
+    sidecar,
+)
+from fsdtrain.weights.files import read_metadata
 
 __all__ = ["WandbConfig", "SiteConfig", "FleetCLI", "WEIGHTS_NAME", "VAL_METRICS_NAME"]
 
@@ -90,6 +100,18 @@ class SiteConfig:
     zone: str | None = None
 
 
+def _check_strategy(strategy) -> None:
+    """A strategy name Lightning does not know fails here, in one line with the names it knows, before any work."""
+    if not isinstance(strategy, str):
+        return  # a Strategy given by class path: LightningCLI has built it
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy.lower() not in known:
+        raise ConfigError(
+            f"--trainer.strategy {strategy!r} is not a strategy; use one of auto, {', '.join(STRATEGY_NAMES)} "
+            "(or another strategy name Lightning registers; docs/multi-node.md)"
+        )
+
+
 class FleetCLI(LightningCLI):
     """LightningCLI with fsdtrain's run conventions; ``job_type`` is ``pretrain`` or ``finetune``.
 
@@ -109,6 +131,15 @@ class FleetCLI(LightningCLI):
             seed_everything_default=0,
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parses as LightningCLI does; a ``--ckpt_path`` file (which LightningCLI opens next for its
+        hyperparameters) is read first without unpickling, so a crafted one is refused in one line."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_files(ckpt_path)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--workdir", type=str, default="runs/fsdtrain", help="Run directory: checkpoints, weights, audit log, W&B files.")
         parser.add_dataclass_arguments(WandbConfig, "wandb")
@@ -124,6 +155,7 @@ class FleetCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.wandb.mode not in _WANDB_MODES:
             raise ConfigError(f"--wandb.mode must be one of {_WANDB_MODES}, got {cfg.wandb.mode!r}")
+        _check_strategy(cfg.trainer.strategy)
         workdir = Path(cfg.workdir)
         cfg.trainer.default_root_dir = str(workdir)
         if not cfg.data.audit_log:
@@ -135,13 +167,27 @@ class FleetCLI(LightningCLI):
         self._preflight(cfg)
         if "ckpt_path" in cfg:
             cfg.ckpt_path = self._ckpt_path(cfg.ckpt_path, workdir)
-        if "weights_only" in cfg and cfg.weights_only is None:  # single-file checkpoints never unpickle (docs/checkpoints.md)
+        self._check_weights_zones(cfg)
+        if "weights_only" in cfg:  # checkpoints never unpickle (docs/checkpoints.md); DeepSpeed's: fsdtrain/train/safe_resume.py
+            if cfg.weights_only is False:
+                raise ConfigError("--weights_only false: fsdtrain never unpickles checkpoints (docs/checkpoints.md); leave --weights_only out")
             cfg.weights_only = True
 
     @staticmethod
     def _preflight(cfg) -> None:
         """Fails on unreadable data and residency violations before any process, logger or model starts."""
         load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), ZoneGate(cfg.site.zone))
+
+    @staticmethod
+    def _check_weights_zones(cfg) -> None:
+        """Weights trained on a restricted zone's data are used only at a site of that zone: the starting weights (``--model.init_from``, ``finetune --from``) and the checkpoint resumed or validated
+        (``--ckpt_path``, when it records zones), from their metadata, before any tensor is read."""
+        site = resolve_site_zone(cfg.site.zone)
+        if cfg.model.get("init_from"):
+            read_metadata(cfg.model.init_from).check_site(site, "--model.init_from / finetune --from")
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and "://" not in str(ckpt) and ckpt not in ("best", "hpc") and sidecar(Path(ckpt), META_NAME).is_file():
+            read_checkpoint_metadata(ckpt)[0].check_site(site, "--ckpt_path")
 
     @staticmethod
     def _ckpt_path(ckpt_path: str | None, workdir: Path) -> str | None:
@@ -190,6 +236,7 @@ class FleetCLI(LightningCLI):
             ExportWeights(str(workdir / WEIGHTS_NAME)),
             ValidationReport(str(workdir / VAL_METRICS_NAME)),
             StreamEpoch(),
+            FiniteTraining(),  # a NaN loss or gradient stops the run before its step (fsdtrain/train/finite.py)
             Throughput(),
             RunInfo(resolved),
             *cluster_setup(config),  # SLURM, torchrun, DeepSpeed launcher or Kubeflow: fsdtrain/train/cluster.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 
-from fsdtrain.errors import DataError
+from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.eval.metrics import METRIC_KEYS, MetricTable, sample_errors, stable_key
 from fsdtrain.eval.report import build_report
 from fsdtrain.format.schema import DEFAULT_CAMERAS
@@ -50,6 +51,17 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": (self.lr, math.isfinite(self.lr) and self.lr > 0, "a number > 0, e.g. 0.001"),
+            "weight_decay": (self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, "an integer >= 0"),
+            "min_lr_ratio": (self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "a number from 0 to 1"),
+        }
+        for name, (value, ok, what) in checks.items():
+            if not ok:
+                raise ConfigError(f"model.optim.{name} must be {what}, got {value!r}")
 
 
 class DrivingModule(pl.LightningModule):

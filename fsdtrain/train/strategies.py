@@ -24,6 +24,7 @@ from fsdtrain.batching import BatchPlan, plan_batches
 from fsdtrain.errors import ConfigError
 from fsdtrain.train.deepspeed_internals import BUFFER_DTYPE, DATA_TYPES, cpu_accelerator, cpu_initialize_args
 from fsdtrain.train.lightning_internals import defined_train_dataloader, init_deepspeed_distributed
+from fsdtrain.train.safe_resume import check_checkpoint_files, install_safe_loading
 
 __all__ = ["FleetDeepSpeedStrategy", "register_strategies", "adamw_class", "STRATEGY_NAMES"]
 
@@ -143,6 +144,15 @@ class FleetDeepSpeedStrategy(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, ds_optimizer
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """Loads a checkpoint as Lightning does, without unpickling code (fsdtrain/train/safe_resume.py): every
+        file is read with ``weights_only=True`` before DeepSpeed opens it (a crafted file is refused in one
+        line), and DeepSpeed's engine then reads them with ``weights_only=True`` too."""
+        check_checkpoint_files(checkpoint_path)
+        if self.deepspeed_engine is not None:
+            install_safe_loading(self.deepspeed_engine)
+        return super().load_checkpoint(checkpoint_path, weights_only=True)
 
 
 def adamw_class(strategy: Strategy) -> type[torch.optim.Optimizer]:

@@ -44,6 +44,8 @@ __all__ = [
     "resolve_checkpoint",
     "read_checkpoint",
     "read_checkpoint_metadata",
+    "load_torch_file",
+    "checkpoint_files",
 ]
 
 LAST_NAME = "last.ckpt"
@@ -148,22 +150,43 @@ def _enum_value(value):
 # the only non-data objects DeepSpeed pickles into ZeRO shards; anything else is refused
 _DEEPSPEED_GLOBALS = [
     (_Inert, ds.LOSS_SCALER_CLASS),
+    (_Inert, ds.DYNAMIC_LOSS_SCALER_CLASS),
     (_Inert, ds.FRAGMENT_ADDRESS_CLASS),
     (_enum_value, ds.ZERO_STAGE_ENUM_CLASS),
 ]
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
+
+
+def load_torch_file(path: str | os.PathLike, *, allowed: list | None = None, map_location="cpu", mmap: bool = True):
+    """``torch.load`` of a checkpoint file that never runs pickled code: ``weights_only=True``, with only
+    the objects ``allowed`` (``torch.serialization.safe_globals`` entries; default: DeepSpeed's, as inert
+    stand-ins) besides plain data and tensors. A refused object, a truncated file or a file that is not a
+    torch file is a one-line ConfigError naming the file (and the refused object)."""
+    try:
+        with torch.serialization.safe_globals(_DEEPSPEED_GLOBALS if allowed is None else allowed):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except RuntimeError as exc:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
+                if not (mmap and "mmap can only be used with files saved with" in str(exc)):
+                    raise
+                return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a pickled object: name it
+        found = _REFUSED_GLOBAL.search(str(exc))
+        what = f"a pickled {found.group(1)}" if found else "a pickled object that is not plain data"
+        raise ConfigError(f"{path} holds {what}; fsdtrain reads checkpoints without unpickling code (docs/checkpoints.md)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated or not a torch file
+        text = str(exc).strip()
+        raise ConfigError(f"{path}: unreadable checkpoint file ({text.splitlines()[0] if text else type(exc).__name__})") from None
 
 
 def _load(path: Path) -> dict:
-    try:
-        with torch.serialization.safe_globals(_DEEPSPEED_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a pickled object: name it
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "an object that is not plain data"
-        raise ConfigError(f"{path} holds a pickled {what}; fsdtrain reads checkpoints without unpickling code (docs/checkpoints.md)") from None
-    except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch file
-        text = str(exc).strip()
-        raise ConfigError(f"{path}: unreadable checkpoint file ({text.splitlines()[0] if text else type(exc).__name__})") from None
+    return load_torch_file(path)
+
+
+def checkpoint_files(ckpt: str | os.PathLike) -> list[Path]:
+    """Every torch file of a checkpoint: the file itself, or each ``*.pt`` under a DeepSpeed folder."""
+    p = Path(ckpt)
+    return [p] if p.is_file() else sorted(f for f in p.rglob("*.pt") if f.is_file())
 
 
 def _natural(path: Path) -> list:
@@ -238,10 +261,13 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> tuple[WeightsMeta, Path
         raise ConfigError(f"{ckpt} has no {META_NAME}: it was not written by `fsdtrain fit` (FleetCheckpoint), so its model config is unknown")
     try:
         raw = json.loads(meta_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{meta_file}: not JSON ({exc})") from None
     config_file = sidecar(ckpt, CONFIG_NAME)
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file}: not YAML ({str(exc).strip().splitlines()[0]})") from None
     return WeightsMeta.from_dict({**raw, "config": config} if isinstance(raw, dict) else raw, str(meta_file)), ckpt
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "PARAM_ALIGNMENT_PADDINGS",
     "FP32_FLAT_GROUPS",
     "LOSS_SCALER_CLASS",
+    "DYNAMIC_LOSS_SCALER_CLASS",
     "FRAGMENT_ADDRESS_CLASS",
     "ZERO_STAGE_ENUM_CLASS",
     "ZERO12_ALIGNMENT_FACTOR",
@@ -73,6 +74,7 @@ FP32_FLAT_GROUPS = "fp32_flat_groups"  # ZeRO-3
 
 # --- classes pickled into optimizer shards (pickle names them by __module__.__qualname__) -------------
 LOSS_SCALER_CLASS = "deepspeed.runtime.fp16.loss_scaler.LossScaler"
+DYNAMIC_LOSS_SCALER_CLASS = "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"  # fp16 with dynamic loss scaling
 FRAGMENT_ADDRESS_CLASS = "deepspeed.utils.tensor_fragment.fragment_address"
 ZERO_STAGE_ENUM_CLASS = "deepspeed.runtime.zero.config.ZeroStageEnum"
 
@@ -149,6 +151,9 @@ KEYS: tuple[DeepSpeedKey, ...] = (
                  "_zero_state reads the ZeRO-3 fp32 weights from it"),
     DeepSpeedKey(LOSS_SCALER_CLASS, "optimizer states", "pickle", (f"{_ZERO12}.state_dict", f"{_ZERO3}._rigid_state_dict"), None,
                  "_load reads this pickled object into an inert stand-in (weights_only=True refuses any class not allowed by name)",
+                 contains=("LOSS_SCALER",)),
+    DeepSpeedKey(DYNAMIC_LOSS_SCALER_CLASS, "optimizer states", "pickle", (f"{_ZERO12}.state_dict", f"{_ZERO3}._rigid_state_dict"), None,
+                 "_load reads it (fp16 runs' loss scaler) into an inert stand-in, as LossScaler",
                  contains=("LOSS_SCALER",)),
     DeepSpeedKey(FRAGMENT_ADDRESS_CLASS, "optimizer states", "pickle", (f"{_ZERO12}.state_dict",), None,
                  "_load reads this pickled object (param_slice_mappings) into an inert stand-in",

@@ -21,13 +21,14 @@ Records are frozen: writers make them with :meth:`WeightsMeta.of` and change the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fsdtrain.errors import ConfigError
-from fsdtrain.residency import validate_zone
+from fsdtrain.residency import SITE_ZONE_ENV, ResidencyError, check_zone, validate_zone
 
 __all__ = ["FORMAT", "HEAD_KIND", "HEAD_FIELDS", "LINEAGE_FIELDS", "WeightsMeta"]
 
@@ -202,6 +203,32 @@ class WeightsMeta:
         per_part = self.trained_on_zones or {}
         return {p: list(per_part.get(p, self.zones or [])) for p in parts}
 
+    def trained_zones(self) -> list[str]:
+        """Every zone the weights learned from: ``zones``, each part's ``trained_on_zones`` and the parent's."""
+        zones = set(self.zones or [])
+        for part in (self.trained_on_zones or {}).values():
+            zones |= set(part)
+        if self.parent is not None:
+            zones |= set(self.parent.trained_zones())
+        return sorted(zones)
+
+    def check_site(self, site_zone: str, use: str) -> None:
+        """Raises :class:`~fsdtrain.residency.ResidencyError` (one line naming the file) unless a job at
+        ``site_zone`` may ``use`` these weights: each zone they were trained on is ``global`` or the site's
+        (weights learned from a zone's data stay in it, docs/residency.md), or ``fsdtrain export`` wrote
+        them for ``site_zone`` (``exported_for_zone``: the export policy let them leave their zones).
+        Weights that record no zone (written by hand or by tests) pass."""
+        if self.exported_for_zone == site_zone:
+            return
+        for zone in self.trained_zones():
+            try:
+                check_zone(self.source, zone, site_zone)
+            except ResidencyError:
+                raise ResidencyError(
+                    f"residency: {self.source or 'these weights'} were trained on zone '{zone}' data and may not be used "
+                    f"({use}) at site zone '{site_zone}'; run it at a '{zone}' site (site.zone / {SITE_ZONE_ENV}={zone})"
+                ) from None
+
     def lineage(self) -> WeightsMeta:
         """What a run started from these weights records of them as its ``parent``: every
         :data:`LINEAGE_FIELDS` field, null where these weights do not record it."""
@@ -279,15 +306,37 @@ def _mapping(v: Any) -> str | None:
     return None if isinstance(v, dict) and all(isinstance(k, str) for k in v) else "must be a mapping with string keys"
 
 
+def _record_problem(cls: type, v: dict[str, Any]) -> str | None:
+    """What is wrong with ``v`` as the fields of the dataclass ``cls``: an unknown key, or a value its checks refuse."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(v) - set(known))
+    if unknown:
+        return f"has unknown key {unknown[0]!r} ({cls.__name__} fields are {', '.join(known)})"
+    try:
+        cls(**v)
+    except (ConfigError, TypeError, ValueError) as exc:
+        text = str(exc).strip()
+        return f"is not a valid {cls.__name__} ({text.splitlines()[0] if text else type(exc).__name__})"
+    return None
+
+
 def _net(v: Any) -> str | None:
     if _mapping(v) is not None:
         return "must be a model config mapping (ModelConfig fields)"
-    return None if "heads" not in v or _names(nonempty=True)(v["heads"]) is None else "must have 'heads' as a list of head names"
+    if "heads" in v and _names(nonempty=True)(v["heads"]) is not None:
+        return "must have 'heads' as a list of head names"
+    from fsdtrain.model.driving import ModelConfig
+
+    return _record_problem(ModelConfig, v)
 
 
 def _window(v: Any) -> str | None:
-    ok = _mapping(v) is None and all((_is_int(x) or isinstance(x, float)) and x > 0 for x in v.values())
-    return None if ok else "must map window fields (history, horizon_s, ...) to positive numbers"
+    ok = _mapping(v) is None and all((_is_int(x) or isinstance(x, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v.values())
+    if not ok:
+        return "must map window fields (history, horizon_s, ...) to positive numbers"
+    from fsdtrain.format.windows import WindowSpec
+
+    return _record_problem(WindowSpec, v)
 
 
 def _strings(v: Any) -> str | None:

@@ -23,19 +23,23 @@ from helpers.fleet import ANY_ZONE
 CAMS = ["CAM_FRONT", "CAM_BACK"]
 
 
-def _sample(i: int, zone: str = "global") -> dict[str, bytes]:
+CALIB = {"K": [[50.0, 0.0, 32.0], [0.0, 50.0, 24.0], [0.0, 0.0, 1.0]], "T_cam_to_ego": np.eye(4).tolist(), "size": [64, 48]}
+
+
+def _sample(i: int, zone: str = "cn") -> dict[str, bytes]:
     key = f"drive_{i:03d}-000000"
     meta = ClipMeta(clip_id=key, drive_id=f"drive_{i:03d}", country="CN", zone=zone, timestamp_us=i, fps=10.0, frames=4, cameras=CAMS)
     rng = np.random.default_rng(i)
-    sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": b"{}", "ego.npy": encode_npy(np.full((4, 6), float(i)))}
+    calib = json.dumps({c: CALIB for c in CAMS}).encode()
+    sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": calib, "ego.npy": encode_npy(np.full((4, 6), float(i)))}
     for c in CAMS:
         sample[f"{c}.mp4"] = rng.integers(0, 256, 1000 + 777 * i, dtype=np.uint8).tobytes()  # sizes not multiples of 512
     return sample
 
 
-def _write(out: str, n: int = 5, zone: str = "global"):
+def _write(out: str, n: int = 5, zone: str = "cn", **kw):
     shard_set = ShardSet(dataset="toy", split="train", country="CN", zone=zone, cameras=CAMS, fps=10.0)
-    return write_shards(out, (_sample(i, zone) for i in range(n)), shard_set, clips_per_shard=2)
+    return write_shards(out, (_sample(i, zone) for i in range(n)), shard_set, clips_per_shard=2, **kw)
 
 
 def _tar_members(data: bytes) -> dict[str, tuple[int, bytes]]:
@@ -67,8 +71,8 @@ def test_read_member_and_sample_by_range_on_s3(s3_bucket):
         reader.read_sample("nope")
     with pytest.raises(DataError, match=r"no member 'CAM_SIDE.mp4'; it has \['CAM_BACK.mp4'"):
         reader.read_member("drive_000-000000", "CAM_SIDE.mp4")
-    _write(out, n=2)  # a smaller rewrite leaves no stale shard or index behind
-    assert [k.rsplit("/", 1)[1] for k in objects.list_keys(out)] == ["manifest.json", "shard-000000.index.json", "shard-000000.tar"]
+    _write(out, n=2, replace=True)  # a smaller replacement (under new shard numbers) leaves no stale shard or index behind
+    assert [k.rsplit("/", 1)[1] for k in objects.list_keys(out)] == ["manifest.json", "shard-000003.index.json", "shard-000003.tar"]
 
 
 def test_changed_bytes_are_caught(tmp_path):
@@ -125,7 +129,7 @@ def test_index_format_checks():
     with pytest.raises(DataError, match="not shard-NNNNNN.tar"):
         index_name("x.tar")
     good = {"schema": INDEX_SCHEMA, "shard": "shard-000000.tar", "bytes": 10240, "sha256": "0" * 64,
-            "samples": [{"key": "k-000000", "offset": 0, "size": 1024, "members": {"meta.json": {"offset": 512, "size": 3, "sha256": "x"}}}]}  # fmt: skip
+            "samples": [{"key": "k-000000", "offset": 0, "size": 1024, "members": {"meta.json": {"offset": 512, "size": 3, "sha256": "1" * 64}}}]}  # fmt: skip
     assert parse_index(json.dumps(good).encode(), "w").samples[0].members["meta.json"].end == 515
     with pytest.raises(DataError, match="w: not a shard index .*expected 'fsdtrain.shard-index/1'"):
         parse_index(json.dumps({**good, "schema": "other"}).encode(), "w")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 import tarfile
 
 import av
@@ -22,6 +23,7 @@ from helpers.fleet import ANY_ZONE
 
 CAMS = ["CAM_FRONT", "CAM_BACK"]
 FPS = 10.0
+CALIB = {"K": [[50.0, 0.0, 32.0], [0.0, 50.0, 24.0], [0.0, 0.0, 1.0]], "T_cam_to_ego": np.eye(4).tolist(), "size": [64, 48]}
 
 
 def _frames(n: int = 12, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -48,7 +50,7 @@ def _sample(index: int, frames: int = 6, country: str = "US", zone: str = "globa
     sample = {
         "__key__": key,
         "meta.json": meta.to_json(),
-        "calib.json": json.dumps({"index": index}).encode(),
+        "calib.json": json.dumps({"index": index, **{c: CALIB for c in CAMS}}).encode(),
         "ego.npy": encode_npy(np.full((frames, 6), float(index))),
     }
     for c in CAMS:
@@ -140,33 +142,63 @@ def test_manifest_matches_files_and_is_deterministic(tmp_path):
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
 
 
-def test_manifest_written_last(tmp_path):
+def test_manifest_written_last_and_a_failed_write_leaves_nothing(tmp_path):
+    folder, seen = tmp_path / "toy/train/US", []
+
     def samples():
         for i in range(5):
             if i == 3:
+                seen.append(sorted(p.name for p in folder.iterdir()))
                 raise RuntimeError("renderer crashed")
             yield _sample(i)
 
-    out = f"file://{tmp_path}/toy/train/US"
+    out = f"file://{folder}"
     with pytest.raises(RuntimeError, match="crashed"):
         write_shards(out, samples(), TOY, clips_per_shard=2)
-    assert (tmp_path / "toy/train/US/shard-000000.tar").exists()
-    assert not (tmp_path / "toy/train/US/manifest.json").exists()
+    assert seen == [["shard-000000.index.json", "shard-000000.tar"]]  # the shard and its index first, no manifest yet
+    assert list(folder.iterdir()) == []  # what the failed write wrote is gone again
     with pytest.raises(DataError, match="no manifest"):
         load_manifest(out, ANY_ZONE, check_zone=False)
 
 
-def test_rewrite_removes_stale_manifest_before_first_shard(tmp_path):
-    out = f"file://{tmp_path}/toy/train/US"
-    _write(out, 2)
-    with pytest.raises(DataError, match="missing members"), ShardWriter(
-        out, TOY, clips_per_shard=1
-    ) as writer:
-        writer.write(_sample(0))
-        bad = _sample(1)
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_replace_leaves_the_old_version_as_it_was(tmp_path):
+    folder = tmp_path / "toy/train/US"
+    _write(str(folder), 2)
+    before = _files(folder)
+    with pytest.raises(DataError, match="missing members"), ShardWriter(str(folder), TOY, clips_per_shard=1, replace=True) as writer:
+        writer.write(_sample(5))
+        assert (folder / "shard-000001.tar").is_file()  # a number the old version does not use
+        bad = _sample(6)
         del bad["CAM_BACK.mp4"]
         writer.write(bad)
-    assert not (tmp_path / "toy/train/US/manifest.json").exists()
+    assert _files(folder) == before
+    with pytest.raises(DataError, match="no clips"):
+        write_shards(str(folder), iter([]), TOY, clips_per_shard=1, replace=True)
+    assert _files(folder) == before
+
+
+def test_a_dataset_or_an_unfinished_write_is_refused_without_replace(tmp_path):
+    folder = tmp_path / "toy/train/US"
+    _write(str(folder), 2)
+    before = _files(folder)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"file://{folder} already holds a dataset (manifest.json); pass --replace")):
+        _write(str(folder), 1)
+    assert _files(folder) == before
+    (folder / "manifest.json").unlink()  # as a writer killed before its manifest leaves it
+    with pytest.raises(ConfigError, match="shard files of an unfinished write"):
+        _write(str(folder), 1)
+    m = _write(str(folder), 1, replace=True)  # strays go too
+    assert sorted(_files(folder)) == ["manifest.json", "shard-000001.index.json", "shard-000001.tar"] == sorted(
+        ["manifest.json", m.shards[0].name, m.shards[0].index]
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a dataset")
+    assert _write(str(other), 1).shards[0].name == "shard-000000.tar"  # other files do not count
 
 
 @pytest.mark.parametrize(
@@ -175,8 +207,10 @@ def test_rewrite_removes_stale_manifest_before_first_shard(tmp_path):
         (lambda s: s.update({"__key__": "bad key!"}), "bad sample key"),
         (lambda s: s.update({"model.pkl": b"x"}), "not part of schema"),
         (lambda s: s.update({"CAM_SIDE.mp4": b"x"}), "not part of schema"),
-        (lambda s: s.update({"meta.json": _sample(0, country="CN", zone="cn")["meta.json"]}), "country"),
-        (lambda s: s.update({"meta.json": _sample(0, frames=7)["meta.json"]}), "same length"),
+        (lambda s: s.update({"meta.json": _sample(1, country="CN", zone="cn")["meta.json"]}), "country"),
+        (lambda s: s.update({"meta.json": _sample(1, frames=7)["meta.json"]}), "meta.json frames is 7, the manifest says 6"),
+        # exactly the manifest's fps, as verify and the loader check it
+        (lambda s: s.update({"meta.json": json.dumps({**json.loads(s["meta.json"]), "fps": FPS + 1e-10}).encode()}), "meta.json fps is 10.0000000001, the manifest says 10.0"),
     ],
 )
 def test_bad_samples_raise_data_error(tmp_path, change, match):
@@ -193,6 +227,8 @@ def test_no_samples_and_bad_settings(tmp_path):
         _write(f"file://{tmp_path}/x", 1, clips_per_shard=0)
     with pytest.raises(ConfigError, match="zone"):
         _write(f"file://{tmp_path}/x", 1, zone="Not A Zone")
+    with pytest.raises(ConfigError, match="zone 'cn' is not the residency policy's zone 'global' for country US"):
+        _write(f"file://{tmp_path}/x", 1, zone="cn")
 
 
 def _tarfile_bytes(samples: list[dict[str, bytes]]) -> bytes:
@@ -247,7 +283,11 @@ def test_every_shard_has_an_index_and_rewrites_remove_stale_shards(tmp_path):
     assert index["shard"] == "shard-000002.tar" and index["sha256"] == first.shards[2].sha256
     assert [s["key"] for s in index["samples"]] == ["drive_002-000000"]
     (out / "notes.txt").write_text("kept: not a shard")
-    _write(str(out), 2, clips_per_shard=1)
+    second = _write(str(out), 2, clips_per_shard=1, replace=True)
+    assert [s.name for s in second.shards] == ["shard-000005.tar", "shard-000006.tar"]  # after the old version's numbers
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "notes.txt", "shard-000000.index.json", "shard-000000.tar", "shard-000001.index.json", "shard-000001.tar",
+        "manifest.json", "notes.txt", "shard-000005.index.json", "shard-000005.tar", "shard-000006.index.json", "shard-000006.tar",
     ]  # fmt: skip
+    assert load_manifest(str(out), ANY_ZONE, check_zone=False).to_json() == second.to_json()
+    third = _write(str(out), 3, clips_per_shard=1, replace=True)
+    assert [s.name for s in third.shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]  # the lowest free numbers

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.cli import main
 from fsdtrain.data.stream import FleetStream, Source
-from fsdtrain.errors import DataError
+from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.index import IndexedShards
 from fsdtrain.format.manifest import Manifest, load_manifest
 from fsdtrain.format.schema import SCHEMA, decode_npy, parse_meta
@@ -187,7 +187,7 @@ def test_skip_bad_lists_bad_drives_and_writes_the_good_ones(raw_root, tmp_path):
     assert [s.name for s in summary.skipped] == ["b_gap", "e_zone", "c_broken_jpeg"]
     reasons = [s.reason for s in summary.skipped]
     assert reasons[0].startswith("drive b_gap: poses.csv has a 0.840 s gap")
-    assert reasons[1].startswith("drive e_zone: zone 'eu' differs from 'global' of a_good")
+    assert reasons[1].startswith("drive e_zone: ") and "zone 'eu'" in reasons[1]  # refused by the residency policy (CN -> cn, else global)
     assert reasons[2].startswith(f"drive c_broken_jpeg: unreadable frame CAM_BACK/{victim.name}")
     assert all("\n" not in r for r in reasons) and "skipped 3 bad drive(s):" in summary.format()
     assert sum("skipped:" in msg for msg in messages) == 3
@@ -204,9 +204,31 @@ def test_a_drive_failing_while_encoding_publishes_no_manifest(raw_root, tmp_path
     out = tmp_path / "fleet"
     with pytest.raises(DataError, match="^drive b_broken: unreadable frame CAM_FRONT_LEFT/"):
         write_drives(str(root), str(out), clip_seconds=1.0, shard_bytes=SHARD_BYTES)
-    assert not list(out.rglob("manifest.json"))
+    assert not [p for p in out.rglob("*") if p.is_file()]  # a_good's shards were written, then removed again
     with pytest.raises(DataError, match="none of the 1 drive"):
         write_drives(str(broken), str(out), clip_seconds=1.0, skip_bad=True)
+
+
+def test_replace_keeps_a_country_whose_drives_all_fail_and_the_countries_not_written(raw_root, tmp_path):
+    out = tmp_path / "fleet"
+    write_drives(str(raw_root), str(out), clip_seconds=1.0, shard_bytes=SHARD_BYTES)
+    write_drives(str(raw_root / "synth_us_s3_d0000"), str(out), clip_seconds=1.0, split="val")
+    before = shard_digests(out)
+    root = tmp_path / "raw"
+    clone_drive(raw_root / "synth_cn_s3_d0000", root, "a_good")
+    broken = clone_drive(raw_root / "synth_us_s3_d0001", root, "b_broken")
+    (broken / "CAM_BACK" / sorted(p.name for p in (broken / "CAM_BACK").iterdir())[3]).write_bytes(b"not a jpeg")
+    with pytest.raises(ConfigError, match="train/CN already holds a dataset"):
+        write_drives(str(root), str(out), clip_seconds=1.0)
+    summary = write_drives(str(root), str(out), clip_seconds=1.0, skip_bad=True, replace=True)
+    assert [m.country for m in summary.manifests] == ["CN"] and [s.name for s in summary.skipped] == ["b_broken"]
+    after = shard_digests(out)
+    assert {k: v for k, v in after.items() if not k.startswith("train/CN/")} == {k: v for k, v in before.items() if not k.startswith("train/CN/")}
+    (m,) = summary.manifests
+    assert {k.split("-")[0] for k in IndexedShards(m, ZoneGate(m.zone)).keys()} == {"a_good"}
+    assert sorted(k for k in after if k.startswith("train/CN/")) == sorted(
+        ["train/CN/manifest.json"] + [f"train/CN/{n}" for s in m.shards for n in (s.name, s.index)]
+    )
 
 
 def test_cli_synth_raw_then_write(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import queue
 import shlex
@@ -102,7 +103,11 @@ def test_start_stop_leaves_nothing_behind(capfd: pytest.CaptureFixture[str]) -> 
         assert store.running
         assert data_dir is not None and (data_dir / "weed.log").is_file()
         assert _client(store).list_buckets()["Buckets"] == []
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        (config_dir,) = [Path(arg.removeprefix("-config_dir=")) for arg in cmdline if arg.startswith("-config_dir=")]
+        assert (config_dir / "security.toml").is_file()
     assert not _alive(pid)
+    assert not config_dir.exists()  # weed's keys and certificates go with it
     assert not store.running and store.pid is None
     assert not data_dir.exists()  # a temporary data dir goes with the store
     store.stop()  # idempotent
@@ -122,6 +127,38 @@ def test_data_dir_is_kept_and_reused(tmp_path: Path) -> None:
         body = _client(store).get_object(Bucket="kept", Key="a/b")["Body"].read()
     assert body == b"survives restarts"
     assert data_dir.is_dir()
+
+
+def test_reused_data_dir_is_made_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A directory left by an older fsdtrain (umask 022): readable by everyone.
+    data_dir = tmp_path / "store"
+    (data_dir / "filerldb2").mkdir(parents=True, mode=0o755)
+    (data_dir / "weed.log.1").write_bytes(b"an old log")
+    (data_dir / "weed.log.1").chmod(0o644)
+    data_dir.chmod(0o755)
+    # A WEED_* variable would win over the store's security.toml: it must not reach weed.
+    monkeypatch.setenv("WEED_JWT_SIGNING_KEY", "known-to-everyone")
+    with LocalStore(data_dir) as store:
+        assert store.pid is not None
+        environ = Path(f"/proc/{store.pid}/environ").read_bytes().split(b"\0")
+        assert not [var for var in environ if var.startswith(b"WEED_")]
+        client = _client(store)
+        client.create_bucket(Bucket="private")
+        client.put_object(Bucket="private", Key="k", Body=b"v")
+        modes = {str(p.relative_to(data_dir)): stat.S_IMODE(p.lstat().st_mode) for p in data_dir.rglob("*")}
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert modes["weed.log.1"] == 0o600 and modes["filerldb2"] == 0o700 and modes["weed.log"] == 0o600
+    assert any(name.startswith("private_") and name.endswith(".dat") for name in modes)
+    # weed writes .vif files (volume version and replication, no data) as 0644 whatever the umask.
+    assert {name: mode for name, mode in modes.items() if mode & 0o077 and not name.endswith(".vif")} == {}
+
+
+def test_missing_openssl_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # weed is still found next to Python
+    store = LocalStore(tmp_path / "d")
+    with pytest.raises(StoreError, match="needs the `openssl` command.*apt install openssl"):
+        store.start()
+    assert store.pid is None
 
 
 def test_two_stores_side_by_side() -> None:
@@ -356,6 +393,10 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> l
     raise AssertionError(f"no {marker!r} line within {timeout_s} s; got {seen}")
 
 
+def _exports(lines: list[str]) -> dict[str, str]:
+    return dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines if line.startswith("export "))
+
+
 def _stop_serve(proc: subprocess.Popen[str], weed_pids: list[int]) -> None:
     """Cleanup after a failed serve test: stop serve politely, then make sure weed is gone."""
     weed_pids = weed_pids or _children(proc.pid)
@@ -384,7 +425,7 @@ def _serve(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_prints_exports_and_stops_cleanly(
+def test_serve_prints_exports_without_keys_and_stops_cleanly(
     sig: signal.Signals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = _free_port()
@@ -393,17 +434,16 @@ def test_serve_prints_exports_and_stops_cleanly(
     weed_pids: list[int] = []
     try:
         lines = _read_until(proc, "Ctrl-C", timeout_s=90)
-        exports = dict(
-            shlex.split(line.removeprefix("export "))[0].split("=", 1)
-            for line in lines
-            if line.startswith("export ")
-        )
+        exports = _exports(lines)
         assert exports["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{port}"
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(exports)
+        assert exports["AWS_PROFILE"] == "fsdtrain-admin"  # no zones: the admin profile
+        credentials = Path(exports["AWS_SHARED_CREDENTIALS_FILE"])
+        assert credentials == data_dir / "credentials" and stat.S_IMODE(credentials.stat().st_mode) == 0o600
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(exports)  # keys are never printed
         weed_pids = _children(proc.pid)
         assert len(weed_pids) == 1 and _alive(weed_pids[0])
 
-        for name in CONFLICTING_AWS_ENV:
+        for name in (*CONFLICTING_AWS_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name, raising=False)
         for name, value in exports.items():
             monkeypatch.setenv(name, value)
@@ -436,41 +476,39 @@ def test_serve_busy_port_exits_non_zero_with_one_line() -> None:
 
 
 def test_data_dir_in_use_by_another_store(tmp_path: Path) -> None:
-    with LocalStore(tmp_path / "shared"):
+    with LocalStore(tmp_path / "shared") as first:
+        credentials = first.write_credentials(tmp_path / "shared" / seaweed.CREDENTIALS_FILE)
         with pytest.raises(StoreError, match="in use by another SeaweedFS process.*--dir"):
             LocalStore(tmp_path / "shared").start()
+        with pytest.raises(StoreError, match="in use by another SeaweedFS process"):
+            seaweed.serve(str(tmp_path / "shared"), None)
+        assert credentials.is_file()  # a serve refused there leaves the running store's keys alone
 
 
-def test_serve_with_zones_prints_a_key_per_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_with_zones_writes_a_profile_per_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     proc = _serve("--zones", "global=fleet-global,cn=fleet-cn")
     weed_pids: list[int] = []
     try:
         lines = _read_until(proc, "Ctrl-C", timeout_s=90)
         weed_pids = _children(proc.pid)
-        exports = dict(
-            shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines if line.startswith("export ")
-        )
+        exports = _exports(lines)
         assert exports["FSDTRAIN_BUCKET_ZONES"] == "fleet-global=global,fleet-cn=cn"
-        zone_keys: dict[str, dict[str, str]] = {}
-        zone = None
-        for line in lines:
-            if line.startswith("# zone "):
-                zone = line.split()[2].rstrip(":")
-                assert f"bucket fleet-{zone}" in line
-            elif line.startswith("#   export ") and zone is not None:
-                name, value = shlex.split(line.removeprefix("#   export "))[0].split("=", 1)
-                zone_keys.setdefault(zone, {})[name] = value
-        assert set(zone_keys) == {"global", "cn"}
-        assert zone_keys["cn"]["AWS_ACCESS_KEY_ID"] != exports["AWS_ACCESS_KEY_ID"] != zone_keys["global"]["AWS_ACCESS_KEY_ID"]
+        assert exports["AWS_PROFILE"] == "fsdtrain-global"  # the first zone's key, never the admin one
+        assert "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN" in lines  # they would win over the profile
+        assert [line.split()[2] for line in lines if line.startswith("# profile ")] == ["fsdtrain-global:", "fsdtrain-cn:", "fsdtrain-admin:"]
+        profiles = configparser.ConfigParser()
+        profiles.read(exports["AWS_SHARED_CREDENTIALS_FILE"])
+        assert set(profiles.sections()) == {"fsdtrain-global", "fsdtrain-cn", "fsdtrain-admin"}
+        secrets = [profiles[p]["aws_secret_access_key"] for p in profiles.sections()]
+        assert len(set(secrets)) == 3
 
-        for name in CONFLICTING_AWS_ENV:
+        for name in (*CONFLICTING_AWS_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name, raising=False)
-        for name, value in {**exports, **zone_keys["cn"]}.items():
+        for name, value in {**exports, "AWS_PROFILE": "fsdtrain-cn"}.items():
             monkeypatch.setenv(name, value)
         objects.reset_clients()
-        objects.write_bytes("s3://fleet-cn/served.txt", b"cn")  # the printed cn key works on its bucket
-        for name, value in zone_keys["global"].items():
-            monkeypatch.setenv(name, value)
+        objects.write_bytes("s3://fleet-cn/served.txt", b"cn")  # the cn profile works on its bucket
+        monkeypatch.setenv("AWS_PROFILE", "fsdtrain-global")
         objects.reset_clients()
         with pytest.raises(StoreError, match=r"access denied.*zone 'cn'"):
             objects.read_bytes("s3://fleet-cn/served.txt")
@@ -482,8 +520,9 @@ def test_serve_with_zones_prints_a_key_per_zone(monkeypatch: pytest.MonkeyPatch)
     assert weed_pids and not any(_alive(p) for p in weed_pids)
     stdout, stderr = proc.communicate()
     assert stdout == "" and "Traceback" not in stderr
-    for keys in zone_keys.values():  # keys are printed on stdout only, never to the log stream
-        assert keys["AWS_SECRET_ACCESS_KEY"] not in stderr
+    printed = "\n".join(lines) + stderr
+    assert not any(secret in printed for secret in secrets)  # keys are never printed or logged
+    assert not Path(exports["AWS_SHARED_CREDENTIALS_FILE"]).exists()  # dead keys are not left behind
 
 
 @pytest.mark.parametrize("zones", ["cn", "cn=fleet,us=fleet"])

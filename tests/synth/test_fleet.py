@@ -115,16 +115,15 @@ def test_same_arguments_same_bytes(fleet, tmp_path):
 
 
 def test_zones_and_bad_arguments(tmp_path):
-    ms = synth_fleet(f"file://{tmp_path}/z", ["us", "CN"], 1, clip=ClipSpec(seconds=0.5, width=32, height=32), zone="cn")
-    assert [(m.country, m.zone) for m in ms] == [("US", "cn"), ("CN", "cn")]
-    assert parse_meta(_samples(ms[0])[0]["meta.json"], "x").zone == "cn"
+    ms = synth_fleet(f"file://{tmp_path}/z", ["us", "CN"], 1, clip=ClipSpec(seconds=0.5, width=32, height=32))
+    assert [(m.country, m.zone) for m in ms] == [("US", "global"), ("CN", "cn")]  # the residency policy's zones
+    assert parse_meta(_samples(ms[1])[0]["meta.json"], "x").zone == "cn"
     with pytest.raises(ConfigError, match="known: CN, DE, GB, JP, US"):
         synth_fleet(f"file://{tmp_path}/x", ["US", "XX"], 1)
     assert not (tmp_path / "x").exists()  # nothing written before the arguments are checked
     for kwargs, match in [
         (dict(width=63), "even"),
         (dict(split="a/b"), "split"),
-        (dict(zone="CN!"), "zone"),
         (dict(seconds=0.1), "2 frames"),
         (dict(clips_per_shard=0), "clips_per_shard"),
         (dict(rig="surround7"), "known: surround6, surround6_narrow, surround8"),

@@ -68,7 +68,8 @@ def test_a_head_file_on_its_backbone_is_the_fine_tuned_model(finetuned, tmp_path
     assert all(torch.equal(v, ft.net.state_dict()[k]) for k, v in net.state_dict().items())
 
 
-def test_a_head_on_another_backbone_is_refused_naming_the_one_it_needs(finetuned, tmp_path, capsys, tiny_fleet):
+def test_a_head_on_another_backbone_is_refused_naming_the_one_it_needs(finetuned, tmp_path, capsys, tiny_fleet, monkeypatch):
+    monkeypatch.setenv("FSDTRAIN_SITE_ZONE", "cn")  # the weights record cn data: only a cn site may use them
     pre, ft_file, _ = finetuned
     full, meta = load_weights(ft_file)
     head = tmp_path / "head-CN.safetensors"

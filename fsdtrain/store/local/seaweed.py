@@ -14,8 +14,18 @@ each zone its own key pair that may read, write and list its bucket and nothing 
 
 ``weed mini`` runs master, volume server, filer, S3 gateway and an admin server in one process.
 Every port it opens is chosen here (free ones unless the S3 port is given), so several stores
-can run side by side. The process runs in its own session and is stopped by its process group:
-SIGTERM, then SIGKILL after a timeout.
+can run side by side; all are bound to 127.0.0.1 (:attr:`LocalStore.ports`). The process runs in
+its own session and is stopped by its process group: SIGTERM, then SIGKILL after a timeout.
+
+Only the S3 port serves data, and only to a key. Every other port demands a secret that only the
+weed process holds (:func:`~fsdtrain.store.local.identities.security_toml`, written fresh at each
+start into a private runtime directory and given to weed with ``-config_dir``): the gRPC ports and
+the master's and volume server's HTTP ports a client certificate; the volume server's and filer's
+HTTP ports a signed JWT as well. ``-disableHttp`` turns off the filer's and master's HTTP APIs;
+the admin server runs without its UI and with a random password (its HTTP port serves its
+Prometheus metrics, no data); WebDAV, Iceberg and Lance are off. weed runs with umask 077 in a data
+directory of mode 0700, so its volume files are readable by their owner only (docs/store.md,
+"Who can reach the data").
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,9 +51,16 @@ from types import FrameType, TracebackType
 
 from fsdtrain.errors import FsdtrainError, StoreError
 from fsdtrain.store import objects
-from fsdtrain.store.local.identities import Credentials, identities_json, parse_zones, validate_zones
+from fsdtrain.store.local.identities import (
+    Credentials,
+    identities_json,
+    make_tls_files,
+    parse_zones,
+    security_toml,
+    validate_zones,
+)
 
-__all__ = ["LocalStore", "serve", "CONFLICTING_AWS_ENV", "find_weed"]
+__all__ = ["LocalStore", "serve", "profile_name", "CONFLICTING_AWS_ENV", "CREDENTIALS_FILE", "find_weed"]
 
 #: Variables that would make boto3 ignore or redirect the store's settings: an explicit profile
 #: makes botocore skip the key variables, a session token belongs to other keys, and the
@@ -71,6 +89,12 @@ _ADMIN_PORT_RANGE = (15000, 22000)
 _STOP_TIMEOUT_S = 15.0
 _START_ATTEMPTS = 3
 _LOG_NAME = "weed.log"
+# weed's files are its owner's alone: nobody else on the host may read a zone's volume files.
+_UMASK = 0o077
+_PRIVATE_DIR = 0o700
+# Variables weed would take over its own settings: AWS_ACCESS_KEY_ID/S3_BUCKET etc. become extra
+# users and buckets, and a WEED_* variable (WEED_JWT_SIGNING_KEY...) wins over security.toml.
+_WEED_ENV_PREFIXES = ("AWS_", "S3_", "WEED_")
 _ZONES_HELP = (
     "zone=bucket,... e.g. global=fleet-global,cn=fleet-cn: creates the buckets and prints one key "
     "per zone that may read, write and list its own bucket and nothing else"
@@ -184,6 +208,7 @@ class LocalStore:
         self._owns_data_dir = False
         self._runtime_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: dict[str, int] = {}
         self._log_path: Path | None = None
         self._log_offset = 0
 
@@ -198,6 +223,12 @@ class LocalStore:
     def endpoint(self) -> str:
         """``http://127.0.0.1:PORT``, the S3 endpoint URL."""
         return f"http://{_HOST}:{self._port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every TCP port weed listens on, by its flag name (``s3.port``, ``filer.port.grpc``...), all
+        on 127.0.0.1; empty before :meth:`start`. Only ``s3.port`` serves clients."""
+        return dict(self._ports)
 
     @property
     def data_dir(self) -> Path | None:
@@ -257,6 +288,30 @@ class LocalStore:
         if self.zones:
             env[objects.BUCKET_ZONES_ENV] = objects.format_bucket_zones({b: z for z, b in self.zones.items()})
         return env
+
+    def write_credentials(self, path: Path) -> Path:
+        """Writes every key of this store to ``path`` as an AWS shared-credentials file (mode 0600,
+        replaced atomically): profile :func:`profile_name` of each zone, and of the admin key."""
+        profiles = {profile_name(None): Credentials(self.access_key, self.secret_key)}
+        profiles.update({profile_name(zone): self._zone_keys[zone] for zone in self.zones})
+        text = "".join(
+            f"[{name}]\naws_access_key_id = {c.access_key}\naws_secret_access_key = {c.secret_key}\n\n"
+            for name, c in profiles.items()
+        )
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
+    def profile_env(self, credentials: Path, zone: str | None = None) -> dict[str, str]:
+        """As :meth:`env` (or :meth:`zone_env`), with the key named, not held: the credentials file
+        written by :meth:`write_credentials` and the profile of ``zone`` (None: the admin one). Key
+        variables in the environment would win over the profile (botocore): unset them."""
+        env = {k: v for k, v in (self.env() if zone is None else self.zone_env(zone)).items() if k not in _KEY_VARS}
+        return {**env, "AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_PROFILE": profile_name(zone)}
 
     def apply_env(self, zone: str | None = None) -> None:
         """Points this process at the store: sets :meth:`env` (or :meth:`zone_env` of ``zone``),
@@ -341,28 +396,34 @@ class LocalStore:
     # --- internals ----------------------------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
-        """Data dir (given or temporary) plus a private runtime dir for the identities file and
-        unix sockets (short path: socket paths are limited to ~107 bytes)."""
+        """Data dir (given or temporary; made private to its owner) plus a private runtime dir for
+        weed's secrets (identities, security.toml, TLS files) and unix sockets (short path: socket
+        paths are limited to ~107 bytes)."""
         if self._requested_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="fsdtrain-store-"))
             self._owns_data_dir = True
         else:
             try:
-                self._requested_dir.mkdir(parents=True, exist_ok=True)
+                self._requested_dir.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+                _make_private(self._requested_dir)
             except OSError as exc:
                 raise StoreError(
-                    f"cannot create store directory {self._requested_dir}: {exc.strerror}; choose another with --dir"
+                    f"cannot create store directory {self._requested_dir} (mode 0700, owner only): "
+                    f"{exc.strerror}; choose another with --dir"
                 ) from None
             self._data_dir = self._requested_dir
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="fsdtrain-weed-"))
-        identities = self._runtime_dir / "identities.json"
-        fd = os.open(identities, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            admin = Credentials(self.access_key, self.secret_key)
-            f.write(identities_json(admin, {z: (b, self._zone_keys[z]) for z, b in self.zones.items()}))
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="fsdtrain-weed-"))  # mode 0700
+        admin = Credentials(self.access_key, self.secret_key)
+        _write_private(
+            self._runtime_dir / "identities.json",
+            identities_json(admin, {z: (b, self._zone_keys[z]) for z, b in self.zones.items()}),
+        )
+        tls_dir = self._runtime_dir / "tls"
+        tls_dir.mkdir(mode=_PRIVATE_DIR)
+        _write_private(self._runtime_dir / "security.toml", security_toml(make_tls_files(tls_dir)))
 
     def _choose_ports(self, *, fresh: bool) -> dict[str, int]:
-        """All ports weed will listen on, by flag name."""
+        """All ports weed will listen on, by flag name (also kept as :attr:`ports`)."""
         if fresh and self._requested_port is None:
             self._port = _pick_port(set())
         taken = {self._port}
@@ -378,12 +439,15 @@ class LocalStore:
         ):
             ports[flag] = _pick_port(taken)
         ports["admin.port"], ports["admin.port.grpc"] = _pick_port_pair(taken, _GRPC_OFFSET)
-        return ports
+        self._ports = ports
+        return dict(ports)
 
     def _launch(self, weed: str, ports: dict[str, int]) -> None:
         assert self._data_dir is not None and self._runtime_dir is not None
         args = [
             weed,
+            # security.toml: JWT keys, mutual TLS, admin password (read by every component of mini).
+            f"-config_dir={self._runtime_dir}",
             "mini",
             f"-dir={self._data_dir}",
             f"-ip={_HOST}",
@@ -392,6 +456,8 @@ class LocalStore:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-webdav=false",
+            # Only gRPC (with client certificates) reaches the filer and master; S3 needs no more.
+            "-disableHttp",
             "-admin.ui=false",
             "-master.telemetry=false",
             "-volume.preStopSeconds=0",
@@ -401,11 +467,11 @@ class LocalStore:
             f"-filer.localSocket={self._runtime_dir / 'filer.sock'}",
             f"-s3.localSocket={self._runtime_dir / 's3.sock'}",
         ]
-        # weed mini turns AWS_ACCESS_KEY_ID/S3_BUCKET etc. into extra users and buckets; the store's
-        # only users are the ones in the identities file.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+        # The store's only users are the ones in the identities file, its only keys in security.toml.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_WEED_ENV_PREFIXES)}
         self._log_path = self._data_dir / _LOG_NAME
-        with open(self._log_path, "ab") as log:
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             self._log_offset = log.tell()
             try:
                 self._proc = subprocess.Popen(
@@ -416,6 +482,7 @@ class LocalStore:
                     cwd=self._data_dir,
                     env=env,
                     start_new_session=True,
+                    umask=_UMASK,
                 )
             except OSError as exc:
                 raise StoreError(
@@ -514,6 +581,25 @@ class LocalStore:
                 pass
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Writes a new file only its owner may read (mode 0600; fails if it exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _make_private(data_dir: Path) -> None:
+    """Mode 0700 on ``data_dir`` and no group or other bits on anything in it (left by an older run
+    or an older fsdtrain), so a reused ``--dir`` is as private as a new one."""
+    data_dir.chmod(_PRIVATE_DIR)
+    for root, dirs, files in os.walk(data_dir):
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     """Sends ``sig`` to a process group; a group that is already gone is fine."""
     try:
@@ -522,13 +608,23 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+CREDENTIALS_FILE = "credentials"
+_KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def profile_name(zone: str | None) -> str:
+    """The AWS profile ``store serve`` writes for ``zone``'s key (None: the admin key)."""
+    return "fsdtrain-admin" if zone is None else f"fsdtrain-{zone}"
+
+
 def serve(data_dir: str | None, port: int | None, zones: str | dict[str, str] | None = None) -> int:
     """``fsdtrain store serve``: runs a local store in the foreground until SIGINT or SIGTERM.
 
-    Prints one ``export AWS_...=...`` line per variable (the admin key), to paste into the shell
-    that will use the store; with zones, a commented block per zone with that zone's key lines;
-    last, a line saying that Ctrl-C stops it. This is the one place keys are printed: the user
-    asked for them. They are never logged.
+    Writes the keys to ``<data dir>/credentials`` (an AWS shared-credentials file, mode 0600: one
+    profile per zone, ``fsdtrain-<zone>``, and ``fsdtrain-admin``) and prints the ``export`` lines a
+    shell needs to use the store, which name that file and a profile but hold no key: the first
+    zone's profile, or the admin one when the store has no zones; last, a line saying that Ctrl-C
+    stops it. Keys are never printed or logged; the file is removed on stop (they die with the store).
 
     Args:
         data_dir: where to keep the data; ``None`` means a temporary directory, deleted on exit.
@@ -549,16 +645,18 @@ def serve(data_dir: str | None, port: int | None, zones: str | dict[str, str] | 
 
     # Installed before starting, so a Ctrl-C during startup still ends in a clean stop.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    credentials: Path | None = None
     try:
         store.start()
-        print("# admin key: every action on every bucket")
-        for name, value in store.env().items():
+        credentials = store.write_credentials(store.data_dir / CREDENTIALS_FILE)
+        zone = next(iter(store.zones), None)
+        print(f"# keys: {credentials} (mode 0600), one AWS profile per zone; a job uses its own zone's profile")
+        print(f"unset {' '.join(_KEY_VARS)} AWS_SESSION_TOKEN")  # key variables would win over the profile
+        for name, value in store.profile_env(credentials, zone).items():
             print(f"export {name}={shlex.quote(value)}")
-        for zone, bucket in store.zones.items():
-            print(f"# zone {zone}: this key may read, write and list bucket {bucket} and nothing else; to use it, also run:")
-            zone_env = store.zone_env(zone)
-            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                print(f"#   export {name}={shlex.quote(zone_env[name])}")
+        for other, bucket in store.zones.items():
+            print(f"# profile {profile_name(other)}: zone {other}, may read, write and list bucket {bucket} and nothing else")
+        print(f"# profile {profile_name(None)}: every bucket (creates buckets); for set-up, never for jobs")
         where = (
             f"data in {store.data_dir}"
             if data_dir is not None
@@ -569,6 +667,10 @@ def serve(data_dir: str | None, port: int | None, zones: str | dict[str, str] | 
             store.ensure_running()
     finally:
         store.stop()
+        # The keys died with the store; only this run's file: a start refused because another store
+        # runs in the same --dir must not delete that store's keys.
+        if credentials is not None:
+            credentials.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return 0
