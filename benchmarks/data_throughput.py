@@ -19,7 +19,11 @@ The loader reads in the training order (``order: streams``, one stream per windo
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
 fetched in a thread while the current ones decode.
 
-    python benchmarks/data_throughput.py [--clips 12]
+Every side runs once per round, in alternating order, for ``--rounds`` rounds; each ratio is the
+median of its per-round values with min and max, and ``undecided`` when that spread is wider than the
+median's distance to its goal (benchmarks/rounds.py).
+
+    python benchmarks/data_throughput.py [--clips 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import tarfile
 import tempfile
 import time
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import av
 from av.video.reformatter import VideoReformatter
+from rounds import alternate, ratio_summary
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
@@ -112,41 +118,61 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
     return windows, decoded, used, time.perf_counter() - t0, order
 
 
+GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, alternating (benchmarks/rounds.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bench"
         (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=3, workers=min(2, os.cpu_count() or 1))
         url = f"file://{root}/train/US"
         paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
-        with mp.get_context("fork").Pool(1) as pool:  # one process, like one loader worker
-            windows, decoded, used, seconds, store_order = pool.apply(_raw_decode, (paths,))
-        raw_rate = windows / seconds
-        file_rate, n, batches = loader_rate(url)
-        assert n <= windows, f"loader read {n} windows, raw pass {windows}"
-        in_process_rate, _, _ = loader_rate(url, workers=0)  # the same work without the worker hand-off
-        two_workers, _, _ = loader_rate(url, workers=2)
+        raw: dict = {}
+        loader: dict = {}
+
+        def raw_side() -> float:
+            with mp.get_context("fork").Pool(1) as pool:  # one process, like one loader worker
+                windows, decoded, used, seconds, store_order = pool.apply(_raw_decode, (paths,))
+            raw.update(windows=windows, decoded=decoded, used=used, store_order=store_order)
+            return windows / seconds
+
+        def file_side() -> float:
+            rate, n, batches = loader_rate(url)
+            assert n <= raw.get("windows", n), f"loader read {n} windows, raw pass {raw['windows']}"
+            loader.update(n=n, batches=batches)
+            return rate
+
         with LocalStore(Path(tmp) / "store") as store:
             store.apply_env()
             objects.ensure_bucket("s3://bench")
             for f in sorted((root / "train" / "US").iterdir()):
                 objects.write_bytes(f"s3://bench/train/US/{f.name}", f.read_bytes())
-            s3_rate, _, _ = loader_rate("s3://bench/train/US")
+            sides = {
+                "raw": raw_side,
+                "loader": file_side,
+                "in_process": lambda: loader_rate(url, workers=0)[0],  # the same work without the worker hand-off
+                "two_workers": lambda: loader_rate(url, workers=2)[0],
+                "s3": lambda: loader_rate("s3://bench/train/US")[0],
+            }
+            rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
+    median = {name: statistics.median(v) for name, v in rates.items()}
     result = {
-        "ratio": round(file_rate / raw_rate, 3),
-        "in_process_ratio": round(in_process_rate / raw_rate, 3),
-        "s3_vs_file": round(s3_rate / file_rate, 3),
-        "decoded_per_used": round(decoded / used, 3),
-        "shuffle_gap_vs_random": round(shuffle_gap(batches, store_order), 3),
-        "workers_2_vs_1": round(two_workers / file_rate, 3),
-        "loader_2_workers_windows_per_s": round(two_workers, 1),
-        "loader_windows_per_s": round(file_rate, 1),
-        "loader_s3_windows_per_s": round(s3_rate, 1),
-        "raw_windows_per_s": round(raw_rate, 1),
-        "windows": windows,
-        "loader_windows": n,
+        "ratio": ratio_summary(rates["loader"], rates["raw"], goal=GOALS["ratio"]),
+        "in_process_ratio": ratio_summary(rates["in_process"], rates["raw"]),
+        "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
+        "workers_2_vs_1": ratio_summary(rates["two_workers"], rates["loader"]),
+        "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
+        "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
+        "loader_windows_per_s": round(median["loader"], 1),
+        "loader_2_workers_windows_per_s": round(median["two_workers"], 1),
+        "loader_s3_windows_per_s": round(median["s3"], 1),
+        "raw_windows_per_s": round(median["raw"], 1),
+        "windows": raw["windows"],
+        "loader_windows": loader["n"],
         "clips": args.clips,
         "size": "160x96x6cam",
         "window": {"history": SPEC.history, "frame_stride": SPEC.frame_stride, "window_stride": SPEC.window_stride},

@@ -15,8 +15,9 @@ and gradient clipping by norm:
 Each measurement runs in its own process (so neither inherits the other's threads or allocator
 state), with the same number of torch threads; the time of a step is the time between the starts of
 two consecutive steps, after ``--warmup`` steps. The sides alternate for ``--rounds`` rounds (bare,
-ours, bare, ours...) so load from other processes on a shared machine hits both; the figure is the
-ratio of the median step times (``ratio_mean``: of the means; ``ratio_cpu``: of the median CPU
+ours; ours, bare; ...) so load from other processes on a shared machine hits both; the figure is the
+ratio of the median step times (``ratio_rounds``: the per-round ratios' median, min and max, and
+whether that spread leaves the goal undecided, benchmarks/rounds.py; ``ratio_mean``: of the means; ``ratio_cpu``: of the median CPU
 seconds per step of the process, which other processes on a shared machine change much less). The
 last line printed is one JSON object.
 
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 import yaml
 from machine import describe
+from rounds import alternate, ratio_summary
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "model" / "tiny.yaml"
@@ -185,18 +187,24 @@ def main() -> None:
     times: dict[str, list[float]] = {"bare": [], "ours": []}
     cpu: dict[str, list[float]] = {"bare": [], "ours": []}
     threads = {}
-    for r in range(args.rounds):
-        for side in ("bare", "ours"):
-            res = _worker(side, args)
-            times[side] += res["step_times"]
-            cpu[side] += res["cpu_times"]
-            threads[side] = res["threads"]
-            print(f"round {r + 1} {side}: median step {statistics.median(res['step_times']) * 1e3:.1f} ms over {len(res['step_times'])} steps", flush=True)
+
+    def side(name: str):
+        def run() -> float:
+            res = _worker(name, args)
+            times[name] += res["step_times"]
+            cpu[name] += res["cpu_times"]
+            threads[name] = res["threads"]
+            return statistics.median(res["step_times"])
+
+        return run
+
+    per_round = alternate({"bare": side("bare"), "ours": side("ours")}, args.rounds, log=lambda line: print(line, flush=True))
     median = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}
     result = {
         "ratio": round(median["ours"] / median["bare"], 4),
         "goal": GOAL,
+        "ratio_rounds": ratio_summary(per_round["ours"], per_round["bare"], goal=GOAL, at_least=False),
         "ratio_mean": round(mean["ours"] / mean["bare"], 4),
         "ratio_cpu": round(statistics.median(cpu["ours"]) / statistics.median(cpu["bare"]), 4),
         "ours_step_ms": round(median["ours"] * 1e3, 2),

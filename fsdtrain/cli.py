@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 
+from fsdtrain import stopping
 from fsdtrain.errors import ConfigError, FsdtrainError
 from fsdtrain.logs import LEVEL_ENV, LEVELS, setup_logging
 
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=float, default=10.0, help="frame rate")
     synth.add_argument("--width", type=int, default=160, help="image width, pixels (even)")
     synth.add_argument("--height", type=int, default=96, help="image height, pixels (even)")
+    synth.add_argument("--cameras", default=None, help="cameras of the rig to render, e.g. CAM_FRONT_NARROW (default: all; each camera's frames are the same either way)")
     synth.add_argument("--rig", default="surround6", help="camera rig: surround6 (nuScenes-like), surround6_narrow (+ CAM_FRONT_NARROW, 30 degrees, long range) or surround8 (+ CAM_LEFT, CAM_RIGHT)")
     synth.add_argument("--conditions", default=None, help="weights of day, night and rain clips, e.g. day=3,night=1,rain=1 (default: day)")
     synth.add_argument("--vehicles", default="0-4", help="other vehicles per clip, MIN-MAX or N")
@@ -80,11 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=1, help="processes rendering clips")
     synth.add_argument("--raw", action="store_true", help="write raw drives (docs/data-format.md) to the local folder --out; --clips is drives per country")
     synth.add_argument("--replace", action="store_true", help=_REPLACE_HELP)
-    write = data.add_parser("write", help="ingest raw drives (docs/data-format.md) into shards per country")
-    write.add_argument("--raw", required=True, help="local folder of drive folders (or one drive folder)")
+    write = data.add_parser("write", help="ingest raw drives or a nuScenes release (docs/data-format.md) into shards per country")
+    write.add_argument("source", nargs="?", default=None, metavar="DIR", help="input folder: raw drives (--from raw) or the nuScenes DATAROOT (--from nuscenes); or --raw DIR")
+    write.add_argument("--raw", default=None, metavar="DIR", help="the input folder as a flag: a local folder of drive folders (or one drive folder), or the nuScenes DATAROOT")
+    write.add_argument("--from", dest="source_format", choices=["raw", "nuscenes"], default="raw", help="input layout: raw drives (default) or a nuScenes release")
+    write.add_argument("--version", default=None, choices=["v1.0-mini", "v1.0-trainval", "v1.0-test"], help="--from nuscenes: the release, its tables in DATAROOT/<version>/")
+    write.add_argument("--scenes", default=None, metavar="FILE", help="--from nuscenes: file of scene names, one a line (e.g. the official val split); default: every scene")
     write.add_argument("--out", required=True, help="dataset URL: s3://bucket/dataset or file:///path/dataset")
-    write.add_argument("--clip-seconds", type=float, default=10.0, help="clip length")
-    write.add_argument("--fps", type=float, default=10.0, help="output frame rate")
+    write.add_argument("--clip-seconds", type=float, default=None, help="clip length (default 10; --from nuscenes: 9.5, two clips of a 20 s scene)")
+    write.add_argument("--fps", type=float, default=None, help="output frame rate (default 10; --from nuscenes: 12, the camera sweep rate)")
     write.add_argument("--gop", type=int, default=10, help="keyframe interval of the encoded videos, frames")
     write.add_argument("--shard-bytes", type=int, default=256 * 2**20, help="target shard size in bytes (default 256 MiB)")
     write.add_argument("--workers", type=int, default=1, help="processes checking and encoding drives")
@@ -92,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--split", default="train")
     write.add_argument("--replace", action="store_true", help=_REPLACE_HELP)
     write.add_argument("--max-pose-gap", type=float, default=0.5, help="largest gap between poses, seconds")
+    write.add_argument("--max-edge", type=float, default=1.0, help="how far a camera's first/last frame may lie from the first/last pose, seconds")
+    write.add_argument("--frame-tolerance", type=float, default=0.6, help="largest distance from a frame time to the camera frame used, as a fraction of the longer of the output and the camera's frame period")
+    write.add_argument("--accept-implausible", default="", metavar="DRIVE[,DRIVE]", help="write these drives although their motion is implausible (heading, speed, acceleration, yaw rate, ECEF); their clips are tagged")
     inspect = data.add_parser("inspect", help="clips, hours and bytes per country, zone and split")
     inspect.add_argument("url")
     _site_zone_flag(inspect)
@@ -104,8 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"LightningCLI {name} (fsdtrain {name} --help for all options)", add_help=False)
     sub.add_parser("finetune", help="fine-tune a country head: fit with --from WEIGHTS (backbone frozen)", add_help=False)
 
-    ev = sub.add_parser("eval", help="per-country metrics of a checkpoint vs baselines")
-    ev.add_argument("--ckpt", required=True, help="weights file written by fit/finetune (<workdir>/model.safetensors)")
+    ev = sub.add_parser("eval", help="per-country metrics of a checkpoint vs baselines, or of the baselines alone (--baselines)")
+    ev_what = ev.add_mutually_exclusive_group(required=True)
+    ev_what.add_argument("--ckpt", help="weights file written by fit/finetune (<workdir>/model.safetensors)")
+    ev_what.add_argument("--baselines", action="store_true", help="no model: constant velocity and CTRA (constant turn rate and acceleration) alone")
+    ev.add_argument("--window", default=None, metavar="FILE", help="with --baselines: YAML of data.window fields (as configs/data/demo_window.yaml); default: the defaults")
     ev.add_argument("--head", default=None, help="head-only file (head-CN.safetensors) to put on --ckpt, the backbone weights it was fine-tuned from")
     ev.add_argument("--audit-log", default=None, help="JSONL file recording every shard read")
     ev.add_argument("--data", required=True, nargs="+", help="shard directory URLs to evaluate on")
@@ -188,13 +201,30 @@ def _run(argv: list[str]) -> int:
             synth_raw_drives(args.out, args.countries, args.clips, seed=args.seed, seconds=args.seconds, progress=log.info)
             return 0
         if args.data_command == "write":
+            args.raw = _write_source(args)
+            if args.source_format == "nuscenes":
+                from fsdtrain.ingest import nuscenes
+
+                summary = nuscenes.write_nuscenes(
+                    args.raw, args.out, version=args.version, gop=args.gop, shard_bytes=args.shard_bytes, workers=args.workers,
+                    clip_seconds=nuscenes.NUSCENES_CLIP_SECONDS if args.clip_seconds is None else args.clip_seconds,
+                    fps=nuscenes.NUSCENES_FPS if args.fps is None else args.fps, skip_bad=args.skip_bad, split=args.split,
+                    scenes=nuscenes.read_scene_names(args.scenes) if args.scenes else None, max_pose_gap_s=args.max_pose_gap,
+                    accept_implausible=frozenset(n.strip() for n in args.accept_implausible.split(",") if n.strip()),
+                    replace=args.replace, progress=log.info,
+                )  # fmt: skip
+                print(summary.format())
+                return 0
+            args.fps = 10.0 if args.fps is None else args.fps
+            args.clip_seconds = 10.0 if args.clip_seconds is None else args.clip_seconds
             from fsdtrain.ingest.drives import write_drives
             from fsdtrain.ingest.raw import RawLimits
 
             summary = write_drives(
                 args.raw, args.out, clip_seconds=args.clip_seconds, fps=args.fps, gop=args.gop, shard_bytes=args.shard_bytes,
-                workers=args.workers, skip_bad=args.skip_bad, split=args.split, limits=RawLimits(max_pose_gap_s=args.max_pose_gap),
-                replace=args.replace, progress=log.info,
+                workers=args.workers, skip_bad=args.skip_bad, split=args.split, replace=args.replace, progress=log.info,
+                limits=RawLimits(max_pose_gap_s=args.max_pose_gap, max_edge_s=args.max_edge, frame_tolerance=args.frame_tolerance,
+                                 accept_implausible=frozenset(d.strip() for d in args.accept_implausible.split(",") if d.strip())),
             )  # fmt: skip
             print(summary.format())
             return 0
@@ -202,7 +232,8 @@ def _run(argv: list[str]) -> int:
             from fsdtrain.synth.fleet import ClipSpec, synth_fleet
             from fsdtrain.synth.scene import Scenario
 
-            clip = ClipSpec(width=args.width, height=args.height, fps=args.fps, seconds=args.seconds, rig=args.rig)
+            only = tuple(args.cameras.split(",")) if args.cameras else None
+            clip = ClipSpec(width=args.width, height=args.height, fps=args.fps, seconds=args.seconds, rig=args.rig, only=only)
             scenario = Scenario(conditions=args.conditions or {"day": 1.0}, vehicles=args.vehicles, lane_change=args.lane_change)
             synth_fleet(
                 args.out, args.countries, args.clips, clips_per_shard=args.clips_per_shard, split=args.split, seed=args.seed,
@@ -220,12 +251,15 @@ def _run(argv: list[str]) -> int:
         print(f"{len(problems)} problem(s)")
         return 1 if problems else 0
     if args.command == "eval":
-        from fsdtrain.eval.evaluate import evaluate
+        from fsdtrain.eval.evaluate import evaluate, load_window
         from fsdtrain.eval.report import format_table, write_report
 
+        if args.window is not None and not args.baselines:
+            raise ConfigError("--window is for --baselines: a model is evaluated on the windows it was trained on (its metadata)")
         report = evaluate(
             args.ckpt, args.data, batch_size=args.batch_size, site_zone=args.site_zone, plots=args.plots,
             plots_per_country=args.plots_per_country, head=args.head, audit_log=args.audit_log,
+            window=load_window(args.window) if args.window is not None else None,
         )  # fmt: skip
         print(format_table(report))
         if args.out:
@@ -258,6 +292,20 @@ def _run(argv: list[str]) -> int:
 
         return run_demo(args.workdir, train_clips=args.clips)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _write_source(args: argparse.Namespace) -> str:
+    """``data write``'s input folder, given as ``DIR`` or ``--raw DIR``, with the flags its ``--from`` takes."""
+    if args.source is not None and args.raw is not None and args.source != args.raw:
+        raise ConfigError(f"data write got two input folders ({args.source} and --raw {args.raw}); give the input folder once")
+    source = args.source or args.raw
+    if source is None:
+        raise ConfigError("data write needs the input folder: fsdtrain data write --raw DIR --out URL, or --from nuscenes DATAROOT --version v1.0-mini --out URL")
+    if args.source_format == "nuscenes" and args.version is None:
+        raise ConfigError("--from nuscenes needs --version: the release whose tables are in DATAROOT/<version>/, e.g. v1.0-mini or v1.0-trainval")
+    if args.source_format == "raw" and (args.version is not None or args.scenes is not None):
+        raise ConfigError(f"{'--version' if args.version is not None else '--scenes'} is for --from nuscenes; raw drives have neither")
+    return source
 
 
 def _finetune_args(rest: list[str]) -> list[str]:
@@ -351,25 +399,36 @@ def _setup_logging(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(_setup_logging(argv))
-    except FsdtrainError as exc:
-        print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fsdtrain: interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        if not _peer_lost(exc):
-            raise
-        # another rank failed first and printed its own one-line error; this one only lost contact
-        rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
-        print(f"fsdtrain: error: rank {rank} stopped: another rank failed first (its error is above)", file=sys.stderr)
-        return 1
-    except argparse.ArgumentError as exc:
-        # LightningCLI (jsonargparse, exit_on_error=False) reports bad flags and config values this way
-        print(f"fsdtrain: error: {_argument_error(exc)}", file=sys.stderr)
-        return 2
+    with stopping.stop_on_signals():
+        try:
+            return _run(_setup_logging(argv))
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # a stop signal (or Ctrl-C), or Lightning's exit after it tore the ranks it started down
+            signum = stopping.received() or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+            if signum is None:
+                raise
+            print(f"fsdtrain: stopped by {signum.name}", file=sys.stderr)
+            return stopping.exit_code(signum)
+        except FsdtrainError as exc:
+            if stopping.received() is not None:  # an error on the way out of a stop: the stop is what happened
+                print(f"fsdtrain: stopped by {stopping.received().name}", file=sys.stderr)
+                return stopping.exit_code(stopping.received())
+            print(f"fsdtrain: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except RuntimeError as exc:
+            if stopping.received() is not None:  # a rank losing its peers while the job stops
+                print(f"fsdtrain: stopped by {stopping.received().name}", file=sys.stderr)
+                return stopping.exit_code(stopping.received())
+            if not _peer_lost(exc):
+                raise
+            # another rank failed first and printed its own one-line error; this one only lost contact
+            rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "?"
+            print(f"fsdtrain: error: rank {rank} stopped: another rank failed first (its error is above)", file=sys.stderr)
+            return 1
+        except argparse.ArgumentError as exc:
+            # LightningCLI (jsonargparse, exit_on_error=False) reports bad flags and config values this way
+            print(f"fsdtrain: error: {_argument_error(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``fsdtrain demo``: the whole story on one machine, on CPU, in minutes.
 
 1. start a local SeaweedFS store (buckets ``fleet-global`` and ``fleet-cn``, as two zones would have);
-2. synthesize CN, US and DE clips (CN lands in the CN bucket with zone ``cn``), 7 cameras each;
+2. synthesize CN, US and DE clips (CN lands in the CN bucket with zone ``cn``), the one camera the demo trains on;
 3. pretrain the global model on US + DE at a ``global`` site (DeepSpeed ZeRO-2, 2 CPU ranks);
 4. fine-tune a CN head on CN clips at a ``cn`` site, backbone frozen;
 5. evaluate on held-out clips of every country against the baselines, write ``report.json``;
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from fsdtrain.errors import ConfigError, FsdtrainError
 from fsdtrain.eval.evaluate import evaluate
 from fsdtrain.eval.report import format_table, write_report
+from fsdtrain.stopping import received, stop_child
 from fsdtrain.store.local.seaweed import LocalStore
 
 __all__ = ["run_demo", "config_path"]
@@ -28,6 +30,7 @@ BUCKETS = {"global": "fleet-global", "cn": "fleet-cn"}
 COUNTRIES = {"US": "global", "DE": "global", "CN": "cn"}
 SPLITS = {"train": 240, "val": 4, "test": 32}  # clips per country; a test split of 8 moved DE by +-10 %
 RIG = "surround6_narrow"  # surround cameras + a long-range front camera, which the demo's model reads
+CAMERAS = ("CAM_FRONT_NARROW",)  # the cameras configs/demo.yaml and finetune_cn.yaml read: only these are rendered
 CLIPS_PER_SHARD = {"val": 1, "test": 4}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
@@ -55,11 +58,15 @@ def _fsdtrain(args: list[str], *, env: dict[str, str], log: Path) -> None:
     with open(log, "w", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            if line.startswith("fsdtrain") or "Error" in line:
-                print("   " + line.rstrip(), flush=True)
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if line.startswith("fsdtrain") or "Error" in line:
+                    print("   " + line.rstrip(), flush=True)
+            code = proc.wait()
+        except BaseException:  # stopped (SIGTERM, Ctrl-C): the child stops its ranks and workers, then exits
+            stop_child(proc, received() or signal.SIGTERM)
+            raise
     if code != 0:
         raise FsdtrainError(f"`fsdtrain {args[0]}` failed with exit code {code}; see {log}")
 
@@ -84,7 +91,7 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
                 per_shard = max(1, clips // 6) if split == "train" else CLIPS_PER_SHARD[split]  # several shards per rank
                 synth_fleet(
                     dataset_url(country), [country], clips, clips_per_shard=per_shard, split=split,
-                    seed=SPLIT_SEEDS[split], clip=ClipSpec(rig=RIG), workers=2, replace=True,
+                    seed=SPLIT_SEEDS[split], clip=ClipSpec(rig=RIG, only=CAMERAS), workers=2, replace=True,
                 )  # fmt: skip
             print(f"   {country}: written to {dataset_url(country)}/<split>/{country} (zone {COUNTRIES[country]})", flush=True)
 

@@ -140,6 +140,47 @@ def test_demo_and_finetune_share_the_network_windows_and_cameras(capsys):
     assert demo["data"]["window"] == cn["data"]["window"] and demo["data"]["cameras"] == cn["data"]["cameras"]
 
 
+OLD_WINDOW = "history: 2\nframe_stride: 5\nhorizon_s: 3.0\nfuture_hz: 2.0\nwindow_stride: 5\n"  # demo_window.yaml of fsdtrain 0.2
+
+
+@pytest.fixture(scope="module")
+def fleet_at_8fps(tmp_path_factory):
+    from fsdtrain.synth.fleet import ClipSpec, synth_fleet
+
+    out = tmp_path_factory.mktemp("fleet8")
+    clip = ClipSpec(width=64, height=48, seconds=5.0, fps=8.0, rig="surround6_narrow")
+    synth_fleet(f"file://{out}/eight", ["US"], 1, clips_per_shard=1, split="train", seed=8, clip=clip)
+    return f"file://{out}/eight/train/US"
+
+
+def one_rank(train: str, workdir) -> list[str]:
+    return [
+        "--model.net", TINY_NET, "--workdir", str(workdir), "--data.train", train, "--data.val", "[]", "--data.batch_size", "2",
+        "--data.num_workers", "0", "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false", "--wandb.mode", "disabled",
+    ]  # fmt: skip
+
+
+def test_a_window_in_frames_still_trains_converted_to_seconds(tiny_fleet, tmp_path):
+    """An fsdtrain 0.2 window piece (frames) on 10 fps data: the same windows, recorded in seconds, and a warning saying what to write."""
+    from fsdtrain.weights.files import read_metadata
+
+    (tmp_path / "old_window.yaml").write_text(OLD_WINDOW)
+    proc = run("fit", "--config", "configs/demo.yaml", "--data.window", str(tmp_path / "old_window.yaml"), *one_rank(f"[{tiny_fleet['US']['train']}]", tmp_path))
+    assert "at the data's 10 fps write data.window.history_spacing_s: 0.5 and data.window.stride_s: 0.5 instead" in proc.stderr
+    window = read_metadata(str(tmp_path / "model.safetensors")).window
+    assert window == {"history": 2, "history_spacing_s": 0.5, "stride_s": 0.5, "horizon_s": 3.0, "future_hz": 2.0, "tolerance_s": 0.05}
+
+
+def test_a_window_in_frames_on_mixed_rates_says_what_to_write(tiny_fleet, fleet_at_8fps, tmp_path, capsys):
+    (tmp_path / "old_window.yaml").write_text(OLD_WINDOW)
+    train = f"[{tiny_fleet['US']['train']},{fleet_at_8fps}]"
+    code = main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.window", str(tmp_path / "old_window.yaml"), *one_rank(train, tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "frame_stride: 5 and window.window_stride: 5 count frames" in err and "(tiny/train/US 10 fps, eight/train/US 8 fps)" in err
+    assert "write window.history_spacing_s and window.stride_s in seconds instead" in err
+
+
 def test_pretrain_global_references_resnet34_6cam():
     """configs/pretrain_global.yaml takes its network from configs/model/resnet34_6cam.yaml (a reference,
     not a copy; `fsdtrain launch k8s --no-embed` ships the piece beside it: tests/launch/test_jobs.py)."""

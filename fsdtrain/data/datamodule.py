@@ -41,7 +41,9 @@ class FleetDataModule(pl.LightningDataModule):
             workers (ranks are padded to equal batch counts with repeats that metrics drop); needs at
             least as many clips as ranks.
         cameras: camera names, in model order.
-        window: how windows are cut from clips (history, stride, horizon...).
+        window: how windows are cut from clips, in seconds (history and its spacing, stride, horizon...),
+            so datasets at different frame rates mix with the same meaning; ``frame_stride`` /
+            ``window_stride`` in frames (deprecated) are converted at the data's one rate.
         batch_size: micro batch per rank.
         global_batch_size: windows per optimizer step over all ranks; empty means ``batch_size x
             trainer.accumulate_grad_batches x world size``. When set, the accumulation is derived from it

@@ -134,7 +134,8 @@ class StreamOrder:
 
     Args:
         sources: per source (manifest), ``(shard_clips, currents, weight)``: the clip count of each of
-            its shards, the current frames of the windows each clip yields, and how many times each
+            its shards, the current frames of the windows each clip yields (``WindowSpec.current_frames``
+            of the manifest's frames and fps: the same for every clip of a source), and how many times each
             clip is used per epoch on average (``2`` twice, ``0.5`` half of the clips: consecutive
             slices of one seeded permutation, so every clip is used once in two epochs).
         shape: streams and turn.

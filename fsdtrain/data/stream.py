@@ -49,7 +49,9 @@ from fsdtrain.format.video import decode_video
 from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
 from fsdtrain.store.gate import ZoneGate
 
-__all__ = ["Source", "StreamSpec", "ClipRef", "FleetStream", "init_loader_worker", "worker_caps", "ERROR_POLICIES", "ORDERS", "BALANCES"]
+__all__ = [
+    "Source", "StreamSpec", "ClipRef", "FleetStream", "init_loader_worker", "worker_caps", "window_in_seconds", "ERROR_POLICIES", "ORDERS", "BALANCES",
+]  # fmt: skip
 
 ERROR_POLICIES = ("fail", "skip")
 ORDERS = ("streams", "clips")
@@ -201,7 +203,8 @@ class FleetStream(IterableDataset):
 
     Args:
         sources: the data to read, each manifest with its mixing weight (:meth:`Source.all`).
-        window: how windows are cut.
+        window: how windows are cut; fields in frames (fsdtrain <= 0.2) are converted to seconds at
+            the datasets' one shared rate (:func:`window_in_seconds`).
         cameras: camera names, in the order of the ``images`` axis.
         batch_size: per-rank micro batch.
         gate: the job's zone gate: every clip (and shard index) is checked against the site zone and
@@ -241,7 +244,7 @@ class FleetStream(IterableDataset):
                 )
             gate.check_data(m.url, m.zone)
         self.manifests = manifests
-        self.spec = window
+        self.spec = window_in_seconds(window, manifests)
         self.reading = reading
         self.order = reading.order
         self.cameras = list(cameras)
@@ -488,7 +491,7 @@ class FleetStream(IterableDataset):
         )
         if len(currents) == 0:
             return None
-        needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c))})
+        needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c), meta.fps)})
         videos = [  # channels first once per decoded frame, not once per window that uses it
             decode_video(
                 parsed.videos[c], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size, channels_first=True
@@ -552,7 +555,7 @@ class _Clip:
         self.augment: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     def window(self, current: int) -> dict:
-        rows = [self.slot[int(f)] for f in window_frames(self.spec, current)]
+        rows = [self.slot[int(f)] for f in window_frames(self.spec, current, self.meta.fps)]
         first = self.videos[0]
         images = np.empty((len(self.videos), len(rows), *first.shape[1:]), dtype=first.dtype)  # [N_cam, T, 3, H, W]
         for n, video in enumerate(self.videos):
@@ -598,6 +601,21 @@ class _SkipBudget:
 
     def summary(self) -> str:
         return f"skipped {self.skipped} of {self.clips} clips"
+
+
+def window_in_seconds(window: WindowSpec, manifests: list[Manifest]) -> WindowSpec:
+    """``window`` in seconds for these datasets (fields in frames converted at their one shared rate),
+    checked against every dataset's rate: one line naming a dataset whose frames cannot be placed
+    within ``window.tolerance_s`` of the history times."""
+    rates = {_dataset(m): m.fps for m in manifests}
+    spec = window.at_rates(rates)
+    for name, fps in rates.items():
+        spec.history_offsets(fps, where=f"data: {name}")
+    return spec
+
+
+def _dataset(m: Manifest) -> str:
+    return f"{m.dataset}/{m.split}/{m.country}"
 
 
 def _calib_tensors(

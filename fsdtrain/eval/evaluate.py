@@ -1,4 +1,5 @@
-"""``fsdtrain eval``: a weights file + shard directories -> per-country metrics vs baselines."""
+"""``fsdtrain eval``: a weights file + shard directories -> per-country metrics vs baselines; or, with
+no weights (``--baselines``), the kinematic baselines alone on any dataset."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from fsdtrain.data.datamodule import load_manifests
@@ -14,16 +16,21 @@ from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.eval.metrics import MetricTable, sample_errors
 from fsdtrain.eval.report import build_report
 from fsdtrain.eval.viz import save_plots
+from fsdtrain.format.manifest import Manifest
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
-from fsdtrain.model.ego_mlp import EgoStatusMLP
+from fsdtrain.model.ego_mlp import EgoStatusMLP, ctra
 from fsdtrain.model.heads import GLOBAL_HEAD
 from fsdtrain.residency import resolve_site_zone
 from fsdtrain.store.gate import AuditLog, ZoneGate
 from fsdtrain.weights.files import load_weights, read_metadata
 from fsdtrain.weights.metadata import WeightsMeta
 
-__all__ = ["load_predictors", "evaluate"]
+__all__ = ["load_predictors", "load_window", "evaluate"]
+
+# without a model, frames are decoded at this size: the stream reads one camera of each clip (it checks
+# and decodes what it reads), the baselines never look at it, and datasets of any resolution mix
+_BASELINE_IMAGE_SIZE = (16, 16)
 
 
 def load_predictors(weights: str, head: str | None = None) -> tuple[DrivingTransformer, EgoStatusMLP, WeightsMeta]:
@@ -50,16 +57,37 @@ def load_predictors(weights: str, head: str | None = None) -> tuple[DrivingTrans
     return net.eval(), base.eval(), meta
 
 
+def load_window(path: str) -> WindowSpec:
+    """``data.window`` from a YAML file of its fields (as configs/data/demo_window.yaml)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"--window {path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--window {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    known = list(WindowSpec.__dataclass_fields__)
+    if not isinstance(fields, dict):
+        raise ConfigError(f"--window {path}: expected a mapping of data.window fields ({', '.join(known)})")
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ConfigError(f"--window {path}: unknown field(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+    return WindowSpec(**fields)
+
+
 @torch.no_grad()
 def evaluate(
-    weights: str, data: list[str], *, batch_size: int = 8, site_zone: str | None = None, audit_log: str | None = None,
+    weights: str | None, data: list[str], *, batch_size: int = 8, site_zone: str | None = None, audit_log: str | None = None,
     num_workers: int = 1, plots: str | None = None, plots_per_country: int = 4, head: str | None = None,
+    window: WindowSpec | None = None,
 ) -> dict:  # fmt: skip
     """Every window of ``data`` through the model (routed heads), the global head (for countries
-    with their own head), the ego-status MLP and constant velocity.
+    with their own head), the ego-status MLP, constant velocity and constant turn rate and
+    acceleration (CTRA); without ``weights``, through the two kinematic baselines alone.
 
     Args:
-        weights: weights file written by fit/finetune.
+        weights: weights file written by fit/finetune, or None for the baselines alone (no model,
+            no ego-status MLP: it is trained with a model).
         data: shard directory URLs.
         batch_size: windows per batch.
         site_zone: zone this job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
@@ -71,6 +99,8 @@ def evaluate(
             it was read, and the pictures are written only to this local folder.
         plots_per_country: pictures per country: its first windows in stream order.
         head: head-only file to put on ``weights`` (the backbone weights it was fine-tuned from).
+        window: how windows are cut, without ``weights`` only (default: the data config's defaults);
+            with ``weights``, their metadata's windows, those the model was trained on.
 
     Returns:
         The report dict (docs/report-format.md).
@@ -81,21 +111,35 @@ def evaluate(
         raise ConfigError(f"plots_per_country={plots_per_country} must be >= 0")
     if plots is not None and "://" in str(plots):
         raise ConfigError(f"plots={plots}: give a local folder, not a URL (the pictures hold camera frames)")
+    if weights is None:
+        if head is not None:
+            raise ConfigError("--head goes on a model: give its backbone weights as --ckpt")
+        if plots is not None:
+            raise ConfigError("--plots draws a model's predictions: give --ckpt, or drop --plots for the baselines alone")
+    elif window is not None:
+        raise ConfigError("--window is for --baselines: a model is evaluated on the windows it was trained on (its metadata)")
     gate = ZoneGate(site_zone, audit=AuditLog(audit_log, job="eval") if audit_log else None)
     gate.check_urls(data)  # before anything is read: no request to a bucket of a zone this site may not read
     site = resolve_site_zone(site_zone)
-    for path in (weights, head) if head is not None else (weights,):  # from the metadata, before any tensor is read
-        read_metadata(path).check_site(site, "fsdtrain eval")
-    net, base, meta = load_predictors(weights, head)
+    net = base = None
+    if weights is not None:
+        for path in (weights, head) if head is not None else (weights,):  # from the metadata, before any tensor is read
+            read_metadata(path).check_site(site, "fsdtrain eval")
+        net, base, meta = load_predictors(weights, head)
+        window = WindowSpec(**meta.window)
+    window = window if window is not None else WindowSpec()
     manifests = load_manifests(data, gate)  # each manifest's zone, before the first shard byte
-    window = WindowSpec(**meta.window)
+    cameras = meta.cameras if net is not None else _one_camera(manifests)
     # every window once, in one process: the default reading (no shuffle, no balancing across ranks)
-    stream = FleetStream(Source.all(manifests), window, cameras=meta.cameras, batch_size=batch_size, gate=gate)
+    stream = FleetStream(
+        Source.all(manifests), window, cameras=cameras, batch_size=batch_size, gate=gate,
+        image_size=None if net is not None else _BASELINE_IMAGE_SIZE,
+    )  # fmt: skip
     stream.set_distributed(0, 1, num_workers)
     table = MetricTable()
     clips: dict[str, set[str]] = defaultdict(set)
     hz = window.future_hz
-    own_heads = set(net.heads.names) - {GLOBAL_HEAD}
+    own_heads = set(net.heads.names) - {GLOBAL_HEAD} if net is not None else set()
     plotted: dict[str, int] = defaultdict(int)
     for batch in DataLoader(stream, batch_size=batch_size, num_workers=num_workers, worker_init_fn=init_loader_worker):
         batch = _real_windows(batch)
@@ -105,30 +149,43 @@ def evaluate(
         countries = list(batch["country"])
         for c, clip in zip(countries, batch["clip_id"]):
             clips[c].add(clip)
-        route = net.heads.route(countries)
-        fused, ego_token = net.encode(
-            batch["images"],
-            batch["ego_hist"],
-            batch["command"],
-            intrinsics=batch["intrinsics"],
-            cam_to_ego=batch["cam_to_ego"],
-        )
         target = batch["future"]
-        traj, logits = net.decode(fused, ego_token, batch["ego_hist"], route)  # [B, K, S, 3], [B, K]
-        table.add(countries, "model", sample_errors(traj, logits, target, hz))
-        if plots is not None:
-            take = _plot_indices(countries, plotted, plots_per_country)
-            if take:
-                save_plots(plots, batch, traj, logits, indices=take, cameras=meta.cameras)
-        has_own = np.array([c in own_heads for c in countries])
-        if has_own.any():
-            g_traj, g_logits = net.decode(fused, ego_token, batch["ego_hist"], route, head=GLOBAL_HEAD)
-            table.add(countries, "global_head", sample_errors(g_traj, g_logits, target, hz), mask=has_own)
-        b_traj, b_logits = base(batch["ego_hist"], batch["command"], route)
-        table.add(countries, "ego_mlp", sample_errors(b_traj, b_logits, target, hz))
-        cv = constant_velocity(batch["ego_hist"], window.future_steps, 1.0 / hz)[:, None]
-        table.add(countries, "constant_velocity", sample_errors(cv, torch.zeros(cv.shape[:2]), target, hz))
-    return build_report(table, clips, checkpoint=weights if head is None else f"{weights} + {head}", data=data)
+        if net is not None:
+            route = net.heads.route(countries)
+            fused, ego_token = net.encode(
+                batch["images"],
+                batch["ego_hist"],
+                batch["command"],
+                intrinsics=batch["intrinsics"],
+                cam_to_ego=batch["cam_to_ego"],
+            )
+            traj, logits = net.decode(fused, ego_token, batch["ego_hist"], route)  # [B, K, S, 3], [B, K]
+            table.add(countries, "model", sample_errors(traj, logits, target, hz))
+            if plots is not None:
+                take = _plot_indices(countries, plotted, plots_per_country)
+                if take:
+                    save_plots(plots, batch, traj, logits, indices=take, cameras=cameras)
+            has_own = np.array([c in own_heads for c in countries])
+            if has_own.any():
+                g_traj, g_logits = net.decode(fused, ego_token, batch["ego_hist"], route, head=GLOBAL_HEAD)
+                table.add(countries, "global_head", sample_errors(g_traj, g_logits, target, hz), mask=has_own)
+            b_traj, b_logits = base(batch["ego_hist"], batch["command"], route)
+            table.add(countries, "ego_mlp", sample_errors(b_traj, b_logits, target, hz))
+        for name, predict in (("constant_velocity", constant_velocity), ("ctra", ctra)):
+            path = predict(batch["ego_hist"], window.future_steps, 1.0 / hz)[:, None]  # one mode: [B, 1, S, 3]
+            table.add(countries, name, sample_errors(path, torch.zeros(path.shape[:2]), target, hz))
+    checkpoint = "" if weights is None else weights if head is None else f"{weights} + {head}"
+    return build_report(table, clips, checkpoint=checkpoint, data=data)
+
+
+def _one_camera(manifests: list[Manifest]) -> list[str]:
+    """The first camera every dataset has: the stream reads one camera per clip, and without a model
+    one is enough (the baselines read only the ego history)."""
+    common = [c for c in manifests[0].cameras if all(c in m.cameras for m in manifests[1:])]
+    if not common:
+        cams = "; ".join(f"{m.url}: {', '.join(m.cameras)}" for m in manifests)
+        raise DataError(f"the datasets share no camera ({cams}); evaluate them one at a time")
+    return common[:1]
 
 
 def _real_windows(batch: dict) -> dict:

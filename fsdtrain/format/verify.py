@@ -16,8 +16,11 @@ the sample as ``<shard url>:<sample key>``:
   ``meta.json``, ``calib.json`` and ``ego.npy``, types, ranges, finite values), each clip's own zone
   against the site zone and, with its country, cameras, fps and frames, against the manifest; one
   resolution per camera in a shard directory; each clip once in everything verified (a clip in two
-  shards, or two datasets, would be trained on twice); and (unless ``fast``) that every video
-  decodes to its declared frames at its calibrated size.
+  shards, or two datasets, would be trained on twice); the plausibility of each clip's motion in
+  ``ego.npy`` (:func:`~fsdtrain.format.motion.check_motion`, the checks ``data write`` runs: heading
+  along the direction of motion, speed and yaw_rate columns against the derivatives of the poses,
+  physical limits; skipped for clips tagged ``plausibility: accepted``); and (unless ``fast``) that
+  every video decodes to its declared frames at its calibrated size.
 
 Sample checks run even when a shard's checksum fails, so the damaged sample is named where it can be.
 """
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from fsdtrain.errors import DataError
 from fsdtrain.format.index import ShardIndex, parse_index
 from fsdtrain.format.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
+from fsdtrain.format.motion import check_motion
 from fsdtrain.format.samples import check_same_size, manifest_expect, parse_clip, read_tar
 from fsdtrain.format.video import decode_video
 from fsdtrain.residency import ResidencyError
@@ -282,6 +286,11 @@ def _check_sample(
     with the manifest, or ResidencyError when its own zone may not be read at this site."""
     clip = parse_clip(key, sample, m.cameras, where, known_cameras=m.cameras, expect=manifest_expect(m, where, site_zone=gate.site_zone))
     check_same_size(sizes, clip, m.cameras, where, "one shard directory holds one resolution per camera; write other sizes to their own directory")
+    if clip.meta.tags.get("plausibility") != "accepted":  # data write --accept-implausible tags the clips it let through
+        ego = clip.ego  # [frames, 6] t, x, y, yaw, speed, yaw_rate
+        bad = check_motion(ego[:, 0], ego[:, 1:3], ego[:, 3], speed=ego[:, 4], yaw_rate=ego[:, 5])
+        if bad is not None:
+            raise DataError(f"{where}: ego.npy implausible motion {bad.line()}")
     if not decode:
         return
     for cam in m.cameras:

@@ -22,6 +22,7 @@ The output depends only on the input and the settings, not on ``workers``.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import shutil
 import tempfile
@@ -34,8 +35,10 @@ import numpy as np
 
 from fsdtrain.errors import ConfigError, DataError, StoreError
 from fsdtrain.format.manifest import Manifest, dataset_name, validate_split
+from fsdtrain.format.motion import check_motion
 from fsdtrain.format.schema import FIXED_MEMBERS, ClipMeta, clip_key, decode_ego, encode_npy
 from fsdtrain.format.video import encode_video
+from fsdtrain.format.windows import WindowSpec
 from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
 from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, find_drives, load_drive
 from fsdtrain.store import objects
@@ -59,10 +62,46 @@ class DriveCut:
         return len(self.t_us) // self.clip_frames
 
 
+def window_rate_problem(fps: float, spec: WindowSpec | None = None) -> str | None:
+    """Why windows (default: the default :class:`~fsdtrain.format.windows.WindowSpec`) cannot be cut
+    from clips at ``fps``, or None when they can; the window spec owns the rule."""
+    spec = spec or WindowSpec()
+    try:
+        spec.current_frames(int(round(60 * fps)) + 1, fps)
+    except (ConfigError, DataError) as exc:
+        return str(exc)
+    return None
+
+
+def usable_rates(below: float = 60.0) -> list[int]:
+    """Whole output rates up to ``below`` Hz that the default windows can use."""
+    return [r for r in range(1, int(below) + 1) if window_rate_problem(float(r)) is None]
+
+
+def _rates_text(rates: list[int]) -> str:
+    return ", ".join(str(r) for r in rates[:8]) + (", ..." if len(rates) > 8 else "") if rates else "none"
+
+
 def cut_drive(drive: RawDrive, *, fps: float, clip_frames: int, limits: RawLimits | None = None) -> DriveCut:
-    """Frame grid, clips and nearest camera frames of one drive; DataError when no clip fits or a camera lacks frames."""
+    """Frame grid, clips and nearest camera frames of one drive; DataError when no clip fits or a camera lacks frames.
+
+    Each frame time takes each camera's nearest frame (ties: the earlier). A camera slower than
+    ``limits.min_camera_rate x fps`` is refused (it would repeat frames); otherwise a frame more than
+    ``limits.frame_tolerance`` of the longer of the output and the camera's period away (dropped
+    frames) is.
+    """
     limits = limits or RawLimits()
     where = drive.where
+    for cam, src in drive.cameras.items():
+        if len(src.t_us) > 1:
+            steps = np.diff(src.t_us)
+            steps = steps[steps <= 1.5 * np.median(steps)]  # dropped frames left out: the tolerance below names them
+            rate = 1e6 / float(steps.mean())  # the mean, not the median: a camera at 50/100/100 ms runs at 12 Hz
+            if rate < limits.min_camera_rate * fps:
+                ok = usable_rates(rate)
+                hint = f"use --fps {ok[-1]} (whole rates up to the camera's that the windows can use: {_rates_text(ok)})" if ok else "no output rate the windows can use fits this camera"
+                raise DataError(f"{where}: {cam} runs at {rate:.3g} Hz (mean frame interval), too slow for --fps {fps:g}: "
+                                f"it would repeat more than one frame in ten; {hint}")  # fmt: skip
     starts = [int(drive.poses.t_us[0])] + [int(c.t_us[0]) for c in drive.cameras.values()]
     ends = [int(drive.poses.t_us[-1])] + [int(c.t_us[-1]) for c in drive.cameras.values()]
     start, end = max(starts), min(ends)
@@ -76,9 +115,11 @@ def cut_drive(drive: RawDrive, *, fps: float, clip_frames: int, limits: RawLimit
             f"{clip_frames} frames at {fps:g} fps ({clip_frames / fps:g} s); use a shorter --clip-seconds or drop the drive"
         )
     t = t[: clips * clip_frames]
-    tol = limits.max_frame_offset_s if limits.max_frame_offset_s is not None else 0.5 / fps
     frame_index = {}
     for cam, src in drive.cameras.items():
+        period = max(1.0 / fps, float(np.median(np.diff(src.t_us))) / 1e6 if len(src.t_us) > 1 else 0.0)  # s
+        tol = limits.max_frame_offset_s if limits.max_frame_offset_s is not None else limits.frame_tolerance * period
+        flag = f"max_frame_offset_s {tol:g} s" if limits.max_frame_offset_s is not None else f"--frame-tolerance {limits.frame_tolerance:g} of a {period * 1e3:.0f} ms period"
         hi = np.clip(np.searchsorted(src.t_us, t), 1, len(src.t_us) - 1) if len(src.t_us) > 1 else np.zeros(len(t), np.int64)
         lo = np.maximum(hi - 1, 0)
         idx = np.where(np.abs(src.t_us[lo] - t) <= np.abs(src.t_us[hi] - t), lo, hi)  # ties: the earlier frame
@@ -86,9 +127,11 @@ def cut_drive(drive: RawDrive, *, fps: float, clip_frames: int, limits: RawLimit
         bad = np.flatnonzero(off > tol)
         if bad.size:
             k = int(bad[0])
+            need = math.ceil(off.max() / period * 100 - 1e-6) / 100
+            need += 0.01 if need * period < off.max() else 0.0
             raise DataError(
-                f"{where}: {cam} has no frame within {tol * 1e3:.0f} ms of frame time {t[k]} (+{(t[k] - start) / 1e6:.3f} s); "
-                f"the nearest is {off[k] * 1e3:.0f} ms away (dropped frames, or a camera slower than --fps)"
+                f"{where}: {cam} has no frame within {tol * 1e3:.0f} ms ({flag}) of frame time {t[k]} (+{(t[k] - start) / 1e6:.3f} s); "
+                f"the nearest is {off[k] * 1e3:.0f} ms away (dropped frames?); --frame-tolerance {need:g} would take every frame of the drive"
             )
         frame_index[cam] = idx
     return DriveCut(drive=drive, fps=float(fps), clip_frames=clip_frames, t_us=t, frame_index=frame_index)
@@ -125,15 +168,23 @@ def ego_array(world: np.ndarray, t_us: np.ndarray) -> np.ndarray:
 
 def clip_egos(cut: DriveCut) -> list[bytes]:
     """``ego.npy`` of every clip of a cut drive, each checked against the clip schema (finite, within
-    :data:`~fsdtrain.format.schema.EGO_LIMITS`): a pose jump is the drive's problem, found in pass 1
-    and skipped with the drive, not a writer error that stops the run after shards were written."""
+    :data:`~fsdtrain.format.schema.EGO_LIMITS`) and, unless the drive is accepted as implausible,
+    against the motion checks ``data verify`` runs (:func:`~fsdtrain.format.motion.check_motion`):
+    a pose jump is the drive's problem, found in pass 1 and skipped with the drive, not a writer
+    error that stops the run after shards were written, nor a clip that verify refuses later."""
     F = cut.clip_frames
     world = resample_poses(cut.drive, cut.t_us)  # [clips * F, 5]
     egos = []
     for j in range(cut.clips):
         sl = slice(j * F, (j + 1) * F)
         data = encode_npy(ego_array(world[sl], cut.t_us[sl]))
-        decode_ego(data, F, f"{cut.drive.where}: clip {clip_key(cut.drive.info.drive_id, j * F)}")
+        where = f"{cut.drive.where}: clip {clip_key(cut.drive.info.drive_id, j * F)}"
+        ego = decode_ego(data, F, where)
+        bad = None if cut.drive.accepted_implausible else check_motion(ego[:, 0], ego[:, 1:3], ego[:, 3], speed=ego[:, 4], yaw_rate=ego[:, 5])
+        if bad is not None:
+            t = (int(cut.t_us[sl][0]) - int(cut.drive.poses.t_us[0])) / 1e6 + bad.t
+            raise DataError(f"{cut.drive.where}: implausible motion at +{t:.1f} s (clip {clip_key(cut.drive.info.drive_id, j * F)} {bad.line()}); "
+                            f"if the poses are right, --accept-implausible {cut.drive.info.drive_id} writes the drive anyway")  # fmt: skip
         egos.append(data)
     return egos
 
@@ -151,7 +202,8 @@ def drive_samples(cut: DriveCut, *, gop: int = 10) -> Iterator[dict[str, bytes]]
             meta = ClipMeta(
                 clip_id=key, drive_id=info.drive_id, country=info.country, zone=info.zone, timestamp_us=int(cut.t_us[sl][0]),
                 fps=cut.fps, frames=F, cameras=list(info.cameras),
-                tags={**info.tags, "vehicle": info.vehicle, "source": "raw", "first_frame": j * F},
+                tags={**info.tags, "vehicle": info.vehicle, "source": "raw", "first_frame": j * F,
+                      **({"plausibility": "accepted"} if drive.accepted_implausible else {})},
             )  # fmt: skip
             sample = {"__key__": key, "meta.json": meta.to_json(), "calib.json": calib, "ego.npy": egos[j]}
             for cam, reader in readers.items():
@@ -289,14 +341,17 @@ def write_drives(
         raw: local folder of drive folders (or one drive folder), layout in docs/data-format.md.
         out: dataset URL (``s3://bucket/prefix/NAME`` or ``file:///dir/NAME``).
         clip_seconds: clip length; ``round(clip_seconds * fps)`` frames, at least 2.
-        fps: output frame rate; each camera needs a frame within ``limits.max_frame_offset_s`` of every frame time.
+        fps: output frame rate: one the default windows can use (:func:`window_rate_problem`); each
+            camera must run at least ``limits.min_camera_rate x fps`` and have a frame within
+            ``limits.frame_tolerance`` of a period of every frame time (:func:`cut_drive`).
         gop: keyframe interval of the encoded videos, in frames.
         shard_bytes: target shard size; a new shard starts when the next clip would exceed it.
         workers: processes checking and encoding drives (a fork pool); the output does not depend on it.
         skip_bad: leave bad drives out and list them in the summary instead of raising on the first one.
         split: split name, ``[A-Za-z0-9_-]``.
         dataset: dataset name in the manifests; default: the last component of ``out``.
-        limits: tolerances for imperfect raw data.
+        limits: tolerances for imperfect raw data, and the drives accepted although implausible
+            (``limits.accept_implausible``: each must be a drive under ``raw``).
         progress: called with a one-line message per drive.
         replace: replace the datasets already in the ``<split>/<country>`` directories this run
             writes (each switches to the new version once all are written) instead of refusing them;
@@ -307,19 +362,30 @@ def write_drives(
             written when pass 1 finds it; no manifest is written in either case, and what ``out``
             held stays as it was.
         ConfigError: a ``<split>/<country>`` directory to write already holds a dataset and
-            ``replace`` is not given (checked after pass 1, before anything is encoded).
+            ``replace`` is not given (checked after pass 1, before anything is encoded); ``fps``
+            the default windows cannot use, or ``limits.accept_implausible`` naming no drive
+            (checked before any drive is read).
         StoreError: ``out`` or the temporary folder cannot be written (unreachable, denied, disk full).
     """
     frames = int(round(clip_seconds * fps)) if fps > 0 else 0
     if not fps > 0 or frames < 2:
-        raise ConfigError(f"clip_seconds={clip_seconds} at fps={fps} gives {frames} frames per clip; a clip needs at least 2")
+        raise ConfigError(f"--clip-seconds {clip_seconds:g} at --fps {fps:g} gives {frames} frames per clip; a clip needs at least 2")
     if gop < 1 or workers < 1 or shard_bytes < 1:
-        raise ConfigError(f"gop={gop}, workers={workers} and shard_bytes={shard_bytes} must all be at least 1")
+        raise ConfigError(f"--gop {gop}, --workers {workers} and --shard-bytes {shard_bytes} must all be at least 1")
+    problem = window_rate_problem(fps)
+    if problem is not None:  # a dataset nothing could train on: refused before any drive is read
+        ok = usable_rates()
+        near = min(ok, key=lambda r: (abs(r - fps), -r)) if ok else None
+        raise ConfigError(f"--fps {fps:g}: the default windows cannot use clips at this rate ({problem}); "
+                          f"{f'use --fps {near}; ' if near else ''}whole rates that work: {_rates_text(ok)}")  # fmt: skip
     validate_split(split)
     dataset = dataset or dataset_name(out)
     report = progress or (lambda _msg: None)
     st = _Settings(fps=float(fps), clip_frames=frames, gop=gop, limits=limits or RawLimits())
     paths = find_drives(raw)
+    unknown = sorted(st.limits.accept_implausible - {p.name for p in paths})
+    if unknown:
+        raise ConfigError(f"--accept-implausible names {', '.join(unknown)}, not a drive under {raw}; drives: {', '.join(p.name for p in paths[:10])}{' ...' if len(paths) > 10 else ''}")
     summary = IngestSummary(drives=len(paths))
 
     def keep(result: RawDrive | SkippedDrive | list[str]) -> bool:

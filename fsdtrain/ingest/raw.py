@@ -8,7 +8,8 @@ A raw drive is a directory named after its ``drive_id``::
     <drive_id>/<CAM>.mp4 + <CAM>.timestamps.csv   or   <drive_id>/<CAM>/<timestamp_us>.jpg
 
 :func:`load_drive` reads everything but the pixels and checks it (names, JSON fields, monotonic
-timestamps, pose gaps, cameras covering the poses, video frame counts). Every problem is a
+timestamps and their unit, pose gaps, the plausibility of the motion (:mod:`fsdtrain.format.motion`),
+cameras covering the poses, video frame counts). Every problem is a
 :class:`~fsdtrain.errors.DataError` of one line, ``drive <name>: <problem>``. Pixels are read later,
 frame by frame, with :class:`CameraReader`, whose errors (an unreadable frame) use the same form.
 """
@@ -29,6 +30,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.format.motion import MotionLimits, check_extents, check_motion
 from fsdtrain.format.schema import parse_calib
 from fsdtrain.residency import check_country_zone, validate_zone
 
@@ -75,17 +77,30 @@ class RawLimits:
     """Largest interval between consecutive poses; poses are not interpolated across a longer gap."""
     max_edge_s: float = 1.0
     """How far a camera's first/last frame may lie from the first/last pose (more: a video shorter than its poses, or the reverse)."""
+    frame_tolerance: float = 0.6
+    """Largest distance from a clip frame time to the camera frame used for it, as a fraction of the
+    longer of the output frame period and the camera's median frame period: nearest-frame
+    resampling is at most half a camera period off, so 0.6 passes a 9.65 Hz camera at ``--fps 10``
+    and refuses a dropped frame."""
     max_frame_offset_s: float | None = None
-    """Largest distance from a clip frame time to the camera frame used for it; None: half the output frame period."""
+    """The same distance in seconds, replacing ``frame_tolerance`` when given."""
+    min_camera_rate: float = 0.9
+    """Slowest camera rate, as a fraction of the output fps: a slower camera would repeat more than one frame in ten."""
     fps_tolerance: float = 0.1
     """Relative deviation allowed between drive.json ``fps`` and a camera's median frame interval."""
+    accept_implausible: frozenset[str] = frozenset()
+    """drive_ids written even when their motion is implausible (:mod:`fsdtrain.format.motion`); their clips are tagged ``plausibility: accepted``."""
+    motion: MotionLimits = field(default_factory=MotionLimits)
+    """What a vehicle's motion may look like."""
 
     def __post_init__(self) -> None:
-        for name in ("max_pose_gap_s", "max_edge_s", "fps_tolerance"):
+        flags = {"max_pose_gap_s": "--max-pose-gap", "max_edge_s": "--max-edge", "frame_tolerance": "--frame-tolerance"}
+        for name in ("max_pose_gap_s", "max_edge_s", "fps_tolerance", "frame_tolerance", "min_camera_rate"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"RawLimits.{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"{flags.get(name, 'RawLimits.' + name)} {getattr(self, name)} must be positive")
         if self.max_frame_offset_s is not None and not self.max_frame_offset_s > 0:
             raise ConfigError(f"RawLimits.max_frame_offset_s={self.max_frame_offset_s} must be positive or None")
+        object.__setattr__(self, "accept_implausible", frozenset(self.accept_implausible))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +152,7 @@ class RawDrive:
     calib: dict[str, dict]  # per camera K [3, 3], T_cam_to_ego [4, 4], size (W, H)
     poses: Poses
     cameras: dict[str, CameraSource]  # in drive.json order
+    accepted_implausible: bool = False  # written although its motion is implausible (RawLimits.accept_implausible)
 
     @property
     def where(self) -> str:
@@ -313,22 +329,53 @@ def _check_increasing(t_us: np.ndarray, lines: list[int], where: str, what: str)
         raise DataError(f"{where}: {what} line {lines[i + 1]}: timestamp_us {t_us[i + 1]} is not after the previous {t_us[i]} (timestamps must increase)")
 
 
-def _load_poses(path: Path, where: str, limits: RawLimits) -> Poses:
+def _check_time_unit(t_us: np.ndarray, where: str, what: str, slowest_hz: float, fastest_hz: float, advice: str) -> None:
+    """Timestamps whose median interval is no rate such a sensor runs at, but is one after x1000 or
+    /1000, are in the wrong unit: said before any gap or coverage check, whose advice would be wrong."""
+    if len(t_us) < 2:
+        return
+    step = float(np.median(np.diff(t_us)))  # us
+    rate = 1e6 / step
+    if rate > fastest_hz and slowest_hz <= rate / 1000 <= fastest_hz:
+        raise DataError(
+            f"{where}: {what} timestamps are {step:g} us apart (median, {rate:.4g} Hz): timestamps in milliseconds? "
+            f"timestamp_us must be microseconds (x1000 gives {rate / 1000:.4g} Hz)"
+        )
+    if rate < slowest_hz and slowest_hz <= rate * 1000 <= fastest_hz:
+        raise DataError(
+            f"{where}: {what} timestamps are {step / 1e6:.4g} s apart (median, {rate:.4g} Hz): timestamps in nanoseconds? "
+            f"timestamp_us must be microseconds (/1000 gives {rate * 1000:.4g} Hz)"
+        )
+    if rate < slowest_hz:
+        raise DataError(f"{where}: {what} timestamps are {step / 1e6:.4g} s apart (median, {rate:.4g} Hz); {advice}")
+
+
+def _load_poses(path: Path, where: str, limits: RawLimits, accepted: bool) -> Poses:
     header, rows = _read_csv(path, where, ("timestamp_us", "x", "y", "yaw"))
     if len(rows) < 2:
         raise DataError(f"{where}: {POSES_CSV} has {len(rows)} pose(s); it needs at least 2")
-    col = {c: header.index(c) for c in ("timestamp_us", "x", "y", "yaw")}
+    columns = ("x", "y", "yaw", "z") if "z" in header else ("x", "y", "yaw")
+    col = {c: header.index(c) for c in ("timestamp_us", *columns)}
     t = np.array([_int_cell(r[col["timestamp_us"]], where, POSES_CSV, n, "timestamp_us") for n, r in rows], dtype=np.int64)
-    vals = np.array([[_float_cell(r[col[c]], where, POSES_CSV, n, c) for c in ("x", "y", "yaw")] for n, r in rows])  # [N, 3]
+    vals = np.array([[_float_cell(r[col[c]], where, POSES_CSV, n, c) for c in columns] for n, r in rows])  # [N, 3 or 4]
     lines = [n for n, _ in rows]
     _check_increasing(t, lines, where, POSES_CSV)
+    _check_time_unit(t, where, POSES_CSV, 1 / limits.max_pose_gap_s, 2000.0,
+                     f"poses sparser than --max-pose-gap {limits.max_pose_gap_s:g} s: give denser poses, or raise --max-pose-gap if interpolating over such gaps is right")  # fmt: skip
     gaps = np.diff(t) / 1e6
-    i = int(np.argmax(gaps))
-    if gaps[i] > limits.max_pose_gap_s:
+    over = np.flatnonzero(gaps > limits.max_pose_gap_s)
+    if over.size:  # the first one, where the drive would be split
+        i = int(over[0])
         raise DataError(
-            f"{where}: {POSES_CSV} has a {gaps[i]:.3f} s gap in poses between timestamp_us {t[i]} and {t[i + 1]} (line {lines[i + 1]}); "
-            f"at most max_pose_gap_s={limits.max_pose_gap_s} s allowed (split the drive there)"
+            f"{where}: {POSES_CSV} has a {gaps[i]:.3f} s gap in poses between timestamp_us {t[i]} and {t[i + 1]} (line {lines[i + 1]}, "
+            f"+{(t[i] - t[0]) / 1e6:.1f} s); at most --max-pose-gap {limits.max_pose_gap_s:g} s allowed (split the drive there)"
         )
+    if not accepted:
+        ts = (t - t[0]) / 1e6
+        bad = (check_extents(ts, vals[:, [0, 1, 3]]) if len(columns) == 4 else None) or check_motion(ts, vals[:, :2], vals[:, 2], limits=limits.motion)
+        if bad is not None:
+            drive_id = where.removeprefix("drive ")
+            raise DataError(f"{where}: implausible poses {bad.line()}; if the poses are right, --accept-implausible {drive_id} writes the drive anyway")
     return Poses(t_us=t, xy=vals[:, :2].copy(), yaw=np.unwrap(vals[:, 2]))
 
 
@@ -412,26 +459,29 @@ def load_drive(path: str | os.PathLike, *, limits: RawLimits | None = None) -> R
         w, h = c["size"]
         if w < 2 or h < 2 or w % 2 or h % 2:
             raise DataError(f"{where}: {cam} size {w}x{h} in {CALIB_JSON}: width and height must be even (H.264 yuv420p); crop the frames by one pixel")
-    poses = _load_poses(drive_dir / POSES_CSV, where, limits)
+    accepted = info.drive_id in limits.accept_implausible
+    poses = _load_poses(drive_dir / POSES_CSV, where, limits, accepted)
     cameras = {cam: _load_camera(drive_dir, names, cam, calib[cam]["size"], where) for cam in info.cameras}
     for src in cameras.values():
         _check_camera_timing(src, poses, info, limits, where)
-    return RawDrive(path=drive_dir, info=info, calib=calib, poses=poses, cameras=cameras)
+    return RawDrive(path=drive_dir, info=info, calib=calib, poses=poses, cameras=cameras, accepted_implausible=accepted)
 
 
 def _check_camera_timing(src: CameraSource, poses: Poses, info: DriveInfo, limits: RawLimits, where: str) -> None:
+    what = f"{src.name}.timestamps.csv" if src.kind == "mp4" else f"{src.name}/ frame"
+    _check_time_unit(src.t_us, where, what, 0.5, 1000.0, "a camera needs at least 0.5 Hz (gaps in its frames?)")
     if info.fps is not None and len(src.t_us) > 1:
         measured = 1e6 / float(np.median(np.diff(src.t_us)))
         if abs(measured - info.fps) > limits.fps_tolerance * info.fps:
-            raise DataError(f"{where}: {src.name} timestamps say {measured:.3g} Hz but drive.json fps is {info.fps:g} (timestamps not in microseconds?)")
+            raise DataError(f"{where}: {src.name} timestamps say {measured:.3g} Hz but drive.json fps is {info.fps:g} (a wrong fps in drive.json, or the timestamps of another camera?)")
     t0, t1 = int(poses.t_us[0]), int(poses.t_us[-1])
     late, early = (int(src.t_us[0]) - t0) / 1e6, (t1 - int(src.t_us[-1])) / 1e6
     if late > limits.max_edge_s:
-        raise DataError(f"{where}: {src.name} starts {late:.3f} s after the first pose (video shorter than its poses; max_edge_s={limits.max_edge_s})")
+        raise DataError(f"{where}: {src.name} starts {late:.3f} s after the first pose (video shorter than its poses; at most --max-edge {limits.max_edge_s:g} s)")
     if early > limits.max_edge_s:
-        raise DataError(f"{where}: {src.name} ends {early:.3f} s before the last pose (video shorter than its poses; max_edge_s={limits.max_edge_s})")
+        raise DataError(f"{where}: {src.name} ends {early:.3f} s before the last pose (video shorter than its poses; at most --max-edge {limits.max_edge_s:g} s)")
     if -late > limits.max_edge_s or -early > limits.max_edge_s:
-        raise DataError(f"{where}: poses cover {(t1 - t0) / 1e6:.3f} s but {src.name} runs {max(-late, -early):.3f} s beyond them (poses shorter than the video; max_edge_s={limits.max_edge_s})")
+        raise DataError(f"{where}: poses cover {(t1 - t0) / 1e6:.3f} s but {src.name} runs {max(-late, -early):.3f} s beyond them (poses shorter than the video; at most --max-edge {limits.max_edge_s:g} s)")
 
 
 class CameraReader:

@@ -61,6 +61,9 @@ class ClipSpec:
     """Keyframe interval of the videos, frames."""
     rig: str = DEFAULT_RIG
     """Camera rig name (:data:`~fsdtrain.synth.rig.RIGS`: ``surround6``, ``surround6_narrow``, ``surround8``)."""
+    only: tuple[str, ...] | None = None
+    """Cameras of the rig to render (default: all): a job that reads one camera need not pay for seven.
+    Each camera's frames do not depend on which others are rendered."""
 
     def __post_init__(self) -> None:
         if self.width % 2 or self.height % 2 or self.width < 16 or self.height < 16:
@@ -69,17 +72,25 @@ class ClipSpec:
             raise ConfigError(f"seconds={self.seconds} at fps={self.fps} gives fewer than 2 frames per clip; use a longer clip")
         if self.gop < 1:
             raise ConfigError(f"gop={self.gop} must be at least 1 frame")
-        make_rig(self.rig)  # an unknown rig fails here, with the known ones
+        rig = [c.name for c in make_rig(self.rig)]  # an unknown rig fails here, with the known ones
+        if self.only is not None:
+            unknown = [c for c in self.only if c not in rig]
+            if not self.only or unknown:
+                raise ConfigError(f"cameras {list(self.only)}: rig {self.rig} has {', '.join(rig)}; name at least one of them")
 
     @property
     def cameras(self) -> list[str]:
-        """Camera names of the rig, in rig order."""
-        return [c.name for c in make_rig(self.rig)]
+        """Camera names rendered, in rig order."""
+        return [c.name for c in _rig(self.rig, self.only)]
+
+def _rig(rig: str, only: tuple[str, ...] | None) -> list:
+    return [c for c in make_rig(rig) if only is None or c.name in only]
+
 
 @lru_cache(maxsize=4)
-def _renderer(rig: str, width: int, height: int) -> Renderer:
-    """One renderer per process, rig and size: its per-camera lookup tables are reused for every clip."""
-    return Renderer(make_rig(rig), width, height)
+def _renderer(rig: str, width: int, height: int, only: tuple[str, ...] | None = None) -> Renderer:
+    """One renderer per process, rig, size and cameras: its per-camera lookup tables are reused for every clip."""
+    return Renderer(_rig(rig, only), width, height)
 
 
 def make_clip(
@@ -99,7 +110,7 @@ def make_clip(
     style = country_style(country)
     width, height, fps, rig = clip.width, clip.height, clip.fps, clip.rig
     plan = plan_clip(style.code, seed=clip_seed(seed, split, style.code, index), fps=fps, seconds=clip.seconds, scenario=scenario)
-    renderer = _renderer(rig, width, height)
+    renderer = _renderer(rig, width, height, clip.only)
     frames = renderer.render(plan)  # [F, N_cam, H, W, 3]
     drive_id = f"synth_{style.code.lower()}_s{seed}_{split}_{index:06d}"
     key = clip_key(drive_id, 0)

@@ -133,7 +133,7 @@ def run_metadata(trainer: pl.Trainer, module: pl.LightningModule) -> WeightsMeta
         format=FORMAT,
         net=asdict(module.net_config),
         cameras=module.cameras,
-        window=asdict(module.window),
+        window=module.window.to_dict(),
         heads=module.net.heads.names,
         trained_heads=module.finetune.train_heads or module.net.heads.names,
         zones=sorted(zones),

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fsdtrain.batching import plan_batches
 from fsdtrain.data.datamodule import FleetDataModule, load_manifests
+from fsdtrain.data.stream import window_in_seconds
 from fsdtrain.errors import ConfigError
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.residency import resolve_site_zone
@@ -164,7 +165,7 @@ class FleetCLI(LightningCLI):
         self._wandb_target = WandbTarget.resolve(
             mode=cfg.wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.site.zone)
         )
-        self._preflight(cfg)
+        self._window_in_seconds(cfg, self._preflight(cfg))
         if "ckpt_path" in cfg:
             cfg.ckpt_path = self._ckpt_path(cfg.ckpt_path, workdir)
         self._check_weights_zones(cfg)
@@ -174,9 +175,26 @@ class FleetCLI(LightningCLI):
             cfg.weights_only = True
 
     @staticmethod
-    def _preflight(cfg) -> None:
-        """Fails on unreadable data and residency violations before any process, logger or model starts."""
-        load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), ZoneGate(cfg.site.zone))
+    def _preflight(cfg) -> list:
+        """Fails on unreadable data and residency violations before any process, logger or model starts; returns the manifests."""
+        return load_manifests(list(cfg.data.train or []) + list(cfg.data.val or []), ZoneGate(cfg.site.zone))
+
+    @staticmethod
+    def _window_in_seconds(cfg, manifests: list) -> None:
+        """``data.window`` (and the model's copy, which the weights metadata records) in seconds: fields in
+        frames (fsdtrain <= 0.2) converted at the data's one rate, with a warning saying what to write
+        instead; several rates fail in one line (:func:`fsdtrain.data.stream.window_in_seconds`)."""
+        if not manifests:
+            return
+        names = [f.name for f in dataclasses.fields(WindowSpec)]
+        given = WindowSpec(**{n: getattr(cfg.data.window, n) for n in names})
+        spec = window_in_seconds(given, manifests)
+        if given.legacy and rank_zero_only.rank == 0:
+            fps = manifests[0].fps
+            log.warning(f"data.window.frame_stride / window_stride count frames (deprecated): at the data's {fps:g} fps write {given.suggestion(fps, 'data.window.')} instead")
+        for group in (cfg.data.window, cfg.model.window):
+            for n in names:
+                setattr(group, n, getattr(spec, n))
 
     @staticmethod
     def _check_weights_zones(cfg) -> None:

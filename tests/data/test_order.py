@@ -156,3 +156,15 @@ def test_stream_mixing_weights_change_country_shares(tiny_fleet):
                     batch_size=4, reading=StreamSpec(order="streams"))  # fmt: skip
     countries = [c for b in DataLoader(s, batch_size=4) for c in b["country"]]
     assert countries.count("US") == 16 and countries.count("DE") == 8
+
+
+def test_order_of_datasets_at_8_and_10_fps_is_a_function_of_manifests_and_window():
+    from fsdtrain.format.windows import WindowSpec
+
+    window = WindowSpec(history=2, history_spacing_s=0.5, stride_s=0.25)
+    manifests = {"ten": (100, 10.0), "eight": (80, 8.0)}  # (frames, fps): two datasets of 10 s clips
+    sources = [([3, 2], window.current_frames(frames, fps), 1.0) for frames, fps in manifests.values()]
+    assert [len(s[1]) for s in sources] == [26, 26]  # the same windows per 10 s clip at both rates
+    np.testing.assert_allclose(sources[0][1] / 10.0, sources[1][1] / 8.0, atol=0.05)  # the same times, to the nearest frame
+    a, b = (StreamOrder(sources, StreamShape(2, 1), seed=3, epoch=1) for _ in range(2))
+    assert len(a) == 2 * 5 * 26 and [a[p] for p in range(len(a))] == [b[p] for p in range(len(b))]

@@ -323,3 +323,64 @@ def test_a_clip_that_disagrees_with_its_manifest_is_a_data_error_and_skippable(t
     ids = window_ids(skip_stream(d, fraction=0.5, order="streams"))
     assert len(ids) == 2 * TINY_WINDOW.count(50, 10.0) and {i.split("@")[0] for i in ids} == {"synth_us_s0_train_000001-000000"}
     assert "meta.json frames is 40" in caplog.text
+
+
+# --- windows in seconds: datasets at 10 and 8 fps in one loader ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_rates(tmp_path_factory):
+    """A 10 fps and an 8 fps dataset of one 5 s clip each (US), as `fsdtrain data synth` writes them."""
+    from fsdtrain.synth.fleet import ClipSpec, synth_fleet
+
+    root = tmp_path_factory.mktemp("rates")
+    urls = {}
+    for fps in (10, 8):
+        clip = ClipSpec(width=64, height=48, seconds=5.0, fps=float(fps), rig="surround6_narrow")
+        synth_fleet(f"file://{root}/fleet{fps}", ["US"], 1, clips_per_shard=1, split="train", seed=fps, clip=clip)
+        urls[fps] = f"file://{root}/fleet{fps}/train/US"
+    return urls
+
+
+def rate_stream(urls, window, order="clips"):
+    manifests = load_manifests(list(urls), GLOBAL_GATE)
+    return FleetStream(
+        Source.all(manifests), window, cameras=["CAM_FRONT"], batch_size=2, gate=GLOBAL_GATE, reading=StreamSpec(order=order)
+    )
+
+
+def test_datasets_at_8_and_10_fps_give_windows_of_the_same_times(two_rates):
+    import numpy as np
+
+    from fsdtrain.format.windows import WindowSpec
+
+    window = WindowSpec(history=3, history_spacing_s=0.5, stride_s=0.5, horizon_s=2.0, future_hz=2.0)
+    stream = rate_stream(two_rates.values(), window, order="streams")  # mixed in one training order
+    stream.set_distributed(0, 1, 0)
+    times: dict[float, set[float]] = {10.0: set(), 8.0: set()}
+    for batch in DataLoader(stream, batch_size=2, num_workers=0):
+        for i, clip in enumerate(batch["clip_id"]):
+            fps = 8.0 if "_s8_" in clip else 10.0  # the clip key names its seed
+            times[fps].add(round(int(batch["frame"][i]) / fps, 6))
+            hist, future = batch["ego_hist"][i].numpy(), batch["future"][i].numpy()
+            np.testing.assert_allclose(hist[:, 0], [-1.0, -0.5, 0.0], atol=1e-4)  # history frames 0.5 s apart
+            # the future points 0.5 s apart: the synthetic ego drives smoothly, so each step covers ~speed x 0.5 s
+            steps = np.linalg.norm(np.diff(np.vstack([[0.0, 0.0], future[:, :2]]), axis=0), axis=1)
+            np.testing.assert_allclose(steps, hist[-1, 4] * 0.5, rtol=0.15, atol=0.2)
+    assert times[10.0] == times[8.0] == {1.0, 1.5, 2.0, 2.5}  # the same current times at both rates (5 s clips, 2 s ahead)
+    assert stream.spec.history_offsets(8.0).tolist() == [8, 4, 0] and stream.spec.history_offsets(10.0).tolist() == [10, 5, 0]
+
+
+def test_frames_in_config_convert_at_one_rate_and_say_what_to_write_when_mixed(two_rates):
+    assert rate_stream([two_rates[8]], TINY_WINDOW).spec.history_spacing_s == pytest.approx(5 / 8)  # frames at 8 fps
+    with pytest.raises(ConfigError, match=r"count frames, .* \(fleet10/train/US 10 fps, fleet8/train/US 8 fps\): write window.history_spacing_s"):
+        rate_stream(two_rates.values(), TINY_WINDOW)
+
+
+def test_a_rate_that_cannot_place_the_history_is_refused_naming_the_dataset(two_rates):
+    from fsdtrain.format.windows import WindowSpec
+
+    window = WindowSpec(history_spacing_s=0.3, tolerance_s=0.01)  # 3 frames at 10 fps; 2.4 frames at 8 fps
+    assert len(rate_stream([two_rates[10]], window)) > 0
+    with pytest.raises(ConfigError, match=r"^data: fleet8/train/US at 8 fps cannot place history frames every 0.3 s: the nearest frames are 50 ms off"):
+        rate_stream(two_rates.values(), window)

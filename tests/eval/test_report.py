@@ -26,3 +26,28 @@ def test_report_has_the_design_layout(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]
     text = format_table(report)
     assert "global_head" in text and "overall" in text
+
+
+def test_a_report_of_the_baselines_alone_has_no_model_and_counts_their_windows():
+    # fsdtrain eval --baselines: no model, no ego MLP; every predictor that ran appears, in PREDICTORS order
+    table = MetricTable()
+    rows = np.ones((3, len(METRIC_KEYS)))
+    for p in ("ctra", "constant_velocity"):
+        table.add(["CN", "US", "US"], p, rows)
+    report = build_report(table, {"CN": {"a"}, "US": {"b"}}, checkpoint="", data=["s3://x"])
+    assert report["checkpoint"] == ""
+    assert list(report["per_country"]["US"]) == ["clips", "windows", "constant_velocity", "ctra"]
+    assert report["per_country"]["US"]["windows"] == 2 and report["per_country"]["CN"]["windows"] == 1
+    assert list(report["overall"]) == ["clips", "windows", "constant_velocity", "ctra"] and report["overall"]["windows"] == 3
+    lines = format_table(report).splitlines()[2:]
+    assert [line.split()[:2] for line in lines] == [[c, p] for c in ("CN", "US", "overall") for p in ("constant_velocity", "ctra")]
+
+
+def test_a_model_report_lists_ctra_beside_the_other_baselines():
+    table = MetricTable()
+    rows = np.ones((2, len(METRIC_KEYS)))
+    for p in ("model", "ego_mlp", "constant_velocity", "ctra"):
+        table.add(["CN", "US"], p, rows)
+    report = build_report(table, {"CN": {"a"}, "US": {"b"}}, checkpoint="w.safetensors", data=["s3://x"])
+    assert list(report["overall"]) == ["clips", "windows", "model", "constant_velocity", "ctra", "ego_mlp"]
+    assert report["overall"]["windows"] == 2 and report["per_country"]["CN"]["windows"] == 1

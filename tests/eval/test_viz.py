@@ -221,7 +221,7 @@ def tiny_weights(tmp_path_factory):
     save_weights(
         path,
         module.state_dict(),
-        WeightsMeta.of(net=asdict(net), cameras=list(DEFAULT_CAMERAS), window=asdict(TINY_WINDOW)),
+        WeightsMeta.of(net=asdict(net), cameras=list(DEFAULT_CAMERAS), window=TINY_WINDOW.to_dict()),
     )
     return path
 

@@ -314,3 +314,35 @@ def test_no_manifest_is_one_line_error(s3_bucket: str, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no manifest") as info:
         verify(str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def _edit_ego(members: Members, edit: Callable[[np.ndarray], np.ndarray]) -> Members:
+    return [(n, schema.encode_npy(edit(schema.decode_npy(d, n).copy())) if n.endswith(".ego.npy") else d) for n, d in members]
+
+
+def _scaled(column: int, factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    def edit(ego: np.ndarray) -> np.ndarray:
+        ego[:, column] *= factor
+        return ego
+
+    return edit
+
+
+IMPLAUSIBLE: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "speed in km/h": (_scaled(4, 3.6), "likely cause: speed in km/h? ego.npy speed is m/s"),
+    "yaw_rate in degrees/s": (_scaled(5, 180 / np.pi), "likely cause: yaw_rate in degrees/s? ego.npy yaw_rate is rad/s"),
+    "y axis mirrored (y right)": (lambda e: np.column_stack([e[:, :2], -e[:, 2], e[:, 3:]]), "off the direction of motion"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPLAUSIBLE))
+def test_implausible_motion_names_the_clip_time_and_cause(us_train: str, case: str) -> None:
+    """The motion checks of data write (fsdtrain/format/motion.py) on ego.npy of clips written by any writer."""
+    edit, expected = IMPLAUSIBLE[case]
+    key = rewrite_shard(us_train, "shard-000001.tar", lambda ms: _edit_ego(ms, edit))
+    problems = [p for p in verify(us_train, fast=True) if NO_INDEX not in p]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{objects.join_url(us_train, 'shard-000001.tar')}:{key}: ego.npy implausible motion at +")
+    assert expected in problems[0] and "\n" not in problems[0]
+    accepted = rewrite_shard(us_train, "shard-000001.tar", lambda ms: _set_meta(ms, tags={"plausibility": "accepted"}))
+    assert accepted == key and [p for p in verify(us_train, fast=True) if NO_INDEX not in p] == []  # data write --accept-implausible

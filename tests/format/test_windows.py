@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.errors import ConfigError
 from fsdtrain.format.windows import COMMANDS, WindowSpec, derive_command, ego_window, window_frames
 
 
@@ -57,6 +57,60 @@ def test_bad_specs_are_config_errors(kwargs):
         WindowSpec(**kwargs)
 
 
-def test_future_rate_must_divide_fps():
-    with pytest.raises(DataError, match="fps"):
-        WindowSpec(future_hz=3.0, horizon_s=2.0).future_offsets(10.0)
+def line_track(frames: int, fps: float, yaw0: float = 3.0, yaw_rate: float = 0.4) -> np.ndarray:
+    """Ego moving on a straight line at constant velocity while its yaw turns at a constant rate across +-pi:
+    positions and yaw are linear in time, so interpolating between frames is exact."""
+    t = np.arange(frames) / fps
+    yaw = (yaw0 + yaw_rate * t + np.pi) % (2 * np.pi) - np.pi
+    return np.stack([t, 4.0 * t - 1.0, -1.5 * t + 2.0, yaw, np.full_like(t, 5.0), np.full_like(t, yaw_rate)], axis=1)
+
+
+def test_windows_are_in_seconds_whatever_the_rate():
+    spec = WindowSpec(history=3, history_spacing_s=0.5, stride_s=0.5, horizon_s=3.0, future_hz=2.0)
+    for fps, frames in ((10.0, 100), (8.0, 80)):  # two 10 s clips
+        cur = spec.current_frames(frames, fps)
+        np.testing.assert_allclose(cur / fps, np.arange(1.0, 6.5 + 1e-9, 0.5))  # same current times, the last with 3 s ahead
+        np.testing.assert_allclose(window_frames(spec, int(cur[0]), fps) / fps, [0.0, 0.5, 1.0])
+        np.testing.assert_allclose(spec.future_offsets(fps) / fps, np.arange(1, 7) * 0.5)
+
+
+def test_future_between_frames_is_interpolated_exactly():
+    spec = WindowSpec(history=2, history_spacing_s=0.3, horizon_s=2.0, future_hz=3.0)  # 1/3 s: between 10 fps frames
+    ego = line_track(60, 10.0)
+    current = 20
+    hist, fut = ego_window(spec, ego, current, fps=10.0)
+    t = np.arange(1, 7) / 3.0
+    c, s = math.cos(ego[current, 3]), math.sin(ego[current, 3])
+    dx, dy = 4.0 * t, -1.5 * t  # displacement along the line, world frame
+    np.testing.assert_allclose(fut[:, 0], c * dx + s * dy, atol=1e-5)
+    np.testing.assert_allclose(fut[:, 1], -s * dx + c * dy, atol=1e-5)
+    np.testing.assert_allclose(fut[:, 2], 0.4 * t, atol=1e-5)  # shortest arc: the yaw wraps past pi in between
+    assert hist[0, 0] == pytest.approx(-0.3)
+
+
+def test_history_frames_nearest_within_tolerance_or_refused():
+    spec = WindowSpec(history=3, history_spacing_s=0.5)
+    assert list(spec.history_offsets(9.65)) == [10, 5, 0]  # 18 and 36 ms off: within 50 ms
+    with pytest.raises(ConfigError, match=r"^data: keyframes at 1 fps cannot place history frames every 0.5 s"):
+        spec.history_offsets(1.0, where="data: keyframes")
+    with pytest.raises(ConfigError, match="cannot place"):
+        WindowSpec(history_spacing_s=0.05).history_offsets(8.0)  # two history frames on one frame
+
+
+def test_frames_convert_at_one_rate_or_say_what_to_write():
+    old = WindowSpec(history=2, frame_stride=5, window_stride=2)
+    new = old.at_rates({"a": 10.0, "b": 10.0})
+    assert (new.history_spacing_s, new.stride_s, new.frame_stride, new.window_stride) == (0.5, 0.2, None, None)
+    assert list(new.current_frames(50, 10.0)) == list(old.current_frames(50, 10.0)) == [5, 7, 9, 11, 13, 15, 17, 19]
+    assert list(window_frames(old, 10)) == list(window_frames(new, 10, 10.0)) == [5, 10]
+    with pytest.raises(ConfigError, match=r"write window.history_spacing_s and window.stride_s in seconds instead") as err:
+        old.at_rates({"us": 10.0, "eu": 8.0})
+    assert "eu 8 fps" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_spec_round_trips_through_weights_metadata():
+    spec = WindowSpec().at_rates({"a": 8.0})
+    assert spec.to_dict() == {"history": 2, "history_spacing_s": 0.5, "stride_s": 0.5, "horizon_s": 3.0, "future_hz": 2.0, "tolerance_s": 0.05}
+    assert WindowSpec(**spec.to_dict()) == spec
+    legacy = {"history": 2, "frame_stride": 5, "horizon_s": 3.0, "future_hz": 2.0, "window_stride": 5}  # fsdtrain <= 0.2 weights
+    assert WindowSpec(**legacy).at_rates({"a": 10.0}) == spec

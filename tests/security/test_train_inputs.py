@@ -236,7 +236,7 @@ def weights_file(path: Path, *, zones: list[str] | None = None, poison: bool = F
     if poison:
         key = "net.heads.heads.global.mlp.2.weight"  # the global head's output layer
         state[key] = torch.full_like(state[key], float("nan"))
-    record = {"net": asdict(NET), "cameras": list(DEFAULT_CAMERAS), "window": asdict(TINY_WINDOW), "heads": ["global"]}
+    record = {"net": asdict(NET), "cameras": list(DEFAULT_CAMERAS), "window": TINY_WINDOW.to_dict(), "heads": ["global"]}
     if zones is not None:
         record |= {"zones": zones, "trained_on_zones": {"backbone": zones, "global": zones}}
     save_weights(path, state, WeightsMeta.of(**record, **meta))
@@ -281,7 +281,7 @@ def raw_weights(path: Path, metadata: str) -> Path:
     return path
 
 
-GOOD_META = {"net": asdict(NET), "cameras": list(DEFAULT_CAMERAS), "window": asdict(TINY_WINDOW), "heads": ["global"]}
+GOOD_META = {"net": asdict(NET), "cameras": list(DEFAULT_CAMERAS), "window": TINY_WINDOW.to_dict(), "heads": ["global"]}
 BAD_METADATA = {
     "not_json": ("{nope", ["its fsdtrain metadata is not JSON"]),
     "empty": ("{}", ["records no net, cameras, window"]),

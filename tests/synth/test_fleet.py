@@ -15,7 +15,7 @@ from fsdtrain.errors import ConfigError
 from fsdtrain.format.manifest import Manifest, load_manifest
 from fsdtrain.format.schema import EGO_FIELDS, SCHEMA, decode_npy, parse_calib, parse_meta, validate_key
 from fsdtrain.store import objects
-from fsdtrain.synth.fleet import ClipSpec, synth_fleet
+from fsdtrain.synth.fleet import ClipSpec, make_clip, synth_fleet
 from fsdtrain.synth.render import Renderer
 from fsdtrain.synth.rig import cam_to_ego, default_rig, intrinsics, make_rig
 from fsdtrain.synth.scene import STYLES, Scenario, clip_seed, country_style, plan_clip
@@ -345,3 +345,14 @@ def test_new_options_are_deterministic(tmp_path):
 
     first = shas("a")
     assert shas("b", workers=2) == first and len(set(first)) == 4
+
+
+def test_rendering_a_subset_of_cameras_gives_the_same_frames_for_them():
+    clip = ClipSpec(seconds=0.5, width=32, height=32, rig="surround6_narrow")
+    every = make_clip("DE", seed=3, index=1, clip=clip)
+    one = make_clip("DE", seed=3, index=1, clip=ClipSpec(seconds=0.5, width=32, height=32, rig="surround6_narrow", only=("CAM_FRONT_NARROW",)))
+    assert sorted(k for k in one if k.endswith(".mp4")) == ["CAM_FRONT_NARROW.mp4"]
+    assert one["CAM_FRONT_NARROW.mp4"] == every["CAM_FRONT_NARROW.mp4"] and one["ego.npy"] == every["ego.npy"]
+    assert list(json.loads(one["calib.json"])) == ["CAM_FRONT_NARROW"] and parse_meta(one["meta.json"], "x").cameras == ["CAM_FRONT_NARROW"]
+    with pytest.raises(ConfigError, match="rig surround6 has CAM_FRONT, .*name at least one"):
+        ClipSpec(only=("CAM_FRONT_NARROW",))

@@ -26,7 +26,7 @@ def weights_file(path, heads=("global", "CN")):
     torch.manual_seed(0)
     module = DrivingModule(net=ModelConfig(**NET, heads=list(heads)), cameras=CAMS, window=WindowSpec())
     meta = {
-        "net": asdict(module.net_config), "cameras": CAMS, "window": asdict(WindowSpec()), "heads": module.net.heads.names,
+        "net": asdict(module.net_config), "cameras": CAMS, "window": WindowSpec().to_dict(), "heads": module.net.heads.names,
         "trained_heads": ["CN"], "zones": ["cn", "global"], "countries_trained": ["CN"], "git_sha": "abc",
         "trained_on_zones": {"backbone": ["global"], "global": ["global"], "CN": ["cn", "global"]},
     }  # fmt: skip

@@ -24,7 +24,7 @@ CAMS = ["CAM_FRONT", "CAM_BACK"]
 
 
 def meta_of(module: DrivingModule, zones: dict) -> WeightsMeta:
-    return WeightsMeta.of(net=asdict(module.net_config), cameras=CAMS, window=asdict(WindowSpec()), heads=module.net.heads.names, zones=["cn", "global"], trained_on_zones=zones)
+    return WeightsMeta.of(net=asdict(module.net_config), cameras=CAMS, window=WindowSpec().to_dict(), heads=module.net.heads.names, zones=["cn", "global"], trained_on_zones=zones)
 
 
 @pytest.fixture

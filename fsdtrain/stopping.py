@@ -1,0 +1,76 @@
+"""Stopping on SIGTERM and SIGINT: every command ends the same way, whoever sends the signal.
+
+Schedulers stop a job with SIGTERM (``timeout``, SLURM at its time limit, Kubernetes, ``docker stop``)
+and a terminal with SIGINT. The CLI installs :func:`stop_on_signals` around every command: the signal
+raises :class:`Stopped` (a ``KeyboardInterrupt``, so every ``with`` block and ``finally`` on the way out
+runs: the local store stops, loader workers and pools are shut, Lightning tears the ranks it started
+down), and the CLI prints one line and exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT),
+the shell's convention. A command that starts ``fsdtrain`` children (the demo) passes the signal on
+and waits for them (:func:`stop_child`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+
+__all__ = ["Stopped", "STOP_SIGNALS", "stop_on_signals", "received", "exit_code", "stop_child"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_received: list[signal.Signals] = []
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop by ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signal.Signals(signum)
+
+
+def received() -> signal.Signals | None:
+    """The first stop signal this process received since :func:`stop_on_signals` began, if any."""
+    return _received[0] if _received else None
+
+
+def exit_code(signum: int) -> int:
+    """The shell's exit status of a process ended by ``signum``: 128 + its number."""
+    return 128 + int(signum)
+
+
+def _raise(signum: int, frame) -> None:
+    _received.append(signal.Signals(signum))
+    if len(_received) == 1:  # a second signal while stopping does not interrupt the clean-up
+        raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`Stopped` in the main thread (elsewhere: a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = {sig: signal.signal(sig, _raise) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def stop_child(proc: subprocess.Popen, signum: int = signal.SIGTERM, *, grace_s: float = 60.0) -> None:
+    """Stops ``proc`` (an ``fsdtrain`` child, which stops its own children the same way): ``signum``,
+    then SIGKILL after ``grace_s`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

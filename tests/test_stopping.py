@@ -1,0 +1,141 @@
+"""SIGTERM and SIGINT: a stopped command leaves nothing running (fsdtrain/stopping.py).
+
+Each test starts a real command with a marker in its environment, which every process it starts
+inherits (ranks, loader workers, the store), sends the signal at a point of its run, and then checks
+the exit (128 + signal, one line, no traceback), that no process with the marker is left, and that the
+store's port is free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MARK = "FSDTRAIN_TEST_MARK"
+
+
+class Command:
+    """A command run in the background, its output collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.mark = uuid.uuid4().hex
+        env = {**os.environ, MARK: self.mark, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsdtrain", *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(pattern, line):
+                    return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-60:]))
+
+    def wait_for_file(self, folder: Path, name: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not (folder / name).exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {folder / name}; output:\n" + "\n".join(self.lines[-60:]))
+            time.sleep(0.2)
+
+    def stop(self, signum: int, timeout_s: float = 180) -> int:
+        self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        finally:
+            self.kill_leftovers()
+        self._reader.join(timeout=10)
+        return code
+
+    def marked(self) -> list[psutil.Process]:
+        """Processes alive with this command's marker (its own, its children's, orphans')."""
+        out = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(MARK) == self.mark and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
+    def left_running(self, settle_s: float = 20) -> list[str]:
+        """What is still running ``settle_s`` seconds after the command exited (loader workers notice
+        their parent is gone within a few seconds)."""
+        deadline = time.monotonic() + settle_s
+        while (left := self.marked()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return [" ".join(p.cmdline()[:4]) for p in left if p.is_running()]
+
+    def kill_leftovers(self) -> None:
+        self._leftovers = self.left_running()
+        for p in self.marked():
+            p.kill()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def assert_stopped(cmd: Command, code: int, signum: int) -> None:
+    out = cmd.output()
+    assert code == 128 + signum, out[-4000:]
+    assert "Traceback" not in out, out[-6000:]
+    assert f"fsdtrain: stopped by {signal.Signals(signum).name}" in out, out[-3000:]
+    assert cmd._leftovers == [], f"left running: {cmd._leftovers}"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_fit_on_two_ranks_with_loader_workers_stops_and_leaves_nothing(tiny_fleet, tmp_path, signum):
+    cmd = Command(
+        ["fit", "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml",
+         "--data.train", f"[{tiny_fleet['US']['train']}]", "--data.val", "[]", "--data.window.window_stride", "2",
+         "--data.batch_size", "2", "--data.num_workers", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.max_steps", "100000", "--checkpoint.every_n_steps", "1", "--checkpoint.keep", "2",
+         "--trainer.enable_progress_bar", "false", "--wandb.mode", "disabled", "--workdir", str(tmp_path / "run")],
+        cwd=REPO,
+    )  # fmt: skip
+    cmd.wait_for_file(tmp_path / "run" / "checkpoints", "step=2.ckpt", timeout_s=300)  # training is under way
+    assert_stopped(cmd, cmd.stop(signum), signum)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("at", [r"\[demo 2/6\]", r"\[demo 3/6\]"])
+def test_demo_stopped_by_sigterm_stops_its_store_and_jobs(tmp_path, at):
+    cmd = Command(["demo", "--workdir", str(tmp_path / "demo"), "--clips", "6"], cwd=REPO)
+    port = int(cmd.wait_for(r"S3 endpoint http://127\.0\.0\.1:(\d+)", timeout_s=180).group(1))
+    cmd.wait_for(at, timeout_s=600)
+    if at.endswith(r"3/6\]"):
+        cmd.wait_for(r"global batch", timeout_s=300)  # the fit child and its ranks are up
+    assert_stopped(cmd, cmd.stop(signal.SIGTERM), signal.SIGTERM)
+    assert port_free(port)
