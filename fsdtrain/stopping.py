@@ -12,6 +12,7 @@ and waits for them (:func:`stop_child`).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import threading
@@ -42,7 +43,16 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+_owner: list[int] = []  # the pid that installed the handlers
+
+
 def _raise(signum: int, frame) -> None:
+    if _owner and os.getpid() != _owner[0]:
+        # a forked child (worker pools, loader workers) inherited the handler: it dies as it would
+        # have without it, quietly (its parent stops it, e.g. Pool.terminate), and the parent unwinds
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     _received.append(signal.Signals(signum))
     if len(_received) == 1:  # a second signal while stopping does not interrupt the clean-up
         raise Stopped(signum)
@@ -55,6 +65,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _owner[:] = [os.getpid()]
     previous = {sig: signal.signal(sig, _raise) for sig in STOP_SIGNALS}
     try:
         yield

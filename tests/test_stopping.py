@@ -120,11 +120,11 @@ def test_fit_on_two_ranks_with_loader_workers_stops_and_leaves_nothing(tiny_flee
         ["fit", "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml",
          "--data.train", f"[{tiny_fleet['US']['train']}]", "--data.val", "[]", "--data.window.window_stride", "2",
          "--data.batch_size", "2", "--data.num_workers", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2",
-         "--trainer.max_steps", "100000", "--checkpoint.every_n_steps", "1", "--checkpoint.keep", "2",
+         "--trainer.max_steps", "100000", "--trainer.max_epochs", "100000", "--checkpoint.every_n_steps", "1",
          "--trainer.enable_progress_bar", "false", "--wandb.mode", "disabled", "--workdir", str(tmp_path / "run")],
         cwd=REPO,
     )  # fmt: skip
-    cmd.wait_for_file(tmp_path / "run" / "checkpoints", "step=2.ckpt", timeout_s=300)  # training is under way
+    cmd.wait_for_file(tmp_path / "run" / "checkpoints", "last.ckpt", timeout_s=300)  # training is under way
     assert_stopped(cmd, cmd.stop(signum), signum)
 
 
