@@ -1,11 +1,12 @@
 """Loader throughput vs a raw PyAV decode of exactly the frames the windows need (docs/contributing.md).
 
-Builds a small synthetic fleet (US, 160x96, 6 cameras) on file:// and copies it into a local
+Builds a small synthetic fleet (US, 160x96 unless ``--size``, 6 cameras) on file:// and copies it into a local
 SeaweedFS store, then measures, in one run and with the same number of processes (one loader
 worker / one decode process):
 
-- ``loader_windows_per_s``: ``FleetStream`` through a DataLoader (read, checksum, untar, validate,
-  decode the needed frames, cut windows, collate), file:// and s3://;
+- ``loader_windows_per_s``: ``FleetStream`` through the data module's loader (``RingLoader``: read,
+  checksum, validate, decode the needed frames, cut windows, collate into the worker's ring of
+  reused shared buffers), file:// and s3://;
 - ``raw_windows_per_s``: the same shards read from disk, untarred, and only the frames those windows
   need decoded with PyAV (from the keyframe before each) — the floor any loader must pay;
 - ``ratio`` = loader / raw on file://, ``in_process_ratio`` the same without a worker process
@@ -13,7 +14,9 @@ worker / one decode process):
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding from the
   keyframe before each needed frame); ``shuffle_gap_vs_random``: how far apart in store order consecutive windows of
   a batch are, relative to a full random shuffle (1.0); ``workers_2_vs_1``: loader windows/s with 2
-  workers / with 1 (each worker decodes its own clips; 2 cores here, the training process idle).
+  workers / with 1 (each worker decodes its own clips; 2 cores here, the training process idle);
+  ``ring_vs_plain``: the loader / the same stream through a plain DataLoader, which collates every
+  batch into fresh shared memory (fsdtrain/data/batch_ring.py).
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -23,7 +26,10 @@ Every side runs once per round, in alternating order, for ``--rounds`` rounds; e
 median of its per-round values with min and max, and ``undecided`` when that spread is wider than the
 median's distance to its goal (benchmarks/rounds.py).
 
-    python benchmarks/data_throughput.py [--clips 12] [--rounds 3]
+``--size HxW`` sets the frame size of the synthetic clips (default 96x160; the realistic
+configs/pretrain_global.yaml input is 256x448).
+
+    python benchmarks/data_throughput.py [--clips 12] [--rounds 3] [--size 96x160]
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import tarfile
 import tempfile
@@ -41,36 +46,45 @@ import time
 from pathlib import Path
 
 import av
+import torch
 from av.video.reformatter import VideoReformatter
+from machine import describe
 from rounds import alternate, ratio_summary
 from torch.utils.data import DataLoader
 
+from fsdtrain.data.batch_ring import RingLoader
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import FleetStream, Source, StreamSpec
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
+from fsdtrain.errors import ConfigError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec, window_frames
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
 from fsdtrain.store.local.seaweed import LocalStore
-from fsdtrain.synth.fleet import synth_fleet
+from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
 GLOBAL_GATE = ZoneGate("global")
 
 SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
 
 
-def loader_rate(url: str, *, workers: int = 1) -> tuple[float, int, list[list[str]]]:
-    """Windows/s, windows, and each batch's window ids (``clip@frame``)."""
+def loader_rate(url: str, *, workers: int = 1, loader: type[DataLoader] = RingLoader) -> tuple[float, int, list[list[str]]]:
+    """Windows/s, windows, and each batch's window ids (``clip@frame``), through ``loader``."""
     stream = FleetStream(
         Source.all(load_manifests([url], GLOBAL_GATE)), SPEC, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=8,
         reading=StreamSpec(order="streams"),
     )  # fmt: skip
     stream.set_distributed(0, 1, workers)
-    t0, n, batches = time.perf_counter(), 0, []
-    for batch in DataLoader(stream, batch_size=8, num_workers=workers):
-        n += batch["future"].shape[0]
-        batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"])])
-    return n / (time.perf_counter() - t0), n, batches
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a loader worker (the DataLoader sets it there), so in-process compares like with like
+    try:
+        t0, n, batches = time.perf_counter(), 0, []
+        for batch in loader(stream, batch_size=8, num_workers=workers, worker_init_fn=init_loader_worker if workers else None):
+            n += batch["future"].shape[0]
+            batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"].tolist())])
+        return n / (time.perf_counter() - t0), n, batches
+    finally:
+        torch.set_num_threads(threads)
 
 
 def shuffle_gap(batches: list[list[str]], store_order: list[str]) -> float:
@@ -125,10 +139,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, alternating (benchmarks/rounds.py)")
+    parser.add_argument("--size", default="96x160", help="frame size HxW of the synthetic clips (even, >= 16)")
     args = parser.parse_args()
+    try:
+        height, width = (int(v) for v in args.size.split("x"))
+        clip = ClipSpec(width=width, height=height)
+    except (ValueError, ConfigError) as exc:
+        parser.error(f"--size {args.size!r}: want HxW, both even and >= 16, e.g. 256x448 ({exc})")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bench"
-        (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=3, workers=min(2, os.cpu_count() or 1))
+        (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=3, clip=clip, workers=min(2, os.cpu_count() or 1))
         url = f"file://{root}/train/US"
         paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
         raw: dict = {}
@@ -156,6 +177,7 @@ def main() -> None:
                 "loader": file_side,
                 "in_process": lambda: loader_rate(url, workers=0)[0],  # the same work without the worker hand-off
                 "two_workers": lambda: loader_rate(url, workers=2)[0],
+                "plain_collate": lambda: loader_rate(url, loader=DataLoader)[0],  # fresh shared memory per batch
                 "s3": lambda: loader_rate("s3://bench/train/US")[0],
             }
             rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
@@ -165,6 +187,7 @@ def main() -> None:
         "in_process_ratio": ratio_summary(rates["in_process"], rates["raw"]),
         "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
         "workers_2_vs_1": ratio_summary(rates["two_workers"], rates["loader"]),
+        "ring_vs_plain": ratio_summary(rates["loader"], rates["plain_collate"]),
         "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
         "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
         "loader_windows_per_s": round(median["loader"], 1),
@@ -174,9 +197,9 @@ def main() -> None:
         "windows": raw["windows"],
         "loader_windows": loader["n"],
         "clips": args.clips,
-        "size": "160x96x6cam",
+        "size": f"{width}x{height}x6cam",
         "window": {"history": SPEC.history, "frame_stride": SPEC.frame_stride, "window_stride": SPEC.window_stride},
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        **describe(load_before=load_before),
     }
     print(json.dumps(result))
 

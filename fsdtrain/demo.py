@@ -4,8 +4,10 @@
 2. synthesize CN, US and DE clips (CN lands in the CN bucket with zone ``cn``), the one camera the demo trains on;
 3. pretrain the global model on US + DE at a ``global`` site (DeepSpeed ZeRO-2, 2 CPU ranks);
 4. fine-tune a CN head on CN clips at a ``cn`` site, backbone frozen;
-5. evaluate on held-out clips of every country against the baselines, write ``report.json``;
-6. stop the store.
+5. evaluate on held-out clips of every country against the baselines (``fsdtrain eval --plots``), write
+   ``report.json``, pictures in ``plots/`` and the eval's W&B offline run;
+6. stop the store, and write ``report.html`` (``fsdtrain report``): curves, tables, pictures and lineage
+   of the three runs, one file a reviewer opens in a browser.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 from pathlib import Path
 
 from fsdtrain.errors import ConfigError, FsdtrainError
-from fsdtrain.eval.evaluate import evaluate
-from fsdtrain.eval.report import format_table, write_report
+from fsdtrain.eval.report import format_table
+from fsdtrain.review.page import write_page
+from fsdtrain.review.runs import read_report_json
+from fsdtrain.review.wandb_files import offline_runs, wait_finished
 from fsdtrain.stopping import received, stop_child
 from fsdtrain.store.local.seaweed import LocalStore
 
@@ -47,8 +51,28 @@ def dataset_url(country: str) -> str:
     return f"s3://{BUCKETS[COUNTRIES[country]]}/{DATASET}"
 
 
-def _step(n: int, text: str) -> None:
-    print(f"\n[demo {n}/6] {text}", flush=True)
+#: Seconds each step took on the reference machine (2-core AMD EPYC VM, 2026-12-06, 517 s in all, nothing else
+#: running): a fixed part (process start-up, DeepSpeed set-up) and a part that grows with the clips
+#: synthesized, at the full 240 training clips per country.
+STEP_SECONDS = {1: (5, 0), 2: (5, 75), 3: (30, 310), 4: (25, 42), 5: (15, 4), 6: (5, 0)}
+
+
+class _Steps:
+    """Prints each step with the time it is expected to take and, when the next begins, what it took."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale  # training clips / the full demo's
+        self.begun: float | None = None
+
+    def __call__(self, n: int, text: str) -> None:
+        now = time.monotonic()
+        if self.begun is not None:
+            print(f"   step {n - 1} took {now - self.begun:.0f} s", flush=True)
+        self.begun = now
+        fixed, full = STEP_SECONDS[n]
+        expected = fixed + full * self.scale
+        about = f"~{expected / 60:.0f} min" if expected >= 90 else f"~{expected:.0f} s"
+        print(f"\n[demo {n}/6] {text} ({about} on a 2-core CPU)", flush=True)
 
 
 def _fsdtrain(args: list[str], *, env: dict[str, str], log: Path) -> None:
@@ -77,9 +101,11 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
     started = time.time()
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    report_path = root / "report.json"
-    report_path.unlink(missing_ok=True)  # never leave an old report looking like this run's
+    report_path, page_path = root / "report.json", root / "report.html"
+    for old in (report_path, page_path):
+        old.unlink(missing_ok=True)  # never leave an old report looking like this run's
     splits = dict(SPLITS, train=train_clips or SPLITS["train"])
+    _step = _Steps(splits["train"] / SPLITS["train"])
     _step(1, f"starting a local SeaweedFS store in {root / 'store'}")
     with LocalStore(root / "store", zones=BUCKETS) as store:
         store.apply_env()
@@ -115,10 +141,23 @@ def run_demo(workdir: str, *, train_clips: int | None = None) -> int:
 
         _step(5, "evaluating on held-out clips of every country (site zone cn, reviewer key for both buckets)")
         test_urls = [f"{dataset_url(c)}/test/{c}" for c in COUNTRIES]
-        report = evaluate(str(finetune_dir / "model.safetensors"), test_urls, site_zone="cn", audit_log=str(root / "eval-audit.jsonl"))
-        _step(6, "stopping the store")
-    write_report(report, report_path)
-    print("\n" + format_table(report))
-    print(f"\ndemo finished in {time.time() - started:.0f} s; W&B offline runs under {pretrain_dir / 'wandb'} and {finetune_dir / 'wandb'}")
-    print(f"report: {report_path}")
+        plots = root / "plots"
+        if plots.is_dir():  # the pictures of an earlier demo in this workdir are not this run's
+            for old in plots.glob("*.png"):
+                old.unlink()
+        _fsdtrain(
+            ["eval", "--ckpt", str(finetune_dir / "model.safetensors"), "--data", *test_urls, "--site.zone", "cn",
+             "--audit-log", str(root / "eval-audit.jsonl"), "--out", str(report_path), "--plots", str(plots),
+             "--wandb.project", "fsdtrain-demo", "--wandb.group", "demo"],  # beside the training runs
+            env=env, log=root / "eval.log",
+        )  # fmt: skip
+        for run_dir in offline_runs(root):  # the eval's W&B writer may still be flushing its file
+            wait_finished(run_dir)
+        _step(6, "stopping the store; writing the report page")
+    print("\n" + format_table(read_report_json(report_path)))
+    # the eval folder is the workdir itself: report.json, plots/ and the eval's wandb/ are there
+    write_page([str(pretrain_dir), str(finetune_dir), str(root)], page_path, dest_zone="cn")
+    print(f"\ndemo finished in {time.time() - started:.0f} s; W&B offline runs under {pretrain_dir / 'wandb'}, {finetune_dir / 'wandb'} and {root / 'wandb'}")
+    print(f"eval report: {report_path}")
+    print(f"report: {page_path}")
     return 0

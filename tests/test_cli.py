@@ -1,11 +1,13 @@
 """The command line as a user meets it: --help everywhere, one-line errors, exit codes."""
 
+import argparse
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 
-from fsdtrain.cli import main
+from fsdtrain.cli import _parser, main
 
 COMMANDS = [
     ["--help"], ["store", "serve", "--help"], ["data", "synth", "--help"], ["data", "inspect", "--help"],
@@ -96,3 +98,57 @@ def test_site_zone_has_one_spelling_and_the_old_one_still_works_with_a_warning(t
             main(command)
         out = capsys.readouterr().out
         assert "--site.zone" in out and "--site-zone" not in out, command
+
+
+def _subparsers(parser, path=()):
+    """(command words, parser) for every command and action of the ``fsdtrain`` parser."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _subparsers(child, (*path, name))
+
+
+def _flat(text: str) -> str:
+    """Text without its white space: help is wrapped at spaces and after hyphens."""
+    return "".join(text.split())
+
+
+def test_every_flag_says_what_it_is_whether_it_is_required_and_its_default(capsys):
+    """Each command's --help, as printed: every flag has a text, a required one says so, and a default
+    other than none/off is shown (unless the text already names it)."""
+    checked = 0
+    for words, parser in _subparsers(_parser()):
+        if not parser.add_help:  # fit, validate, test, finetune: LightningCLI's help (below)
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            main([*words, "--help"])
+        assert exit_info.value.code == 0
+        page = _flat(capsys.readouterr().out)
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction) or action.dest in ("help", "version"):
+                continue
+            assert action.help, f"fsdtrain {' '.join(words)} {action.option_strings or action.dest}: no help text"
+            want = action.help
+            if action.required and action.option_strings:
+                want += " (required)"
+            if action.option_strings and action.default is not None and action.default is not False and "default" not in action.help:
+                want += f" (default: {action.default})"
+            assert _flat(want) in page, f"fsdtrain {' '.join(words)} --help lacks: {want}"
+            checked += 1
+    assert checked > 80  # every command's flags were seen
+
+
+def test_finetune_help_names_its_required_from_then_fits_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.startswith("usage: fsdtrain finetune --config CONFIG --from WEIGHTS [fit options]")
+    assert "--from WEIGHTS  the model.safetensors of the pretraining run (required)" in out
+    assert "--trainer.max_steps" in out and "--model.finetune.train_heads" in out  # fit's own options follow
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout == f"fsdtrain {metadata.version('fsdtrain')}\n" and proc.stderr == ""

@@ -118,7 +118,8 @@ def test_results_on_stdout_operations_on_stderr_at_the_level_asked(tmp_path, cap
     assert main(["data", "verify", f"{url}/train/DE", "--fast"]) == 0
     out, err = capsys.readouterr()
     assert out == "0 problem(s)\n"  # the result
-    assert err == f"fsdtrain: checked {url}/train/DE/shard-000000.tar (1 clips, 0 problem(s))\n"  # its progress
+    assert err.startswith("fsdtrain: data verify: 1/1 shards (100%) in ") and len(err.splitlines()) == 1  # its progress
+    assert err.endswith(f"; last: checked {url}/train/DE/shard-000000.tar (1 clips, 0 problem(s))\n")
 
     assert main(["--log-level", "WARNING", "data", "verify", f"{url}/train/DE", "--fast"]) == 0
     out, err = capsys.readouterr()

@@ -139,3 +139,32 @@ def test_demo_stopped_by_sigterm_stops_its_store_and_jobs(tmp_path, at):
         cmd.wait_for(r"global batch", timeout_s=300)  # the fit child and its ranks are up
     assert_stopped(cmd, cmd.stop(signal.SIGTERM), signal.SIGTERM)
     assert port_free(port)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_data_synth_stops_its_worker_pool_and_publishes_nothing(tmp_path, signum):
+    out = tmp_path / "fleet"
+    cmd = Command(
+        ["data", "synth", "--out", f"file://{out}", "--countries", "US", "--clips", "400", "--clips-per-shard", "2",
+         "--seconds", "4", "--cameras", "CAM_FRONT", "--workers", "2"],
+        cwd=REPO,
+    )  # fmt: skip
+    cmd.wait_for(r"US: clip 3/400", timeout_s=300)  # both workers rendering, shards being written
+    assert_stopped(cmd, cmd.stop(signum), signum)
+    assert (out / "train" / "US").is_dir() and not list(out.rglob("manifest.json"))  # nothing looks complete
+
+
+@pytest.mark.slow
+def test_data_write_stops_its_worker_pool_and_publishes_nothing(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "shards"
+    made = subprocess.run(
+        [sys.executable, "-m", "fsdtrain", "data", "synth", "--raw", "--out", str(raw), "--countries", "US", "--clips", "6",
+         "--seconds", "12", "--cameras", "CAM_FRONT"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    cmd = Command(["data", "write", "--raw", str(raw), "--out", f"file://{out}", "--workers", "2"], cwd=REPO)
+    cmd.wait_for(r"US: drive \S+: \d+ clips", timeout_s=300)  # the first drive is in, five are left
+    assert_stopped(cmd, cmd.stop(signal.SIGTERM), signal.SIGTERM)
+    assert not list(out.rglob("manifest.json"))

@@ -7,10 +7,10 @@ import os
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader
 
 from fsdtrain.batching import BatchPlan
 from fsdtrain.data.augment import Augment
+from fsdtrain.data.batch_ring import RingLoader
 from fsdtrain.data.order import StreamShape
 from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
@@ -303,16 +303,17 @@ class FleetDataModule(pl.LightningDataModule):
         self._say_shape(self.train_stream)
         self.set_position(state["epoch"], state["windows_done"] // step)
 
-    def _loader(self, stream: FleetStream) -> DataLoader:
-        return DataLoader(
+    def _loader(self, stream: FleetStream) -> RingLoader:
+        # workers hand batches over through reused shared buffers (fsdtrain/data/batch_ring.py)
+        return RingLoader(
             stream, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False, worker_init_fn=init_loader_worker
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> RingLoader:
         assert self.train_stream is not None, "setup('fit') first"
         return self._loader(self.train_stream)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> RingLoader | list:
         if self.val_stream is None:
             return []
         return self._loader(self.val_stream)

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fsdtrain.data.augment import Augment
+from fsdtrain.data.batch_ring import keep_freed_memory
 from fsdtrain.data.order import ClipWindow, StreamOrder, StreamShape, batch_positions
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format import schema
@@ -113,7 +114,8 @@ def _padded_caps(
 
 
 def init_loader_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: creates this worker's multiprocessing temp dir now.
+    """``worker_init_fn`` of every loader: creates this worker's multiprocessing temp dir now, and
+    lets its heap keep the memory it frees (:func:`~fsdtrain.data.batch_ring.keep_freed_memory`).
 
     A worker passes batches to the training process as file descriptors over a unix socket in a
     ``pymp-*`` temp dir that multiprocessing removes at exit. Created lazily, that dir can be made
@@ -121,6 +123,7 @@ def init_loader_worker(worker_id: int) -> None:
     the parent was SIGKILLed), too late for its removal to be registered, and it stays behind.
     """
     multiprocessing.util.get_temp_dir()
+    keep_freed_memory()
 
 
 @dataclass(frozen=True)

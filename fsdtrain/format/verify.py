@@ -37,6 +37,7 @@ from fsdtrain.format.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_ma
 from fsdtrain.format.motion import check_motion
 from fsdtrain.format.samples import check_same_size, manifest_expect, parse_clip, read_tar
 from fsdtrain.format.video import decode_video
+from fsdtrain.progress import Progress
 from fsdtrain.residency import ResidencyError
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
@@ -120,7 +121,8 @@ def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | No
     Args:
         url: ``s3://`` or ``file://`` URL of a shard directory or of a root with manifests below it.
         fast: skip video decoding (objects, checksums, tar structure and schema are still checked).
-        progress: called with one line per checked shard.
+        progress: called with one line per checked shard; a :class:`~fsdtrain.progress.Progress` is
+            told the number of shards first, so its bar shows the share done and the time left.
         site_zone: zone this job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
 
     Returns:
@@ -142,6 +144,8 @@ def verify(url: str, *, fast: bool = False, progress: Callable[[str], None] | No
             problems.append(str(exc))
     for m in manifests:  # every zone checked before the first shard byte of any of them
         gate.check_data(m.url, m.zone)
+    if isinstance(progress, Progress):
+        progress.set_total(sum(len(m.shards) for m in manifests))
     seen_keys: dict[str, str] = {}  # across manifests too: a clip in two datasets is one clip read twice
     for m in manifests:
         problems += verify_manifest(m, gate, fast=fast, progress=progress, seen_keys=seen_keys)

@@ -14,6 +14,7 @@ seconds at the data's frame rate when every dataset shares one (:meth:`WindowSpe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -164,20 +165,18 @@ class WindowSpec:
         return " and ".join(out)
 
     def history_offsets(self, fps: float, where: str = "") -> np.ndarray:
-        """Frames before the current one of each history frame, oldest first (ints, the last 0).
+        """Frames before the current one of each history frame, oldest first (ints, the last 0; read-only).
 
-        Each is the frame nearest its wanted time (ties to the older frame).
+        Each is the frame nearest its wanted time (ties to the older frame). Worked out once per
+        (spec, fps): the loader asks for every window it cuts.
 
         Raises:
             ConfigError: a frame is more than ``tolerance_s`` from its wanted time, or two history
                 frames fall on one frame (one line naming ``where`` and the rate).
         """
-        spec = self.at_rates({where or "the data": fps})
-        wanted = -spec.history_times() * fps  # frames back, oldest first
-        offsets = np.floor(wanted + 0.5 + _EPS).astype(np.int64)
-        error = np.abs(offsets - wanted) / fps
-        if (error > spec.tolerance_s + _EPS).any() or (np.diff(offsets) >= 0).any():
-            worst = float(error.max())
+        offsets, worst = _history_offsets(self, float(fps))
+        if offsets is None:
+            spec = self.at_rates({where or "the data": fps})
             raise ConfigError(
                 f"{where or 'data'} at {fps:g} fps cannot place history frames every {spec.spacing:g} s: the nearest frames are "
                 f"{worst * 1000:.0f} ms off (window.tolerance_s {spec.tolerance_s:g} s); use a window.history_spacing_s that is a "
@@ -186,8 +185,8 @@ class WindowSpec:
         return offsets
 
     def future_offsets(self, fps: float) -> np.ndarray:
-        """Frame positions of the future points after the current frame (floats: between frames they are interpolated)."""
-        return self.future_times() * fps
+        """Frame positions of the future points after the current frame (floats: between frames they are interpolated; read-only)."""
+        return _future_offsets(self, float(fps))
 
     def current_frames(self, frames: int, fps: float) -> np.ndarray:
         """Current-frame indices of all windows a clip of ``frames`` frames at ``fps`` yields.
@@ -209,6 +208,27 @@ class WindowSpec:
     def count(self, frames: int, fps: float) -> int:
         """Windows a clip of ``frames`` frames at ``fps`` yields."""
         return len(self.current_frames(frames, fps))
+
+
+@functools.lru_cache(maxsize=64)
+def _history_offsets(spec: WindowSpec, fps: float) -> tuple[np.ndarray | None, float]:
+    """:meth:`WindowSpec.history_offsets` for one (spec, fps): the offsets (None if they miss the
+    tolerance or collide) and the worst distance to a wanted time, in seconds."""
+    spec = spec.at_rates({"the data": fps})
+    wanted = -spec.history_times() * fps  # frames back, oldest first
+    offsets = np.floor(wanted + 0.5 + _EPS).astype(np.int64)
+    error = np.abs(offsets - wanted) / fps
+    if (error > spec.tolerance_s + _EPS).any() or (np.diff(offsets) >= 0).any():
+        return None, float(error.max())
+    offsets.flags.writeable = False  # shared by every caller
+    return offsets, float(error.max())
+
+
+@functools.lru_cache(maxsize=64)
+def _future_offsets(spec: WindowSpec, fps: float) -> np.ndarray:
+    offsets = spec.future_times() * fps
+    offsets.flags.writeable = False  # shared by every caller
+    return offsets
 
 
 def window_frames(spec: WindowSpec, current: int, fps: float | None = None) -> np.ndarray:

@@ -11,6 +11,10 @@ dataset" in docs/data-format.md): a directory that already holds a dataset is re
 old manifest and every shard it lists stay untouched and readable until the new manifest replaces
 it in one atomic write (a rename on file://, a PUT on S3); only then are the old shards and indexes
 removed. A write that fails removes what it wrote (best effort) and leaves the old version as it was.
+
+An ingest written in parts (fsdtrain/ingest/parts.py) uses the same pieces: each part's writer
+:meth:`~ShardWriter.stage`\ s its shards without a manifest, and the publish step takes shard
+numbers with :func:`survey` and :func:`free_names`, saves the manifest, then :func:`remove_unlisted`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from fsdtrain.format.schema import (
 from fsdtrain.residency import check_country_zone, validate_zone
 from fsdtrain.store import objects
 
-__all__ = ["shard_name", "ShardSet", "ShardWriter", "publish_all", "write_shards"]
+__all__ = ["shard_name", "ShardSet", "ShardWriter", "publish_all", "write_shards", "survey", "free_names", "remove_unlisted"]
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +211,22 @@ class ShardWriter:
             raise DataError(f"{self.out}: no clips were written; a manifest needs at least one clip")
         return self.manifest
 
+    def end_group(self) -> None:
+        """Uploads the current partial shard, so that the next clip starts a new one: shards never
+        hold clips of two groups (an ingest's groups of drives, which parts take whole)."""
+        if self._closed:
+            raise DataError(f"{self.out}: ShardWriter is closed; open a new one to write more clips")
+        if self._pending:
+            self._flush()
+
+    def stage(self) -> Manifest:
+        """Seals and closes without saving a manifest: the shards stay where they are for a later
+        publish step (an ingest part's staging folder); returns the manifest that would list them."""
+        manifest = self.seal()
+        self._closed = True
+        manifest.url = self.out.rstrip("/")
+        return manifest
+
     def close(self) -> Manifest:
         """Seals, saves the manifest (the one atomic switch to the new version), then removes the
         shards and indexes it does not list (the old version's); returns the manifest."""
@@ -247,17 +267,7 @@ class ShardWriter:
             return True  # cannot tell: keeping the new shards never breaks a manifest that lists them
 
     def _survey(self, replace: bool) -> set[int]:
-        """Numbers of the ``shard-NNNNNN`` objects in ``out``; refuses a non-empty ``out`` unless ``replace``."""
-        here = objects.join_url(self.out)  # normalized, as list_keys spells URLs
-        names = [name for parent, name in (url.rsplit("/", 1) for url in objects.list_keys(self.out)) if parent == here]
-        taken = {int(m.group(1)) for m in map(_SHARD_FILE_RE.match, names) if m}
-        if not replace and (MANIFEST_NAME in names or taken):
-            what = "a dataset (manifest.json)" if MANIFEST_NAME in names else "shard files of an unfinished write (no manifest)"
-            raise ConfigError(
-                f"{here} already holds {what}; pass --replace (replace=True) to write a new version over it "
-                "(the old one stays readable until the new one is complete), or write to another --out"
-            )
-        return taken
+        return survey(self.out, replace)
 
     def _next_name(self) -> str:
         """The next shard name whose number no object in ``out`` had when this writer started."""
@@ -327,22 +337,7 @@ class ShardWriter:
         self._pending, self._pending_bytes = [], 0
 
     def _remove_stale(self) -> None:
-        """Deletes ``shard-*`` objects directly in ``out`` that this manifest does not list: the
-        previous version's, and strays of failed writes. Runs after the manifest is saved."""
-        keep = {s.name for s in self.manifest.shards} | {s.index for s in self.manifest.shards}
-        here = objects.join_url(self.out)  # normalized, as list_keys spells URLs
-        try:
-            urls = objects.list_keys(self.out)
-        except (StoreError, OSError) as exc:  # as below: published; the old files are only strays
-            log.warning("published %s but could not list it to remove the old version (%s); `fsdtrain data verify` lists what is left", self.out, exc)
-            return
-        for url in urls:
-            parent, name = url.rsplit("/", 1)
-            if parent == here and _SHARD_FILE_RE.match(name) and name not in keep:
-                try:
-                    objects.delete(url)
-                except (StoreError, OSError) as exc:  # the new version is published and whole; a leftover is only a stray
-                    log.warning("published %s but could not remove the old %s (%s); `fsdtrain data verify` lists it", self.out, url, exc)
+        remove_unlisted(self.out, self.manifest)
 
 
 _SHARD_FILE_RE = re.compile(r"^shard-(\d{6})\.(tar|index\.json)$")
@@ -356,6 +351,57 @@ def _writing(url: str) -> Iterator[None]:
     except OSError as exc:
         fix = "; free space there or write to another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise StoreError(f"cannot write {url}: {exc.strerror or exc}{fix}") from None
+
+
+def survey(out: str, replace: bool) -> set[int]:
+    """Numbers of the ``shard-NNNNNN`` objects directly in ``out`` (a new version never writes over
+    them); refuses an ``out`` that holds a dataset or shards of an unfinished write unless ``replace``.
+
+    Raises:
+        ConfigError: ``out`` is not empty and ``replace`` is not given.
+        StoreError: ``out`` cannot be listed.
+    """
+    here = objects.join_url(out)  # normalized, as list_keys spells URLs
+    names = [name for parent, name in (url.rsplit("/", 1) for url in objects.list_keys(out)) if parent == here]
+    taken = {int(m.group(1)) for m in map(_SHARD_FILE_RE.match, names) if m}
+    if not replace and (MANIFEST_NAME in names or taken):
+        what = "a dataset (manifest.json)" if MANIFEST_NAME in names else "shard files of an unfinished write (no manifest)"
+        raise ConfigError(
+            f"{here} already holds {what}; pass --replace (replace=True) to write a new version over it "
+            "(the old one stays readable until the new one is complete), or write to another --out"
+        )
+    return taken
+
+
+def free_names(taken: set[int], count: int) -> list[str]:
+    """The ``count`` lowest shard names whose numbers are not in ``taken``, in order: the names a
+    :class:`ShardWriter` started on the same directory gives its first ``count`` shards."""
+    names, n = [], 0
+    while len(names) < count:
+        if n not in taken:
+            names.append(shard_name(n))
+        n += 1
+    return names
+
+
+def remove_unlisted(out: str, manifest: Manifest) -> None:
+    """Deletes ``shard-*`` objects directly in ``out`` that ``manifest`` does not list: the previous
+    version's, and strays of failed writes. Runs after the manifest is saved; a failure is logged
+    (the new version is published and whole; a leftover is only a stray)."""
+    keep = {s.name for s in manifest.shards} | {s.index for s in manifest.shards}
+    here = objects.join_url(out)  # normalized, as list_keys spells URLs
+    try:
+        urls = objects.list_keys(out)
+    except (StoreError, OSError) as exc:  # published; the old files are only strays
+        log.warning("published %s but could not list it to remove the old version (%s); `fsdtrain data verify` lists what is left", out, exc)
+        return
+    for url in urls:
+        parent, name = url.rsplit("/", 1)
+        if parent == here and _SHARD_FILE_RE.match(name) and name not in keep:
+            try:
+                objects.delete(url)
+            except (StoreError, OSError) as exc:  # the new version is published and whole; a leftover is only a stray
+                log.warning("published %s but could not remove the old %s (%s); `fsdtrain data verify` lists it", out, url, exc)
 
 
 def publish_all(writers: Iterable[ShardWriter]) -> list[Manifest]:

@@ -16,18 +16,25 @@ temporary folder, and handed to the shard writers whole, in drive order. A drive
 encoding (an unreadable frame) therefore adds nothing. Manifests are saved only after the last
 drive, so an aborted run publishes no manifest, removes the shards it wrote and leaves a dataset
 already in ``out`` as it was (replacing one needs ``replace``; :class:`~fsdtrain.format.writer.ShardWriter`).
-The output depends only on the input and the settings, not on ``workers``.
+The output depends only on the input and the settings, not on ``workers``, nor on whether the
+run is written whole or in parts (``--part I/N``, :mod:`fsdtrain.ingest.parts`): drives form
+groups of ``group_drives`` in name order, a shard never holds clips of two groups, and parts take
+whole groups. Drives under an ``s3://`` prefix are copied to the temporary folder through the zone
+gate (:mod:`fsdtrain.ingest.source`) before they are read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import logging
 import math
 import multiprocessing
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +46,27 @@ from fsdtrain.format.motion import check_motion
 from fsdtrain.format.schema import FIXED_MEMBERS, ClipMeta, clip_key, decode_ego, encode_npy
 from fsdtrain.format.video import encode_video
 from fsdtrain.format.windows import WindowSpec
-from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
-from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, find_drives, load_drive
+from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all, survey
+from fsdtrain.ingest.parts import IngestRun, PartSpec, group_of
+from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, load_drive
+from fsdtrain.ingest.source import DriveSource
 from fsdtrain.store import objects
+from fsdtrain.store.gate import AuditLog, ZoneGate
 
-__all__ = ["DriveCut", "cut_drive", "resample_poses", "ego_array", "clip_egos", "drive_samples", "SkippedDrive", "IngestSummary", "write_drives"]
+__all__ = [
+    "DriveCut",
+    "cut_drive",
+    "resample_poses",
+    "ego_array",
+    "clip_egos",
+    "drive_samples",
+    "SkippedDrive",
+    "IngestSummary",
+    "CountryWriters",
+    "write_drives",
+]
+
+log = logging.getLogger(__name__)
 
 
 
@@ -234,7 +257,15 @@ class IngestSummary:
     skipped: list[SkippedDrive] = field(default_factory=list)
     """Bad drives left out (only with ``skip_bad``)."""
     manifests: list[Manifest] = field(default_factory=list)
-    """One per country written, sorted by country."""
+    """One per country published, sorted by country (a part that did not publish: its staged shards, not published)."""
+    part: str = ""
+    """``I/N`` when the run was one part of an ingest in parts."""
+    waiting: str = ""
+    """A part that did not publish: which parts are still missing."""
+    before: bool = False
+    """The run in parts was published before: nothing was done."""
+    completed: bool = False
+    """This part was the last to finish and published the run (the counts are the run's)."""
 
     @property
     def clips(self) -> int:
@@ -242,12 +273,21 @@ class IngestSummary:
 
     def format(self) -> str:
         """Human-readable summary, one line per country and per skipped drive."""
-        lines = [f"wrote {self.clips} clips from {len(self.written)} of {self.drives} drives"]
+        if self.before:
+            return f"part {self.part}: this run was published before; nothing to do" if self.part else "this run was published before; nothing to do"
+        head = f"part {self.part}: " if self.part else ""
+        if self.waiting:
+            head += "staged, not published yet: "
+        if self.completed:
+            head += "the last part, published the run: "
+        lines = [f"{head}wrote {self.clips} clips from {len(self.written)} of {self.drives} drives"]
         for m in self.manifests:
             lines.append(f"  {m.country:<3} zone {m.zone:<8} {m.samples:>6} clips {len(m.shards):>4} shards {m.bytes / 1e6:>10.1f} MB  {m.url}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} bad drive(s):")
             lines += [f"  {s.reason}" for s in self.skipped]
+        if self.waiting:
+            lines.append(f"waiting for {self.waiting}")
         return "\n".join(lines)
 
 
@@ -319,6 +359,70 @@ def _consistent(drives: list[RawDrive]) -> list[RawDrive | SkippedDrive]:
     return out
 
 
+class CountryWriters:
+    """One :class:`~fsdtrain.format.writer.ShardWriter` per country directory of an ingest: the tail
+    every ingest (raw drives, nuScenes) shares. Open a directory before anything is encoded (a
+    directory that holds a dataset is refused there unless ``replace``), write each drive's clips,
+    then :meth:`finish`: directories that got no clip are left as they were, the others published
+    together (:func:`~fsdtrain.format.writer.publish_all`) or, for a part, staged unpublished.
+
+    Args:
+        stack: the run's exit stack: when the run raises, every writer removes what it wrote.
+        url_of: a country's shard directory URL (the final one, or a part's staging folder).
+        dataset, split, fps: manifest fields of every directory.
+        shard_bytes: target shard size.
+        replace: replace datasets already in the directories.
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, url_of: Callable[[str], str], *, dataset: str, split: str, fps: float,
+                 shard_bytes: int, replace: bool) -> None:  # fmt: skip
+        self._stack, self._url_of = stack, url_of
+        self._shared = dict(dataset=dataset, split=split, fps=fps)
+        self._shard_bytes, self._replace = shard_bytes, replace
+        self.writers: dict[str, ShardWriter] = {}
+        self.filled: set[str] = set()
+        self._group: dict[str, int] = {}
+
+    def open(self, country: str, zone: str, cameras: tuple[str, ...]) -> None:
+        """The writer of ``country``'s directory, made on its first drive."""
+        if country not in self.writers:
+            shard_set = ShardSet(country=country, zone=zone, cameras=cameras, **self._shared)
+            writer = ShardWriter(self._url_of(country), shard_set, shard_bytes=self._shard_bytes, replace=self._replace)
+            self.writers[country] = self._stack.enter_context(writer)
+
+    def write(self, country: str, samples: Iterable[dict[str, bytes]], *, group: int | None = None) -> int:
+        """Writes one drive's clips; a drive of another ``group`` than the last one starts a new shard. Returns the clip count."""
+        writer = self.writers[country]
+        if group is not None and self._group.setdefault(country, group) != group:
+            writer.end_group()
+            self._group[country] = group
+        n = 0
+        for sample in samples:
+            writer.write(sample)
+            n += 1
+        self.filled.add(country)
+        return n
+
+    def finish(self, nothing: str, *, stage: bool = False) -> list[Manifest]:
+        """Leaves directories without clips as they were (their writers abort), then publishes the
+        others together, or with ``stage`` seals them unpublished; returns their manifests by
+        country. Raises DataError(``nothing``) when no directory got a clip (staging allows none)."""
+        if not self.filled and not stage:
+            raise DataError(nothing)
+        for country in set(self.writers) - self.filled:  # every drive of it skipped while encoding
+            self.writers[country].abort()
+        if stage:
+            return [self.writers[c].stage() for c in sorted(self.filled)]
+        return publish_all(self.writers[c] for c in sorted(self.filled))
+
+
+def _identity(source: DriveSource, st: _Settings, **settings: object) -> dict:
+    """What names a run in parts: the drives and every setting that changes a shard (RawLimits included)."""
+    limits = json.loads(json.dumps(dataclasses.asdict(st.limits), default=sorted, sort_keys=True))
+    return {"drives": source.identity(), "fps": st.fps, "clip_frames": st.clip_frames, "gop": st.gop,
+            "limits": limits, **settings}  # fmt: skip
+
+
 def write_drives(
     raw: str,
     out: str,
@@ -334,18 +438,25 @@ def write_drives(
     limits: RawLimits | None = None,
     progress: Callable[[str], None] | None = None,
     replace: bool = False,
+    group_drives: int = 1,
+    part: PartSpec | None = None,
+    publish: int | None = None,
+    site_zone: str | None = None,
+    audit_log: str | None = None,
 ) -> IngestSummary:
     """Ingests every raw drive under ``raw`` into ``<out>/<split>/<country>/`` (shards, indexes, manifest).
 
     Args:
-        raw: local folder of drive folders (or one drive folder), layout in docs/data-format.md.
+        raw: local folder of drive folders (or one drive folder), or an ``s3://`` prefix of them
+            (read through the zone gate, :class:`~fsdtrain.ingest.source.DriveSource`); layout in docs/data-format.md.
         out: dataset URL (``s3://bucket/prefix/NAME`` or ``file:///dir/NAME``).
         clip_seconds: clip length; ``round(clip_seconds * fps)`` frames, at least 2.
         fps: output frame rate: one the default windows can use (:func:`window_rate_problem`); each
             camera must run at least ``limits.min_camera_rate x fps`` and have a frame within
             ``limits.frame_tolerance`` of a period of every frame time (:func:`cut_drive`).
         gop: keyframe interval of the encoded videos, in frames.
-        shard_bytes: target shard size; a new shard starts when the next clip would exceed it.
+        shard_bytes: target shard size; a new shard starts when the next clip would exceed it, or
+            with the first drive of another group.
         workers: processes checking and encoding drives (a fork pool); the output does not depend on it.
         skip_bad: leave bad drives out and list them in the summary instead of raising on the first one.
         split: split name, ``[A-Za-z0-9_-]``.
@@ -356,22 +467,34 @@ def write_drives(
         replace: replace the datasets already in the ``<split>/<country>`` directories this run
             writes (each switches to the new version once all are written) instead of refusing them;
             other directories of ``out`` are left alone.
+        group_drives: drives per group (in name order): a shard holds clips of one group only, and
+            parts take whole groups (:mod:`fsdtrain.ingest.parts`), so the shards do not depend on ``part``.
+        part: write only this part's drives into the run's staging folder; the part that finds every
+            other part complete publishes (:meth:`~fsdtrain.ingest.parts.IngestRun.publish`).
+        publish: publish the run written as this many parts, or name the parts still missing.
+        site_zone: the zone this job runs in (the gate's; default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
+        audit_log: JSONL file recording every raw object read from the store.
 
     Raises:
         DataError: without ``skip_bad``, for the first bad drive (in name order), before any shard is
             written when pass 1 finds it; no manifest is written in either case, and what ``out``
-            held stays as it was.
+            held stays as it was. :class:`~fsdtrain.ingest.parts.PartsMissing` from ``publish``.
         ConfigError: a ``<split>/<country>`` directory to write already holds a dataset and
             ``replace`` is not given (checked after pass 1, before anything is encoded); ``fps``
             the default windows cannot use, or ``limits.accept_implausible`` naming no drive
             (checked before any drive is read).
-        StoreError: ``out`` or the temporary folder cannot be written (unreachable, denied, disk full).
+        ResidencyError: a drive's bucket or zone may not be read at ``site_zone``.
+        StoreError: ``raw`` or ``out`` or the temporary folder cannot be read or written (unreachable, denied, disk full).
     """
     frames = int(round(clip_seconds * fps)) if fps > 0 else 0
     if not fps > 0 or frames < 2:
         raise ConfigError(f"--clip-seconds {clip_seconds:g} at --fps {fps:g} gives {frames} frames per clip; a clip needs at least 2")
-    if gop < 1 or workers < 1 or shard_bytes < 1:
-        raise ConfigError(f"--gop {gop}, --workers {workers} and --shard-bytes {shard_bytes} must all be at least 1")
+    if gop < 1 or workers < 1 or shard_bytes < 1 or group_drives < 1:
+        raise ConfigError(f"--gop {gop}, --workers {workers}, --shard-bytes {shard_bytes} and --group-drives {group_drives} must all be at least 1")
+    if part is not None and publish is not None:
+        raise ConfigError("--part writes one part and --publish publishes the parts written: give one of them")
+    if publish is not None and publish < 1:
+        raise ConfigError(f"--publish {publish}: give the part count N of the run's --part I/N")
     problem = window_rate_problem(fps)
     if problem is not None:  # a dataset nothing could train on: refused before any drive is read
         ok = usable_rates()
@@ -382,11 +505,28 @@ def write_drives(
     dataset = dataset or dataset_name(out)
     report = progress or (lambda _msg: None)
     st = _Settings(fps=float(fps), clip_frames=frames, gop=gop, limits=limits or RawLimits())
-    paths = find_drives(raw)
-    unknown = sorted(st.limits.accept_implausible - {p.name for p in paths})
+    gate = ZoneGate(site_zone, audit=AuditLog(audit_log, job="data-write") if audit_log else None)
+    source = DriveSource(raw, gate)
+    names = source.names
+    unknown = sorted(st.limits.accept_implausible - set(names))
     if unknown:
-        raise ConfigError(f"--accept-implausible names {', '.join(unknown)}, not a drive under {raw}; drives: {', '.join(p.name for p in paths[:10])}{' ...' if len(paths) > 10 else ''}")
-    summary = IngestSummary(drives=len(paths))
+        raise ConfigError(f"--accept-implausible names {', '.join(unknown)}, not a drive under {raw}; drives: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+    summary = IngestSummary(drives=len(names), part=str(part or ""))
+    mine = range(len(names))
+    run = None
+    if part is not None or publish is not None:
+        settings = dict(shard_bytes=shard_bytes, group_drives=group_drives, split=split, dataset=dataset, skip_bad=skip_bad, replace=replace)
+        run = IngestRun(out, split, _identity(source, st, **settings, parts=part.count if part else publish), part.count if part else publish, gate)
+        if run.published():
+            summary.before = True
+            return summary
+        if publish is not None:
+            summary.manifests, summary.written, skipped = run.publish(replace=replace)
+            summary.skipped = [SkippedDrive(n, r) for n, r in skipped]
+            return summary
+        mine = part.drives(len(names), group_drives)
+        run.clear_stage(part.index)
+        summary.drives = len(mine)
 
     def keep(result: RawDrive | SkippedDrive | list[str]) -> bool:
         if not isinstance(result, SkippedDrive):
@@ -400,17 +540,24 @@ def write_drives(
     ctx = multiprocessing.get_context("fork")
     # A writer still open when this block raises removes the shards it wrote (ShardWriter.__exit__).
     with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp, contextlib.ExitStack() as stack:
-        run = pool.imap if pool is not None else map
-        checked = [r for r in run(_check, [(p, st) for p in paths]) if keep(r)]
+        run_map = pool.imap if pool is not None else map
+        paths, index_of = [], {}
+        for i in mine:  # an s3:// drive is copied here, through the gate
+            try:
+                paths.append(source.local(names[i], Path(tmp) / "raw"))
+                index_of[names[i]] = i
+            except DataError as exc:
+                keep(SkippedDrive(display_name(names[i]), str(exc)))
+        checked = [r for r in run_map(_check, [(p, st) for p in paths]) if keep(r)]
         good = [d for d in _consistent(checked) if keep(d)]
-        writers: dict[str, ShardWriter] = {}
+        url_of = (lambda c: run.stage_url(part.index, c)) if run is not None else (lambda c: objects.join_url(out, split, c))
+        writers = CountryWriters(stack, url_of, dataset=dataset, split=split, fps=st.fps, shard_bytes=shard_bytes, replace=replace and run is None)
         for d in good:  # every directory is checked (refused unless replace) before anything is encoded
-            info = d.info
-            if info.country not in writers:
-                shard_set = ShardSet(dataset=dataset, split=split, country=info.country, zone=info.zone, cameras=info.cameras, fps=st.fps)
-                writer = ShardWriter(objects.join_url(out, split, info.country), shard_set, shard_bytes=shard_bytes, replace=replace)
-                writers[info.country] = stack.enter_context(writer)
-        filled: set[str] = set()
+            writers.open(d.info.country, d.info.zone, d.info.cameras)
+        for country, writer in writers.writers.items() if run is not None else ():  # a part writes to staging: the final directories are checked here
+            final = objects.join_url(out, split, country)
+            survey(final, replace)
+            gate.check_data(final, writer.manifest.zone)  # the publish step reads the staged indexes back through the gate
         tasks = [(d, st, Path(tmp) / f"{i:06d}") for i, d in enumerate(good)]
         encoded = _ordered(pool, _encode, tasks, ahead=2 * workers) if pool is not None else map(_encode, tasks)
         for (drive, _, folder), result in zip(tasks, encoded):
@@ -418,15 +565,23 @@ def write_drives(
                 continue
             info = drive.info
             members = list(FIXED_MEMBERS) + [f"{c}.mp4" for c in info.cameras]
-            for key in result:
-                writers[info.country].write({"__key__": key, **{m: (folder / key / m).read_bytes() for m in members}})
-            filled.add(info.country)
+            clips = ({"__key__": key, **{m: (folder / key / m).read_bytes() for m in members}} for key in result)
+            writers.write(info.country, clips, group=group_of(index_of[drive.path.name], group_drives))
             shutil.rmtree(folder)  # this drive's encoded clips, now in the shards
+            if source.remote:
+                shutil.rmtree(drive.path)  # and its copy
             summary.written.append(info.drive_id)
             report(f"{info.country}: drive {info.drive_id}: {len(result)} clips")
-        if not filled:
-            raise DataError(f"none of the {len(paths)} drive(s) under {raw} could be ingested; first problem: {summary.skipped[0].reason}")
-        for country in set(writers) - filled:  # every drive of it skipped while encoding: its directory stays as it was
-            writers[country].abort()
-        summary.manifests = publish_all(writers[c] for c in sorted(filled))
+        nothing = f"none of the {len(paths)} drive(s) under {raw} could be ingested; first problem: {summary.skipped[0].reason if summary.skipped else 'none'}"
+        summary.manifests = writers.finish(nothing, stage=run is not None)
+        if run is None:
+            return summary
+        run.write_record(part.index, summary.manifests, summary.written, [(s.name, s.reason) for s in summary.skipped])
+    log.info("part %s: staged %d clips at %s", part, summary.clips, run.url)
+    missing = run.missing()
+    if missing:
+        summary.waiting = run.missing_text(missing)
+        return summary
+    summary.manifests, summary.written, skipped = run.publish(replace=replace)  # this part completed the run
+    summary.drives, summary.skipped, summary.completed = len(names), [SkippedDrive(n, r) for n, r in skipped], True
     return summary

@@ -43,8 +43,14 @@ import numpy as np
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.manifest import dataset_name, validate_split
 from fsdtrain.format.schema import DEFAULT_CAMERAS, parse_calib, parse_meta
-from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
-from fsdtrain.ingest.drives import IngestSummary, SkippedDrive, clip_egos, cut_drive, drive_samples
+from fsdtrain.ingest.drives import (
+    CountryWriters,
+    IngestSummary,
+    SkippedDrive,
+    clip_egos,
+    cut_drive,
+    drive_samples,
+)
 from fsdtrain.ingest.raw import CameraSource, DriveInfo, Poses, RawDrive, RawLimits
 from fsdtrain.residency import zone_of_country
 from fsdtrain.store import objects
@@ -450,27 +456,18 @@ def write_nuscenes(
 
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, contextlib.ExitStack() as stack:
-        writers: dict[str, ShardWriter] = {}
+        url_of = lambda country: objects.join_url(out, split, country)  # noqa: E731
+        writers = CountryWriters(stack, url_of, dataset=dataset, split=split, fps=st.fps, shard_bytes=shard_bytes, replace=replace)
         for d in good:  # every directory is checked (refused unless replace) before anything is encoded
-            country = d.info.country
-            if country not in writers:
-                shard_set = ShardSet(dataset=dataset, split=split, country=country, zone=d.info.zone, cameras=CAMERAS, fps=st.fps)
-                writers[country] = stack.enter_context(ShardWriter(objects.join_url(out, split, country), shard_set, shard_bytes=shard_bytes, replace=replace))
+            writers.open(d.info.country, d.info.zone, CAMERAS)
         tasks = [(d, st) for d in good]
         encoded: Iterator = pool.imap(_encode, tasks) if pool is not None else map(_encode, tasks)
-        filled: set[str] = set()
         for drive, result in zip(good, encoded):
             if not keep(result):
                 continue
             info = drive.info
-            for sample in result:
-                writers[info.country].write(sample)
-            filled.add(info.country)
+            writers.write(info.country, result)
             summary.written.append(info.drive_id)
             report(f"{info.country}: scene {info.drive_id} ({info.tags['location']}): {len(result)} clips")
-        if not filled:
-            raise DataError(f"none of the {len(chosen)} scene(s) could be converted; first problem: {summary.skipped[0].reason}")
-        for country in set(writers) - filled:  # every scene of it failed while encoding: its directory stays as it was
-            writers[country].abort()
-        summary.manifests = publish_all(writers[c] for c in sorted(filled))
+        summary.manifests = writers.finish(f"none of the {len(chosen)} scene(s) could be converted; first problem: {summary.skipped[0].reason if summary.skipped else 'none'}")
     return summary

@@ -20,22 +20,53 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from fsdtrain.errors import ConfigError
 from fsdtrain.launch.preflight import preflight
-from fsdtrain.launch.templates import FILE_NAMES, HOSTFILE, PARTS, TEMPLATES
+from fsdtrain.launch.templates import (
+    FILE_NAMES,
+    HOSTFILE,
+    INGEST_FILE_NAMES,
+    INGEST_TEMPLATES,
+    PARTS,
+    TEMPLATES,
+)
 
-__all__ = ["KINDS", "LaunchSpec", "RenderedJob", "resolve_config", "render_job", "hostfile", "launch"]
+__all__ = [
+    "DEFAULT_IMAGE",
+    "KINDS",
+    "LaunchSpec",
+    "RenderedJob",
+    "resolve_config",
+    "render_job",
+    "hostfile",
+    "launch",
+    "IngestJobSpec",
+    "render_ingest_job",
+    "launch_ingest",
+]
 
 log = logging.getLogger(__name__)
 
 KINDS = tuple(FILE_NAMES)
 _HEREDOC = "FSDTRAIN_CONFIG"
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "WANDB_API_KEY")
-_DEFAULT_IMAGE = "registry.example.com/fsdtrain:latest"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("fsdtrain")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "latest"
+
+
+#: the k8s job's image when --image is not given: launch/container/Dockerfile's image, tagged with
+#: fsdtrain's version, under a registry name to replace (launch/container/README.md)
+DEFAULT_IMAGE = f"registry.example.com/fsdtrain:{_version()}"
 
 
 @dataclass
@@ -50,7 +81,7 @@ class LaunchSpec:
         overrides: ``fsdtrain fit`` flags applied on top of the config (``--trainer.max_steps 1000``).
         embed: write the resolved config into the job file; False references ``config`` by path.
         name: job name (SLURM job, rendezvous id, Kubernetes objects); default from the config's file name.
-        image: container image with fsdtrain installed (Kubernetes); default a placeholder to edit.
+        image: container image with fsdtrain installed (Kubernetes); default :data:`DEFAULT_IMAGE`.
     """
 
     kind: str
@@ -270,7 +301,7 @@ def render_job(spec: LaunchSpec, *, check_store: bool = True) -> RenderedJob:
         "title": f"fsdtrain {spec.kind} job `{spec.name}`, rendered by: fsdtrain launch {spec.kind} --config {spec.config} --nodes {spec.nodes} --gpus-per-node {spec.gpus_per_node}",
         "name": spec.name, "nodes": spec.nodes, "gpus": spec.gpus_per_node, "last_node": spec.nodes - 1, "workers": spec.nodes - 1,
         "file": file_name, "site_zone": report.site_zone, "cpus_per_task": workers + 1, "omp_threads": max(1, workers // 2 or 1),
-        "image": spec.image or _DEFAULT_IMAGE, "extra_args": "".join(f" {shlex.quote(a)}" for a in ([] if spec.embed else spec.overrides)),
+        "image": spec.image or DEFAULT_IMAGE, "extra_args": "".join(f" {shlex.quote(a)}" for a in ([] if spec.embed else spec.overrides)),
     }  # fmt: skip
     if spec.kind == "k8s":
         values |= _k8s_parts(spec, values, config_yaml, workdir)
@@ -325,5 +356,81 @@ def launch(spec: LaunchSpec, *, out: str | None, dry_run: bool, check_store: boo
         _write_whole(hosts, hostfile(spec.nodes, spec.gpus_per_node), mode=0o644)
         extra = f" (and {hosts})"
     print(f"fsdtrain: wrote {target}{extra}")
+    print(f"fsdtrain: submit with: cd {target.parent} && {job.submit}")
+    return 0
+
+
+# --- ingest jobs: `fsdtrain launch slurm|k8s --parts N -- data write ...` ---------------------------
+
+
+@dataclass
+class IngestJobSpec:
+    """An ingest job: ``fsdtrain data write`` in ``parts`` parallel parts (a SLURM array, a Kubernetes Indexed Job).
+
+    Args:
+        kind: ``slurm`` or ``k8s``.
+        parts: the part count N; task/pod I runs ``--part I/N``.
+        write_args: the ``fsdtrain data write`` flags every part runs with (checked by the CLI's parser),
+            without ``--part`` or ``--publish``.
+        cpus: CPUs per part (data write's ``--workers``).
+        site_zone: the zone the job runs in (default ``$FSDTRAIN_SITE_ZONE`` or ``global``).
+        name: job name; default ``fsdtrain-ingest``.
+        image: container image with fsdtrain installed (Kubernetes); default :data:`DEFAULT_IMAGE`.
+    """
+
+    kind: str
+    parts: int
+    write_args: list[str]
+    cpus: int = 1
+    site_zone: str | None = None
+    name: str | None = None
+    image: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in INGEST_FILE_NAMES:
+            raise ConfigError(f"an ingest job renders for {' or '.join(INGEST_FILE_NAMES)}, not {self.kind}: `fsdtrain launch slurm --parts N -- data write ...`")
+        if self.parts < 1:
+            raise ConfigError(f"--parts must be >= 1, got {self.parts}")
+        if self.cpus < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.cpus}")
+        taken = [a for a in self.write_args if a.split("=", 1)[0] in ("--part", "--publish")]
+        if taken:
+            raise ConfigError(f"the ingest job sets --part I/{self.parts} for each part itself: drop {taken[0]} after `-- data write`")
+        self.name = _job_name(self.name or "fsdtrain-ingest")
+
+
+def render_ingest_job(spec: IngestJobSpec) -> RenderedJob:
+    """The SLURM array or Kubernetes Indexed Job that runs ``data write --part I/N`` for I = 1..N."""
+    from fsdtrain.residency import resolve_site_zone
+
+    file_name = INGEST_FILE_NAMES[spec.kind]
+    site_zone = resolve_site_zone(spec.site_zone)
+    store_env = _store_env(spec.kind)
+    if spec.kind == "k8s":  # the Job's container sits two levels less deep than the PyTorchJob's
+        store_env = "\n".join(line[4:] if line.startswith("    ") else line for line in store_env.splitlines())
+    values: dict[str, object] = {
+        "title": f"fsdtrain ingest job `{spec.name}`, rendered by: fsdtrain launch {spec.kind} --parts {spec.parts} -- data write {shlex.join(spec.write_args)}",
+        "name": spec.name, "parts": spec.parts, "file": file_name, "cpus": spec.cpus, "site_zone": site_zone,
+        "image": spec.image or DEFAULT_IMAGE, "store_env": store_env, "k8s_store_env": store_env,
+        "args": "".join(f" {shlex.quote(a)}" for a in spec.write_args), "args_list": "".join(f", {_yaml_str(a)}" for a in spec.write_args),
+    }  # fmt: skip
+    text = _fill(INGEST_TEMPLATES[spec.kind], values)
+    _check_no_secrets(text)
+    submit = {"slurm": f"sbatch {file_name}", "k8s": f"kubectl apply -f {file_name}"}[spec.kind]
+    return RenderedJob(spec.kind, file_name, text, submit)
+
+
+def launch_ingest(spec: IngestJobSpec, *, out: str | None, dry_run: bool) -> int:
+    """``fsdtrain launch slurm|k8s --parts N -- data write ...``: prints the job file (``dry_run``) or writes it and says how to submit it."""
+    job = render_ingest_job(spec)
+    if dry_run:
+        print(job.text, end="")
+        return 0
+    target = Path(out) if out else Path("launch-jobs") / spec.name / job.file_name
+    if target.is_dir() or (out and out.endswith("/")):
+        target = target / job.file_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_whole(target, job.text, mode=0o644 if spec.kind == "k8s" else 0o755)
+    print(f"fsdtrain: wrote {target}")
     print(f"fsdtrain: submit with: cd {target.parent} && {job.submit}")
     return 0

@@ -7,7 +7,7 @@ rest follows from the config and ``--nodes``/``--gpus-per-node``.
 
 from __future__ import annotations
 
-__all__ = ["TEMPLATES", "PARTS", "FILE_NAMES", "HOSTFILE"]
+__all__ = ["TEMPLATES", "PARTS", "FILE_NAMES", "HOSTFILE", "INGEST_TEMPLATES", "INGEST_FILE_NAMES"]
 
 #: file name of each kind's job file (as in launch/<kind>/)
 FILE_NAMES = {"slurm": "train.sbatch", "torchrun": "multinode.sh", "deepspeed": "run.sh", "k8s": "pytorchjob.yaml"}
@@ -54,9 +54,10 @@ set -euo pipefail
 
 {{env}}
 {{config_block}}
-# one task per GPU; a task that dies ends the step (--kill-on-bad-exit) instead of leaving the others waiting
+# one task per GPU; a task that dies ends the step (--kill-on-bad-exit) instead of leaving the others waiting.
+# No progress bar (it is unreadable in a log file): a plain line every 10 steps instead.
 srun --kill-on-bad-exit=1 "$PYTHON" -m fsdtrain fit --config "$CONFIG" \\
-  --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last{{extra_args}}
+  --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last --trainer.enable_progress_bar false{{extra_args}}
 """
 
 _TORCHRUN = """\
@@ -81,10 +82,11 @@ export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 
 {{env}}
 {{config_block}}
-# NODE_RANK is optional with c10d (the rendezvous numbers the nodes); given, it fixes the order
+# NODE_RANK is optional with c10d (the rendezvous numbers the nodes); given, it fixes the order.
+# No progress bar (it is unreadable in a log file): a plain line every 10 steps instead.
 "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" ${NODE_RANK:+--node-rank "$NODE_RANK"} \\
   --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RDZV_ID" --max-restarts "$MAX_RESTARTS" \\
-  -m fsdtrain fit --config "$CONFIG" --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last{{extra_args}}
+  -m fsdtrain fit --config "$CONFIG" --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last --trainer.enable_progress_bar false{{extra_args}}
 """
 
 _DEEPSPEED = """\
@@ -110,11 +112,12 @@ awk -v nodes={{nodes}} -v slots={{gpus}} '
 
 # the launcher passes only some variables to the other nodes: the rest go through DS_ENV_FILE
 export DS_ENV_FILE="$CONFIG.env"
-env | grep -E '^(FSDTRAIN_|AWS_ENDPOINT_URL|AWS_REGION|AWS_PROFILE|NCCL_|TORCH_NCCL_|OMP_NUM_THREADS)' > "$DS_ENV_FILE" || true
+env | grep -E '^(FSDTRAIN_|AWS_ENDPOINT_URL|AWS_REGION|AWS_DEFAULT_REGION|AWS_PROFILE|AWS_CONFIG_FILE|AWS_SHARED_CREDENTIALS_FILE|AWS_REQUEST_CHECKSUM_CALCULATION|AWS_RESPONSE_CHECKSUM_VALIDATION|AWS_MAX_ATTEMPTS|AWS_RETRY_MODE|NCCL_|TORCH_NCCL_|OMP_NUM_THREADS)' > "$DS_ENV_FILE" || true
 
+# no progress bar (it is unreadable in a log file): a plain line every 10 steps instead
 "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" --num_nodes {{nodes}} --num_gpus {{gpus}} \\
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --no_local_rank \\
-  --module fsdtrain fit --config "$CONFIG" --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last{{extra_args}}
+  --module fsdtrain fit --config "$CONFIG" --trainer.num_nodes {{nodes}} --trainer.devices {{gpus}} --ckpt_path last --trainer.enable_progress_bar false{{extra_args}}
 """
 
 HOSTFILE = """\
@@ -130,10 +133,11 @@ _K8S_POD = """\
         spec:
           containers:
             - name: pytorch
-              # EDIT: an image with fsdtrain installed
+              # EDIT: the image built from launch/container/Dockerfile and pushed to your registry (--image)
               image: {{image}}
               workingDir: {{working_dir}}
-              command: [python, -m, fsdtrain, fit, --config, /etc/fsdtrain/config.yaml, --trainer.num_nodes, "{{nodes}}", --trainer.devices, "{{gpus}}", --ckpt_path, last{{extra_list}}]
+              # no progress bar (unreadable in pod logs): a plain line every 10 steps instead
+              command: [python, -m, fsdtrain, fit, --config, /etc/fsdtrain/config.yaml, --trainer.num_nodes, "{{nodes}}", --trainer.devices, "{{gpus}}", --ckpt_path, last, --trainer.enable_progress_bar, "false"{{extra_list}}]
               env:
                 - name: FSDTRAIN_SITE_ZONE
                   value: "{{site_zone}}"
@@ -202,3 +206,96 @@ _K8S_WORKER = """\
 #: the job file template of each kind; ``{{env}}``, ``{{config_block}}`` and the k8s pod are filled in first
 TEMPLATES = {"slurm": _SLURM, "torchrun": _TORCHRUN, "deepspeed": _DEEPSPEED, "k8s": _K8S}
 PARTS = {"env": _ENV, "k8s_pod": _K8S_POD, "k8s_worker": _K8S_WORKER}
+
+
+# --- ingest jobs: `fsdtrain launch slurm|k8s --parts N -- data write ...` ---------------------------
+
+#: file name of each kind's ingest job file
+INGEST_FILE_NAMES = {"slurm": "ingest.sbatch", "k8s": "ingest-job.yaml"}
+
+_SLURM_INGEST = """\
+#!/bin/bash
+# {{title}}
+# SLURM array of {{parts}} tasks: task I runs `fsdtrain data write ... --part I/{{parts}}` on its share of the
+# drives (whole groups, in name order) and stages its shards; the last task to finish publishes one manifest
+# per country folder, atomically (docs/data-format.md, "Ingest at scale"). A task that fails leaves the
+# published dataset as it was: resubmit it alone (sbatch --array=I {{file}}); a finished task that runs
+# again does nothing. The same data write flags with --publish {{parts}} instead of --part publish by hand,
+# or name the parts still missing.
+#   submit: sbatch {{file}}
+#SBATCH --job-name={{name}}
+#SBATCH --array=1-{{parts}}
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task={{cpus}}
+#SBATCH --time=12:00:00
+#SBATCH --output=%x-%A_%a.out
+# EDIT above: --time for one part; --array=1-{{parts}}%K runs at most K parts at once; --cpus-per-task is
+# data write's --workers. EDIT below: your partition and account.
+##SBATCH --partition=cpu
+##SBATCH --account=my-account
+set -euo pipefail
+
+# EDIT: the Python that has fsdtrain installed, the same path on every node (or activate a venv here)
+PYTHON=${PYTHON:-python}
+# residency zone of this site (docs/residency.md): a part reads only the drives this zone allows
+export FSDTRAIN_SITE_ZONE={{site_zone}}
+# object store: the endpoint here; keys from your environment, AWS profile or secret store, never this file
+{{store_env}}
+# a part copies its raw drives here before reading them: EDIT to a local disk that holds one part's drives
+# export TMPDIR=/local/scratch/$USER
+
+"$PYTHON" -m fsdtrain data write{{args}} --part "$SLURM_ARRAY_TASK_ID/{{parts}}"
+"""
+
+_K8S_INGEST = """\
+# {{title}}
+# Kubernetes Indexed Job: {{parts}} completions; the pod of index I-1 runs `fsdtrain data write ... --part I/{{parts}}`
+# on its share of the drives and stages its shards; the last part to finish publishes one manifest per
+# country folder, atomically (docs/data-format.md, "Ingest at scale"). A failed pod is retried (its part
+# starts over; the published dataset stays as it was meanwhile); a finished part that runs again does
+# nothing. The same data write flags with --publish {{parts}} instead of --part publish by hand, or name
+# the parts still missing.
+#   submit: kubectl apply -f {{file}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{name}}
+spec:
+  completionMode: Indexed
+  completions: {{parts}}
+  # EDIT: parts running at once
+  parallelism: {{parts}}
+  # EDIT: pod failures allowed, over all parts, before the job counts as failed
+  backoffLimit: {{parts}}
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: ingest
+          # EDIT: the image built from launch/container/Dockerfile and pushed to your registry (--image)
+          image: {{image}}
+          # JOB_COMPLETION_INDEX counts from 0, parts from 1; the data write flags follow the script as "$@"
+          command: [sh, -c, 'exec python -m fsdtrain data write "$@" --part "$((JOB_COMPLETION_INDEX + 1))/{{parts}}"', fsdtrain{{args_list}}]
+          env:
+            - name: FSDTRAIN_SITE_ZONE
+              value: "{{site_zone}}"
+{{k8s_store_env}}
+            # EDIT: the Secret holding this zone's store key (kubectl create secret generic {{name}}-store ...)
+            - name: AWS_ACCESS_KEY_ID
+              valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_ACCESS_KEY_ID, optional: true}}
+            - name: AWS_SECRET_ACCESS_KEY
+              valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_SECRET_ACCESS_KEY, optional: true}}
+            - name: TMPDIR
+              value: /scratch
+          resources:
+            requests: {cpu: "{{cpus}}"}
+          volumeMounts:
+            - {name: scratch, mountPath: /scratch}
+      volumes:
+        # a part copies its raw drives here before reading them: EDIT the size to hold one part's drives
+        - name: scratch
+          emptyDir: {sizeLimit: 200Gi}
+"""
+
+#: the ingest job template of each kind (`fsdtrain launch KIND --parts N -- data write ...`)
+INGEST_TEMPLATES = {"slurm": _SLURM_INGEST, "k8s": _K8S_INGEST}

@@ -81,8 +81,7 @@ def conv_backward_flop(
 
     Both gradients pair every multiply-add of the forward with one of their own, so each costs what
     the forward did. torch 2.14's own formula equals this for ``groups=1`` but ignores ``groups`` in
-    grad_weight, which counts a depthwise conv's (ConvNeXt's 7x7) backward ``channels`` times over
-    (upstream change: pytorch/pytorch#183405).
+    grad_weight, which counts a depthwise conv's (ConvNeXt's 7x7) backward ``channels`` times over.
     """
     forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
     return forward * (int(output_mask[0]) + int(output_mask[1]))

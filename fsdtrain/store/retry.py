@@ -12,6 +12,11 @@ The budget comes from :class:`RetryPolicy`, by default read from the environment
     FSDTRAIN_S3_RETRY_ATTEMPTS=5     tries per call, the first included
     FSDTRAIN_S3_RETRY_SECONDS=30     total time cap in seconds
     FSDTRAIN_S3_TIMEOUT=60           read timeout of one try in seconds (connect: min(5, this))
+
+The standard ``AWS_MAX_ATTEMPTS`` (and a profile's ``max_attempts``) means the same as
+``FSDTRAIN_S3_RETRY_ATTEMPTS`` (tries, the first included) and sets the attempts when the fsdtrain
+variable is unset; ``FSDTRAIN_S3_RETRY_ATTEMPTS`` wins when both are set. Either way this loop is the
+only one that retries: botocore makes one attempt per try, so the two never multiply.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from fsdtrain.errors import ConfigError
 
 __all__ = [
     "RETRY_ATTEMPTS_ENV",
+    "AWS_MAX_ATTEMPTS_ENV",
     "RETRY_SECONDS_ENV",
     "TIMEOUT_ENV",
     "RetryPolicy",
@@ -36,6 +42,7 @@ __all__ = [
 ]
 
 RETRY_ATTEMPTS_ENV = "FSDTRAIN_S3_RETRY_ATTEMPTS"
+AWS_MAX_ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
 RETRY_SECONDS_ENV = "FSDTRAIN_S3_RETRY_SECONDS"
 TIMEOUT_ENV = "FSDTRAIN_S3_TIMEOUT"
 
@@ -60,10 +67,13 @@ class RetryPolicy:
     """How long one try waits for the TCP connection, seconds."""
     read_timeout_s: float = 60.0
     """How long one try waits for bytes from the server, seconds (``FSDTRAIN_S3_TIMEOUT``)."""
+    attempts_source: str = "default"
+    """Where ``attempts`` came from (a variable, a config file key, or the default), for messages."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigError(f"retry attempts={self.attempts!r} must be an integer >= 1 (set {RETRY_ATTEMPTS_ENV})")
+            where = RETRY_ATTEMPTS_ENV if self.attempts_source == "default" else self.attempts_source
+            raise ConfigError(f"{where}: retry attempts={self.attempts!r} must be an integer >= 1")
         for name in ("max_seconds", "connect_timeout_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"retry {name}={getattr(self, name)!r} must be positive")
@@ -73,12 +83,26 @@ class RetryPolicy:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
-        """The default policy with the ``FSDTRAIN_S3_*`` variables applied (see the module docstring)."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, aws_max_attempts: tuple[str, str] | None = None
+    ) -> RetryPolicy:
+        """The default policy with the ``FSDTRAIN_S3_*`` variables and ``AWS_MAX_ATTEMPTS`` applied
+        (see the module docstring).
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            aws_max_attempts: the AWS config profile's ``max_attempts`` and where it was read
+                (``"<file> [profile P]: max_attempts"``); used when neither variable is set.
+        """
         env = os.environ if environ is None else environ
-        kwargs: dict[str, float | int] = {}
-        if env.get(RETRY_ATTEMPTS_ENV):
-            kwargs["attempts"] = _number(env, RETRY_ATTEMPTS_ENV, int)
+        kwargs: dict[str, float | int | str] = {}
+        # The first that is set wins: ours, then the standard variable, then the AWS profile's key.
+        candidates = [(env.get(RETRY_ATTEMPTS_ENV, ""), RETRY_ATTEMPTS_ENV), (env.get(AWS_MAX_ATTEMPTS_ENV, ""), AWS_MAX_ATTEMPTS_ENV)]
+        if aws_max_attempts is not None:
+            candidates.append(aws_max_attempts)
+        text, source = next(((t, src) for t, src in candidates if t.strip()), ("", "default"))
+        if text.strip():
+            kwargs["attempts"], kwargs["attempts_source"] = _number({source: text.strip()}, source, int), source
         if env.get(RETRY_SECONDS_ENV):
             kwargs["max_seconds"] = _number(env, RETRY_SECONDS_ENV, float)
         if env.get(TIMEOUT_ENV):

@@ -1,5 +1,5 @@
-"""Callbacks: epoch-aware data order, throughput/data-wait figures, run info for W&B, weights export,
-validation metrics file."""
+"""Callbacks: epoch-aware data order, throughput/data-wait figures, learning rate and gradient norm, run
+info for W&B, weights export, validation metrics file."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from fsdtrain.weights.files import git_sha, save_weights
 from fsdtrain.weights.head_only import head_file_name, path_bytes, save_head
 from fsdtrain.weights.metadata import FORMAT, WeightsMeta
 
-__all__ = ["StreamEpoch", "Throughput", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
+__all__ = ["StreamEpoch", "Throughput", "OptimizerStats", "ProgressLines", "RunInfo", "ExportWeights", "ValidationReport", "run_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,43 @@ class Throughput(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._batch_end = None
+
+
+class OptimizerStats(pl.Callback):
+    """Logs, per optimizer step (written every ``trainer.log_every_n_steps``), ``train/lr`` (the learning
+    rate of that step, first parameter group: every group follows the same schedule) and
+    ``train/grad_norm`` (the global L2 norm of the gradients before clipping).
+
+    Under DDP or one device the norm is taken over every parameter's gradient before the step (after
+    DDP's all-reduce and AMP's unscaling, so the same on every rank). Under DeepSpeed the gradients of
+    ZeRO are partitioned off the parameters, so the norm is the engine's own global one
+    (``DeepSpeedEngine.get_global_grad_norm``), read after its step; where the engine keeps none (no ZeRO
+    and no clipping), the gradients still on the parameters before the step are used."""
+
+    def __init__(self) -> None:
+        self._norm: torch.Tensor | None = None  # measured before the step, on the parameters
+        self._step = 0  # global_step after the last step logged
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._step = trainer.global_step  # a resumed run starts past 0
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        pl_module.log("train/lr", float(optimizer.param_groups[0]["lr"]), rank_zero_only=True)
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        # a tensor, not a float: no device sync here; Lightning reads it on the steps it writes
+        self._norm = torch.nn.utils.get_total_norm(grads).detach() if grads else None
+        if not isinstance(trainer.strategy, DeepSpeedStrategy) and self._norm is not None:
+            pl_module.log("train/grad_norm", self._norm, rank_zero_only=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not isinstance(trainer.strategy, DeepSpeedStrategy) or trainer.global_step == self._step:
+            return  # not DeepSpeed, or a micro-batch that took no step (gradient accumulation)
+        self._step = trainer.global_step
+        engine = trainer.strategy.deepspeed_engine
+        norm = engine.get_global_grad_norm() if engine is not None else None
+        norm = torch.as_tensor(norm, dtype=torch.float32) if norm is not None else self._norm
+        if norm is not None:
+            pl_module.log("train/grad_norm", norm, rank_zero_only=True)
 
 
 class ProgressLines(pl.Callback):

@@ -34,6 +34,7 @@ from fsdtrain.residency import resolve_site_zone
 from fsdtrain.store.gate import ZoneGate
 from fsdtrain.train.callbacks import (
     ExportWeights,
+    OptimizerStats,
     ProgressLines,
     RunInfo,
     StreamEpoch,
@@ -47,7 +48,14 @@ from fsdtrain.train.lightning_internals import subcommand_parser
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.train.safe_resume import check_checkpoint_files
 from fsdtrain.train.strategies import STRATEGY_NAMES, FleetDeepSpeedStrategy, register_strategies
-from fsdtrain.train.wandb_log import FleetWandbLogger, WandbReview, WandbTarget, sync_line
+from fsdtrain.train.wandb_log import (
+    FleetWandbLogger,
+    WandbReview,
+    WandbTarget,
+    resolve_settings,
+    stage_artifacts_in,
+    sync_line,
+)
 from fsdtrain.weights.checkpoint_files import (
     META_NAME,
     last_checkpoint,
@@ -63,28 +71,38 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 VAL_METRICS_NAME = "val_metrics.json"
-_WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases settings.
+    """Weights & Biases settings. An unset ``mode``, ``project``, ``entity`` or ``dir`` is read from W&B's
+    variable (``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_DIR``), else the default given
+    here (docs/wandb.md, Settings and precedence).
 
     Args:
-        mode: ``offline`` (run files on disk, upload later with ``wandb sync``), ``online``, or ``disabled`` (CSV only).
-        project: W&B project.
+        mode: ``offline`` (run files on disk, upload later with ``wandb sync``), ``online``, or ``disabled``
+            (CSV only). Unset: ``$WANDB_MODE``, else ``offline``.
+        project: W&B project. Unset: ``$WANDB_PROJECT``, else ``fsdtrain``.
+        entity: W&B team or user the run belongs to. Unset: ``$WANDB_ENTITY``, else the logged-in user's default.
         group: run group (e.g. one experiment's pretrain, finetune and eval runs).
         name: run name; empty lets W&B choose.
+        tags: run tags, e.g. ``[cn, ablation]`` (filters in the W&B run table).
+        notes: a line about the run, shown beside it in W&B.
+        dir: folder that holds ``wandb/`` (run files and staged artifact files). Unset: ``$WANDB_DIR``, else ``--workdir``.
         base_url: self-hosted W&B server (e.g. one inside the site's zone).
         zone: residency zone the ``base_url`` server is inside (e.g. ``cn``); camera frames go only to a server
             in their own zone (docs/residency.md). Empty: the server counts as ``global``.
         images: validation windows drawn after each validation (bird's-eye plots; camera frames where allowed).
     """
 
-    mode: str = "offline"
-    project: str = "fsdtrain"
+    mode: str | None = None
+    project: str | None = None
+    entity: str | None = None
     group: str | None = None
     name: str | None = None
+    tags: list[str] | None = None
+    notes: str | None = None
+    dir: str | None = None
     base_url: str | None = None
     zone: str | None = None
     images: int = 4
@@ -154,16 +172,16 @@ class FleetCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if cfg.wandb.mode not in _WANDB_MODES:
-            raise ConfigError(f"--wandb.mode must be one of {_WANDB_MODES}, got {cfg.wandb.mode!r}")
-        _check_strategy(cfg.trainer.strategy)
         workdir = Path(cfg.workdir)
+        wb = cfg.wandb
+        self._wandb = resolve_settings(mode=wb.mode, project=wb.project, entity=wb.entity, dir=wb.dir, default_dir=workdir)
+        _check_strategy(cfg.trainer.strategy)
         cfg.trainer.default_root_dir = str(workdir)
         if not cfg.data.audit_log:
             cfg.data.audit_log = str(workdir / "audit.jsonl")
         self._cfg = cfg
         self._wandb_target = WandbTarget.resolve(
-            mode=cfg.wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.site.zone)
+            mode=self._wandb.mode, base_url=cfg.wandb.base_url, zone=cfg.wandb.zone, site_zone=resolve_site_zone(cfg.site.zone)
         )
         self._window_in_seconds(cfg, self._preflight(cfg))
         if "ckpt_path" in cfg:
@@ -223,21 +241,25 @@ class FleetCLI(LightningCLI):
         return str(resolve_checkpoint(ckpt_path))
 
     def _logger(self, workdir: Path):
-        wb = self._cfg.wandb
-        if wb.mode == "disabled":
+        wb, settings = self._cfg.wandb, self._wandb
+        if settings.mode == "disabled":
             return CSVLogger(str(workdir), name="metrics")
         import wandb
 
-        (workdir / "wandb").mkdir(parents=True, exist_ok=True)
-        settings = {"settings": wandb.Settings(base_url=wb.base_url)} if wb.base_url else {}
+        settings.wandb_dir.mkdir(parents=True, exist_ok=True)
+        stage_artifacts_in(settings)
+        server = {"settings": wandb.Settings(base_url=wb.base_url)} if wb.base_url else {}
         return FleetWandbLogger(
-            project=wb.project,
+            project=settings.project,
+            entity=settings.entity,
             name=wb.name,
             group=wb.group,
+            tags=list(wb.tags) if wb.tags else None,
+            notes=wb.notes,
             job_type=self.job_type if self.subcommand == "fit" else "eval",
-            save_dir=str(workdir),
-            offline=wb.mode == "offline",
-            **settings,
+            save_dir=str(settings.root),
+            mode=settings.mode,  # resolved here (flag > WANDB_MODE > offline): wandb.init gets it explicitly
+            **server,
         )
 
     def instantiate_trainer(self, **kwargs):
@@ -256,6 +278,7 @@ class FleetCLI(LightningCLI):
             StreamEpoch(),
             FiniteTraining(),  # a NaN loss or gradient stops the run before its step (fsdtrain/train/finite.py)
             Throughput(),
+            OptimizerStats(),  # train/lr, train/grad_norm
             RunInfo(resolved),
             *cluster_setup(config),  # SLURM, torchrun, DeepSpeed launcher or Kubeflow: fsdtrain/train/cluster.py
         ]

@@ -19,7 +19,11 @@ __all__ = ["PEAK_FLOPS_16BIT", "peak_flops", "mfu", "training_flops_per_window"]
 
 #: (substring of ``torch.cuda.get_device_name()``, dense bf16/fp16 tensor-core FLOP/s), from NVIDIA's
 #: datasheets (the figures "with sparsity" are twice these). The first match wins, so variants come
-#: before the plain name (an H100 SXM reports itself as "NVIDIA H100 80GB HBM3").
+#: before the plain name (an H100 SXM reports itself as "NVIDIA H100 80GB HBM3"), and a name that is
+#: part of another comes after it ("H20" is in "H200", "L4" in "L40S").
+#: The China-market parts are from their NVIDIA datasheets too: H800 SXM as H100 SXM (1979 sparse),
+#: H800 PCIe as H100 PCIe (1513 sparse), A800 as A100 (624 sparse), H20 148 (296 sparse), L20 119.5
+#: (239 sparse) TFLOPS.
 PEAK_FLOPS_16BIT: tuple[tuple[str, float], ...] = (
     ("GH200", 989.4e12),
     ("H200 NVL", 835.5e12),
@@ -27,8 +31,13 @@ PEAK_FLOPS_16BIT: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.5e12),
     ("H100 NVL", 835.5e12),
     ("H100", 989.4e12),
+    ("H800 PCIe", 756.5e12),
+    ("H800", 989.4e12),
+    ("H20", 148e12),
     ("A100", 312e12),
+    ("A800", 312e12),
     ("L40S", 362.05e12),
+    ("L20", 119.5e12),
     ("L4", 121e12),
 )
 _16BIT_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed", "16-true", "bf16", "16")

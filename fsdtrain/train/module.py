@@ -19,10 +19,11 @@ from fsdtrain.eval.report import build_report
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec
 from fsdtrain.model.driving import DrivingTransformer, ModelConfig, constant_velocity
-from fsdtrain.model.ego_mlp import EgoStatusMLP
+from fsdtrain.model.ego_mlp import EgoStatusMLP, ctra
 from fsdtrain.model.heads import GLOBAL_HEAD, part_of
 from fsdtrain.model.losses import LossConfig, wta_loss
 from fsdtrain.train.finetune import FinetuneConfig, apply_freeze, frozen_modules, merge_initial_weights
+from fsdtrain.train.memory_format import apply_memory_format, check_memory_format
 from fsdtrain.train.optim import param_groups, warmup_cosine_scheduler
 from fsdtrain.train.strategies import adamw_class
 from fsdtrain.weights.files import load_weights
@@ -32,7 +33,7 @@ __all__ = ["OptimConfig", "DrivingModule"]
 
 _ADE = METRIC_KEYS.index("ade")
 # validation rows: [loss, METRIC_KEYS of each predictor]; ids: [window key, clip key, country index, valid]
-_VAL_PREDICTORS = ("model", "ego_mlp", "constant_velocity")
+_VAL_PREDICTORS = ("model", "ego_mlp", "constant_velocity", "ctra")
 _WINDOW, _CLIP, _COUNTRY, _VALID = range(4)
 
 
@@ -76,6 +77,8 @@ class DrivingModule(pl.LightningModule):
         init_from: weights file (``.safetensors`` from a previous fit) to start from.
         cameras: camera names (linked from ``data.cameras``); empty means the 6 default cameras.
         window: window spec (linked from ``data.window``).
+        memory_format: layout of the images entering the convolutional encoder: ``channels_last``
+            (faster convolutions on CPUs and on GPUs; fsdtrain/train/memory_format.py) or ``contiguous``.
     """
 
     def __init__(
@@ -88,8 +91,10 @@ class DrivingModule(pl.LightningModule):
         init_from: str | None = None,
         cameras: list[str] | None = None,
         window: WindowSpec = WindowSpec(),  # noqa: B008
+        memory_format: str = "channels_last",
     ) -> None:
         super().__init__()
+        self.memory_format = check_memory_format(memory_format)
         cameras = list(cameras or DEFAULT_CAMERAS)
         for h in finetune.train_heads:
             if h not in net.heads:
@@ -104,6 +109,7 @@ class DrivingModule(pl.LightningModule):
         if init_from:
             loaded, self.parent_metadata = load_weights(init_from)
             self.load_state_dict(merge_initial_weights(self.state_dict(), loaded, init_head_from=finetune.init_head_from, source=init_from))
+        apply_memory_format(self.net.encoder.backbone, memory_format)
         apply_freeze(self, finetune.train_heads, finetune.freeze)
         self.frozen_modules = frozen_modules(self) if finetune.train_heads or finetune.policy != "none" else []
         self.backbone_frozen = not any(p.requires_grad for p in self.net.backbone_parameters())
@@ -185,13 +191,15 @@ class DrivingModule(pl.LightningModule):
         hz = self.window.future_hz
         target = batch["future"]
         cv = constant_velocity(batch["ego_hist"], self.window.future_steps, 1.0 / hz)[:, None]
+        turn = ctra(batch["ego_hist"], self.window.future_steps, 1.0 / hz)[:, None]
         rows = [
             losses["loss"].detach().double().cpu().numpy()[:, None],
             sample_errors(traj, logits, target, hz),
             sample_errors(base_traj, torch.zeros_like(base_traj[:, :, 0, 0]), target, hz),
             sample_errors(cv, torch.zeros_like(cv[:, :, 0, 0]), target, hz),
+            sample_errors(turn, torch.zeros_like(turn[:, :, 0, 0]), target, hz),
         ]  # in _VAL_PREDICTORS order after the loss
-        self._val_rows.append(np.concatenate(rows, axis=1))  # [B, 1 + 3 * len(METRIC_KEYS)]
+        self._val_rows.append(np.concatenate(rows, axis=1))  # [B, 1 + len(_VAL_PREDICTORS) * len(METRIC_KEYS)]
         index = {c: i for i, c in enumerate(self._val_countries)}
         ids = []
         for clip, frame, country, valid in zip(batch["clip_id"], batch["frame"].tolist(), batch["country"], batch["valid"].tolist()):

@@ -10,6 +10,13 @@
   the version written at the end of fit holds the exported weights (alias ``weights``); a run
   that starts from weights whose metadata names such an artifact uses it (lineage global -> CN).
 
+Settings come from one function, :func:`resolve_settings`: an explicit value (flag or config file) wins over
+W&B's environment variable (``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_DIR``), which wins over
+fsdtrain's default (offline, project ``fsdtrain``, no entity, the run's work directory). Artifact files are
+staged under the run's own W&B folder (:func:`stage_artifacts_in`), so a copied work directory holds
+everything ``wandb sync`` needs. Every validation metric gets a ``define_metric`` summary of its best value
+(:func:`summary_goal`), so run tables compare runs by their best, not their last, validation.
+
 Residency of camera frames (docs/residency.md): a figure with camera pixels of a window is logged only
 when the W&B destination is inside the window's zone (or the window's zone is ``global``). The
 destination's zone is, in offline mode, the site zone (the files stay on the site's disk); online,
@@ -23,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +49,15 @@ from fsdtrain.train.lightning_internals import last_checkpoint_saved
 
 __all__ = [
     "BEST_METRIC",
+    "DEFAULT_PROJECT",
     "TABLE_COLUMNS",
     "WEIGHTS_ALIAS",
+    "WANDB_MODES",
+    "WandbSettings",
+    "resolve_settings",
+    "stage_artifacts_in",
+    "summary_goal",
+    "upload_line",
     "WandbTarget",
     "metric_table",
     "validation_images",
@@ -57,6 +73,105 @@ BEST_METRIC = "val/l2_3s"
 WEIGHTS_ALIAS = "weights"
 """Alias of the model artifact version that holds the weights exported at the end of fit."""
 TABLE_COLUMNS = ("country", "predictor", "clips", "windows", *METRIC_KEYS)
+DEFAULT_PROJECT = "fsdtrain"
+"""W&B project when neither ``--wandb.project`` nor ``$WANDB_PROJECT`` names one."""
+WANDB_MODES = ("offline", "online", "disabled")
+_MODE_SYNONYMS = {"dryrun": "offline", "run": "online"}  # older spellings W&B itself still accepts in WANDB_MODE
+_HIGHER_IS_BETTER: frozenset[str] = frozenset()  # metric names whose best is the largest; every val/* metric today is an error or a loss
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    """W&B settings of one run after :func:`resolve_settings`; ``sources`` says where each came from."""
+
+    mode: str
+    """``offline``, ``online`` or ``disabled``."""
+    project: str
+    entity: str | None
+    """Team or user; None lets W&B use the logged-in user's default."""
+    root: Path
+    """Folder that holds ``wandb/`` (the run files and their staged artifact files)."""
+    sources: Mapping[str, str]
+    """Setting -> ``flag``, ``env`` (the variable's name) or ``default``."""
+
+    @property
+    def wandb_dir(self) -> Path:
+        """``<root>/wandb``: W&B's own folder (``offline-run-*``, ``latest-run``, staged artifact files)."""
+        return self.root / "wandb"
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def resolve_settings(
+    *, mode: str | None, project: str | None, entity: str | None, dir: str | None, default_dir: str | os.PathLike,
+    env: Mapping[str, str] | None = None,
+) -> WandbSettings:  # fmt: skip
+    """The one precedence for W&B settings: explicit value (flag or config) > environment > default.
+
+    Args:
+        mode, project, entity, dir: the ``--wandb.*`` values; None or empty: not given.
+        default_dir: folder for ``wandb/`` when neither ``dir`` nor ``$WANDB_DIR`` names one (a training
+            run's work directory; ``fsdtrain eval``: the report's folder).
+        env: the environment (default ``os.environ``): ``WANDB_MODE``, ``WANDB_PROJECT``,
+            ``WANDB_ENTITY``, ``WANDB_DIR``.
+
+    Raises:
+        ConfigError: a mode (flag or ``WANDB_MODE``) that is not offline, online or disabled.
+    """
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+
+    def pick(key: str, given: str | None, var: str, default):
+        if given is not None and str(given).strip():
+            sources[key] = "flag"
+            return str(given).strip()
+        if _env(env, var) is not None:
+            sources[key] = var
+            return _env(env, var)
+        sources[key] = "default"
+        return default
+
+    chosen = pick("mode", mode, "WANDB_MODE", "offline")
+    chosen = _MODE_SYNONYMS.get(chosen, chosen) if sources["mode"] == "WANDB_MODE" else chosen
+    if chosen not in WANDB_MODES:
+        where = "--wandb.mode" if sources["mode"] == "flag" else "WANDB_MODE"
+        raise ConfigError(f"{where} must be one of {', '.join(WANDB_MODES)}, got {chosen!r}")
+    return WandbSettings(
+        mode=chosen,
+        project=pick("project", project, "WANDB_PROJECT", DEFAULT_PROJECT),
+        entity=pick("entity", entity, "WANDB_ENTITY", None),
+        root=Path(pick("dir", dir, "WANDB_DIR", os.fspath(default_dir))).expanduser().absolute(),
+        sources=sources,
+    )
+
+
+def stage_artifacts_in(settings: WandbSettings) -> Path:
+    """Points W&B's artifact staging (``$WANDB_DATA_DIR/artifacts/staging``, by default under the user's
+    home) at ``<root>/wandb/data`` and returns that folder.
+
+    An offline run's artifact files (the exported weights, ``checkpoint.json``, the eval report) wait
+    there until ``wandb sync`` uploads them; inside the run's own folder, a copied work directory holds
+    all of them. W&B reads this folder from the environment only, so it is set there, for this process
+    (and the ranks it starts). The user cache (``$WANDB_CACHE_DIR``) holds nothing an offline run needs.
+    """
+    data = settings.wandb_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DATA_DIR"] = str(data)
+    return data
+
+
+def summary_goal(key: str) -> str | None:
+    """``min`` or ``max``: what a run table shows for a logged scalar ``key`` (its best value over the
+    run, :meth:`FleetWandbLogger.log_metrics`); None for keys whose last value is the right summary.
+
+    Every validation metric (``val/*``: errors in metres, miss rate, loss) is lower-is-better, except
+    the names in ``_HIGHER_IS_BETTER``."""
+    if not key.startswith("val/"):
+        return None
+    return "max" if key.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min"
 
 
 @dataclass(frozen=True)
@@ -143,6 +258,20 @@ class FleetWandbLogger(WandbLogger):
     def __init__(self, **kwargs) -> None:
         super().__init__(log_model=False, **kwargs)
         self.review: WandbReview | None = None
+        self._summaries: set[str] = set()  # keys given a define_metric summary
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Logs as WandbLogger does, after giving each new validation scalar its ``define_metric``
+        (:func:`summary_goal`): W&B applies a summary only to names defined one by one (a ``val/*``
+        glob is not summarised), and only from the definition on, so it comes before the first value."""
+        run = self.experiment
+        for key, value in metrics.items():
+            goal = summary_goal(key) if isinstance(value, int | float | torch.Tensor) and key not in self._summaries else None
+            if goal is not None:
+                run.define_metric(key, step_metric="trainer/global_step", step_sync=True, summary=goal)
+                self._summaries.add(key)
+        super().log_metrics(metrics, step)
 
     @property
     def model_artifact(self) -> str | None:
@@ -283,20 +412,25 @@ class WandbReview(pl.Callback):
         run.log_artifact(artifact, aliases=aliases + (["best"] if best else []))
 
 
-def sync_line(logger, review: WandbReview | None) -> str | None:
-    """The line that tells how to upload an offline run (None for other runs), with the self-hosted
+def upload_line(run_dir: Path, target: WandbTarget, camera_zones: set[str]) -> str | None:
+    """The line that tells how to upload an offline run (None for other modes), with the self-hosted
     server when one is configured, and a second line, a warning, when the files hold camera frames of a
     zone the upload target is not declared in. Without the ``fsdtrain:`` prefix: the caller logs them."""
-    if not isinstance(logger, FleetWandbLogger) or review is None or review.target.mode != "offline":
+    if target.mode != "offline":
         return None
-    run_dir = Path(logger.experiment.dir).parent
-    target = review.target
     env = f"WANDB_BASE_URL={target.base_url} " if target.base_url else ""
     line = f"W&B offline run in {run_dir}; upload it with: {env}wandb sync {run_dir}"
-    foreign = sorted(z for z in review.camera_zones if z not in (GLOBAL_ZONE, target.server_zone))
+    foreign = sorted(z for z in camera_zones if z not in (GLOBAL_ZONE, target.server_zone))
     if foreign:
         line += (
             f"\nit holds camera frames of zone {', '.join(foreign)}: upload it only to a W&B server inside that zone "
             f"(--wandb.base_url with --wandb.zone {foreign[0]})"
         )
     return line
+
+
+def sync_line(logger, review: WandbReview | None) -> str | None:
+    """:func:`upload_line` of a training run (None unless it logs to a :class:`FleetWandbLogger` offline)."""
+    if not isinstance(logger, FleetWandbLogger) or review is None or review.target.mode != "offline":
+        return None
+    return upload_line(Path(logger.experiment.dir).parent, review.target, review.camera_zones)

@@ -38,8 +38,9 @@ awk -v nodes=2 -v slots=8 '
 
 # the launcher passes only some variables to the other nodes: the rest go through DS_ENV_FILE
 export DS_ENV_FILE="$CONFIG.env"
-env | grep -E '^(FSDTRAIN_|AWS_ENDPOINT_URL|AWS_REGION|AWS_PROFILE|NCCL_|TORCH_NCCL_|OMP_NUM_THREADS)' > "$DS_ENV_FILE" || true
+env | grep -E '^(FSDTRAIN_|AWS_ENDPOINT_URL|AWS_REGION|AWS_DEFAULT_REGION|AWS_PROFILE|AWS_CONFIG_FILE|AWS_SHARED_CREDENTIALS_FILE|AWS_REQUEST_CHECKSUM_CALCULATION|AWS_RESPONSE_CHECKSUM_VALIDATION|AWS_MAX_ATTEMPTS|AWS_RETRY_MODE|NCCL_|TORCH_NCCL_|OMP_NUM_THREADS)' > "$DS_ENV_FILE" || true
 
+# no progress bar (it is unreadable in a log file): a plain line every 10 steps instead
 "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" --num_nodes 2 --num_gpus 8 \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --no_local_rank \
-  --module fsdtrain fit --config "$CONFIG" --trainer.num_nodes 2 --trainer.devices 8 --ckpt_path last
+  --module fsdtrain fit --config "$CONFIG" --trainer.num_nodes 2 --trainer.devices 8 --ckpt_path last --trainer.enable_progress_bar false

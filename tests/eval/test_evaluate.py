@@ -1,4 +1,6 @@
+import io
 import json
+import logging
 from dataclasses import asdict
 
 import pytest
@@ -6,9 +8,11 @@ import torch
 import yaml
 
 from fsdtrain.cli import main
-from fsdtrain.eval.evaluate import _real_windows, evaluate, load_predictors
+from fsdtrain.errors import ConfigError
+from fsdtrain.eval.evaluate import EvalDevice, _real_windows, evaluate, load_predictors
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.model.driving import ModelConfig
+from fsdtrain.progress import Progress
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.weights.files import save_weights
 from fsdtrain.weights.metadata import WeightsMeta
@@ -146,3 +150,53 @@ def test_eval_baselines_refuses_another_zones_bucket_before_any_request(use_zone
     assert main(["eval", "--baselines", "--data", f"{url}/val/CN", "--audit-log", str(audit), "--site.zone", "cn"]) == 0
     assert "CN       ctra" in capsys.readouterr().out
     assert any(".tar" in json.loads(line)["url"] for line in audit.read_text().splitlines())
+
+
+# --- --device and --num-workers ----------------------------------------------------------------------
+
+
+def test_the_device_choice_without_a_gpu():
+    """The CUDA branch's choices, decided as on a GPU machine: pinned batches with non-blocking copies and
+    bf16 autocast where the GPU has bf16; cuda asked for where there is none is one line."""
+    gpu = EvalDevice.choose("auto", cuda_available=True, bf16_supported=True)
+    assert gpu == EvalDevice(torch.device("cuda"), pin_memory=True, autocast_dtype=torch.bfloat16)
+    assert EvalDevice.choose("cuda", cuda_available=True, bf16_supported=False) == EvalDevice(torch.device("cuda"), pin_memory=True)  # V100, T4: float32
+    assert EvalDevice.choose("cpu", cuda_available=True) == EvalDevice(torch.device("cpu"))  # asked for, though a GPU is there
+    assert EvalDevice.choose("auto", cuda_available=False) == EvalDevice(torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^--device cuda: no CUDA device is visible to torch; use --device cpu"):
+        EvalDevice.choose("cuda", cuda_available=False)
+    with pytest.raises(ConfigError, match=r"^--device 'tpu': choose one of auto, cpu, cuda$"):
+        EvalDevice.choose("tpu")
+    cpu = EvalDevice.choose("cpu")
+    batch = {k: torch.ones(2, 3) for k in ("images", "ego_hist", "command", "intrinsics", "cam_to_ego", "future")}
+    moved = cpu.inputs(batch)
+    assert set(moved) == set(batch) - {"future"} and all(moved[k] is batch[k] for k in moved)  # the CPU copies nothing
+    with cpu.autocast():
+        assert not torch.is_autocast_enabled()
+
+
+def test_in_process_on_the_cpu_is_the_same_report_with_its_progress(tiny_fleet, tmp_path, caplog):
+    data = [tiny_fleet["US"]["val"], tiny_fleet["CN"]["val"]]
+    weights = _weights(tmp_path)
+    caplog.set_level(logging.INFO, logger="fsdtrain")
+    bar = Progress("eval", unit="windows", every_s=3600, stream=io.StringIO())
+    in_process = evaluate(weights, data, site_zone="cn", device="cpu", num_workers=0, progress=bar)
+    bar.close()
+    assert in_process == evaluate(weights, data, site_zone="cn", device="cpu", num_workers=2)  # the same windows, however read
+    lines = [r.getMessage() for r in caplog.records if r.name == "fsdtrain.progress"]
+    assert lines[0].startswith("eval: 8/16 windows (50%) in ") and lines[-1].startswith("eval: 16/16 windows (100%) in "), lines
+
+
+def test_eval_device_and_workers_flags(tiny_fleet, capsys):
+    data = tiny_fleet["US"]["val"]
+    assert main(["eval", "--baselines", "--data", data, "--device", "cpu", "--num-workers", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "US       ctra" in out and "fsdtrain: eval: 3/3 windows (100%) in " in err
+    assert main(["eval", "--baselines", "--data", data, "--num-workers", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "fsdtrain: error: --num-workers must be an integer >= 0, got -1"
+    code = main(["eval", "--baselines", "--data", data, "--device", "cuda"])
+    err = capsys.readouterr().err.strip()
+    if torch.cuda.is_available():  # a GPU machine runs it there
+        assert code == 0, err
+    else:
+        assert code == 2 and err.splitlines() == ["fsdtrain: error: --device cuda: no CUDA device is visible to torch; use --device cpu (or auto: cuda when there is one)"]

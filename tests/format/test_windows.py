@@ -97,6 +97,18 @@ def test_history_frames_nearest_within_tolerance_or_refused():
         WindowSpec(history_spacing_s=0.05).history_offsets(8.0)  # two history frames on one frame
 
 
+def test_offsets_are_worked_out_once_per_rate_and_cannot_be_changed_by_a_caller():
+    spec = WindowSpec(history=3, history_spacing_s=0.5)
+    first, again = spec.history_offsets(10.0), WindowSpec(history=3, history_spacing_s=0.5).history_offsets(10.0)
+    assert first is again and list(first) == [10, 5, 0] and list(spec.history_offsets(8.0)) == [8, 4, 0]
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 3  # shared by every window of every clip at this rate
+    assert spec.future_offsets(10.0) is spec.future_offsets(10.0) and not spec.future_offsets(10.0).flags.writeable
+    for _ in range(2):  # a refused rate is refused every time, naming the caller's dataset
+        with pytest.raises(ConfigError, match=r"^data: b at 1 fps"):
+            spec.history_offsets(1.0, where="data: b")
+
+
 def test_frames_convert_at_one_rate_or_say_what_to_write():
     old = WindowSpec(history=2, frame_stride=5, window_stride=2)
     new = old.at_rates({"a": 10.0, "b": 10.0})

@@ -9,8 +9,10 @@ from __future__ import annotations
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 _BLOCK = 32768
@@ -66,18 +68,45 @@ def _artifact(rec) -> dict:
     }
 
 
-def read_run(run_dir: str | Path) -> dict:
+def _finished_payloads(path: Path, wait_s: float) -> list[bytes]:
+    """The records of a run file once it holds the run's exit record, or as they are after ``wait_s``:
+    W&B's writer is a process of its own and may still be flushing when the process that logged the
+    run has exited (a read right behind it saw the last validation's records missing)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            payloads = list(_payloads(path.read_bytes()))
+            kinds = []
+            for payload in payloads:
+                rec = pb.Record()
+                rec.ParseFromString(payload)
+                kinds.append(rec.WhichOneof("record_type"))
+            finished = "exit" in kinds
+        except (AssertionError, DecodeError):  # a file or a record still being written
+            if time.monotonic() >= deadline:
+                raise
+            finished = False
+        if finished or time.monotonic() >= deadline:
+            return payloads
+        time.sleep(0.2)
+
+
+def read_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
     """-> {"history": [ {key: value} per logged step ], "config": {key: value}, "run": Record.run,
     "artifacts": [ {name, type, aliases, metadata, digest, entries} per logged artifact ],
-    "used_artifacts": [ {id, name, type} per use_artifact record ], "files": [ paths under files/ ]}
+    "used_artifacts": [ {id, name, type} per use_artifact record ], "files": [ paths under files/ ],
+    "summary": {key: value} as the run table shows it at the end, "metrics": [ define_metric records ]}
+
+    Summary keys join nested keys with ``/`` (``_wandb/runtime``); a key given ``define_metric(summary="min")``
+    holds ``{"min": value}``. A metric record: ``{name, glob_name, step_metric, summary: ["min", ...]}``.
 
     Media in history are nested dicts (e.g. ``{"val/table": {"_type": "table-file", "path": ...}}``);
     their files are under ``<run_dir>/files/<path>``.
     """
     files = glob.glob(str(Path(run_dir) / "run-*.wandb"))
     assert len(files) == 1, f"expected one run file in {run_dir}, found {files}"
-    history, config, run, artifacts, used, saved = [], {}, None, [], [], []
-    for payload in _payloads(Path(files[0]).read_bytes()):
+    history, config, run, artifacts, used, saved, summary, metrics = [], {}, None, [], [], [], {}, []
+    for payload in _finished_payloads(Path(files[0]), wait_s):
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
@@ -99,7 +128,19 @@ def read_run(run_dir: str | Path) -> dict:
             used.append({"id": rec.use_artifact.id, "name": rec.use_artifact.name, "type": rec.use_artifact.type})
         elif kind == "files":
             saved += [f.path for f in rec.files.files]
-    return {"history": history, "config": config, "run": run, "artifacts": artifacts, "used_artifacts": used, "files": saved}
+        elif kind == "summary":
+            for item in rec.summary.update:
+                summary["/".join(_item_key(item))] = json.loads(item.value_json)
+            for item in rec.summary.remove:
+                summary.pop("/".join(_item_key(item)), None)
+        elif kind == "metric":
+            m = rec.metric
+            goals = [f.name for f in m.summary.DESCRIPTOR.fields if getattr(m.summary, f.name)]
+            metrics.append({"name": m.name, "glob_name": m.glob_name, "step_metric": m.step_metric, "summary": goals})
+    return {
+        "history": history, "config": config, "run": run, "artifacts": artifacts, "used_artifacts": used, "files": saved,
+        "summary": summary, "metrics": metrics,
+    }  # fmt: skip
 
 
 def offline_runs(save_dir: str | Path) -> list[Path]:

@@ -105,7 +105,7 @@ def test_k8s_is_a_pytorchjob_with_master_and_workers(capsys, monkeypatch):
         assert container["name"] == "pytorch" and container["image"] == "example.org/fsdtrain:1.0"
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
         assert container["command"][:6] == ["python", "-m", "fsdtrain", "fit", "--config", "/etc/fsdtrain/config.yaml"]
-        assert container["command"][6:] == ["--trainer.num_nodes", "3", "--trainer.devices", "4", "--ckpt_path", "last"]
+        assert container["command"][6:] == ["--trainer.num_nodes", "3", "--trainer.devices", "4", "--ckpt_path", "last", "--trainer.enable_progress_bar", "false"]
         env = {e["name"]: e for e in container["env"]}
         assert env["FSDTRAIN_SITE_ZONE"]["value"] == "global" and env["AWS_ENDPOINT_URL"]["value"] == "http://seaweedfs.storage:8333"
         assert "value" not in env["AWS_SECRET_ACCESS_KEY"] and env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_SECRET_ACCESS_KEY"
@@ -211,3 +211,81 @@ def test_k8s_without_embedding_ships_the_pieces_the_config_references(tmp_path):
         (mounted / rel).parent.mkdir(parents=True, exist_ok=True)
         (mounted / rel).write_text(config_map["data"][key])
     assert resolve_config(str(mounted / "config.yaml"), [], 2, 8) == resolve_config("configs/pretrain_global.yaml", [], 2, 8)
+
+
+# --- ingest jobs: `fsdtrain launch slurm|k8s --parts N -- data write ...` -------------------------
+
+INGEST_ARGS = ["data", "write", "--raw", "s3://fleet-raw/drives", "--out", "s3://fleet-global/fleet", "--workers", "8", "--fps", "10"]
+
+
+def fake_python(tmp_path: Path) -> Path:
+    """A stand-in for python on the job's command line: prints the arguments it got, one a line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "python"
+    script.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_slurm_ingest_job_is_an_array_of_parts(capsys, tmp_path):
+    code, out, err = launch(capsys, "slurm", "--parts", "4", "--dry-run", "--", *INGEST_ARGS)
+    assert code == 0, err
+    bash_n(out, tmp_path)
+    lines = out.splitlines()
+    assert "#SBATCH --array=1-4" in lines and "#SBATCH --cpus-per-task=8" in lines and "export FSDTRAIN_SITE_ZONE=global" in lines
+    job = tmp_path / "ingest.sbatch"
+    job.write_text(out)
+    env = {"PATH": os.environ["PATH"], "PYTHON": str(fake_python(tmp_path)), "SLURM_ARRAY_TASK_ID": "3"}
+    ran = subprocess.run(["bash", str(job)], capture_output=True, text=True, env=env, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["-m", "fsdtrain", *INGEST_ARGS, "--part", "3/4"]  # array task 3 runs part 3 of 4
+
+
+def test_k8s_ingest_job_is_an_indexed_job_with_n_completions(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://seaweedfs.storage:8333")
+    code, out, err = launch(capsys, "k8s", "--parts", "4", "--image", "my.registry/fsdtrain:1.0", "--name", "ingest-cn", "--dry-run", "--",
+                            *INGEST_ARGS, "--site.zone", "cn")  # fmt: skip
+    assert code == 0, err
+    (job,) = list(yaml.safe_load_all(out))
+    assert (job["apiVersion"], job["kind"], job["metadata"]["name"]) == ("batch/v1", "Job", "ingest-cn")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 4 and job["spec"]["parallelism"] == 4
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == "my.registry/fsdtrain:1.0" and env["AWS_ENDPOINT_URL"] == "http://seaweedfs.storage:8333"
+    assert env["FSDTRAIN_SITE_ZONE"] == "cn" and "AWS_SECRET_ACCESS_KEY" in env and env["AWS_SECRET_ACCESS_KEY"] is None  # from the Secret
+    fake_python(tmp_path)
+    run_env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "JOB_COMPLETION_INDEX": "0"}
+    ran = subprocess.run(container["command"], capture_output=True, text=True, env=run_env, timeout=30)  # the pod's command, as the kubelet runs it
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["-m", "fsdtrain", *INGEST_ARGS, "--site.zone", "cn", "--part", "1/4"]  # index 0 runs part 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["torchrun", "--parts", "2", "--", *INGEST_ARGS], "an ingest job renders for slurm or k8s, not torchrun"),
+        (["slurm", "--parts", "0", "--", *INGEST_ARGS], "--parts must be >= 1, got 0"),
+        (["slurm", "--parts", "2", "--", *INGEST_ARGS, "--part", "1/2"], "sets --part I/2 for each part itself"),
+        (["slurm", "--parts", "2", "--config", "configs/demo.yaml", "--", *INGEST_ARGS], "--config is for training jobs"),
+        (["slurm", "--parts", "2"], "an ingest job is `fsdtrain launch slurm|k8s --parts N -- data write"),
+        (["slurm", "--config", "configs/demo.yaml"], "launch slurm needs --nodes, --gpus-per-node for a training job"),
+    ],
+    ids=["torchrun", "zero", "part", "config", "no-write", "training"],
+)
+def test_bad_ingest_jobs_are_one_line(capsys, args, message):
+    code, out, err = launch(capsys, *args[:1], "--dry-run", *args[1:])
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("fsdtrain: error:") and message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("kind", ["slurm", "k8s"])
+def test_the_ingest_files_in_launch_are_what_the_command_renders(kind):
+    """launch/<kind>/ingest* is `fsdtrain launch <kind> --parts 8 --out launch/<kind>/ -- data write --raw s3://fleet-raw/drives
+    --out s3://fleet-global/fleet --workers 8` (launch/README.md); re-render after changing a template."""
+    from fsdtrain.launch.jobs import IngestJobSpec, render_ingest_job
+    from fsdtrain.launch.templates import INGEST_FILE_NAMES
+
+    args = ["--raw", "s3://fleet-raw/drives", "--out", "s3://fleet-global/fleet", "--workers", "8"]
+    job = render_ingest_job(IngestJobSpec(kind, 8, args, cpus=8))
+    assert (REPO / "launch" / kind / INGEST_FILE_NAMES[kind]).read_text() == job.text

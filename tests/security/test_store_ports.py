@@ -24,12 +24,12 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 import tomllib
 from botocore.exceptions import ClientError
 
 from fsdtrain.store.local.seaweed import LocalStore
+from helpers.local_store import pids_where, store_client
 
 ZONES = {"global": "fleet-global", "cn": "fleet-cn"}
 CN_KEY = "v1/train/CN/shard-000000.tar"
@@ -46,36 +46,11 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStore]:
     """A store of its own, with a CN object written by the admin key."""
     with LocalStore(tmp_path_factory.mktemp("ports") / "store", zones=ZONES) as store:
-        _client(store).put_object(Bucket="fleet-cn", Key=CN_KEY, Body=CN_BYTES)
+        store_client(store).put_object(Bucket="fleet-cn", Key=CN_KEY, Body=CN_BYTES)
         yield store
 
 
-def _client(store: LocalStore, zone: str | None = None):
-    env = store.env() if zone is None else store.zone_env(zone)
-    return boto3.client(
-        "s3",
-        endpoint_url=store.endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-    )
-
-
 # --- what the weed processes listen on ---------------------------------------------------------
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """pids of the processes in process group ``pgid`` (weed runs in a session of its own)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
 
 
 def _socket_inodes(pid: int) -> set[int]:
@@ -100,7 +75,7 @@ def _hex_address(text: str) -> str:
 def _listening(store: LocalStore) -> dict[int, str]:
     """Every TCP port the store's process group listens on -> the address it is bound to."""
     assert store.pid is not None
-    inodes = set().union(*(_socket_inodes(pid) for pid in _group_pids(store.pid)))
+    inodes = set().union(*(_socket_inodes(pid) for pid in pids_where(group=store.pid)))
     ports: dict[int, str] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -250,7 +225,7 @@ def test_no_port_serves_or_takes_data_without_a_key(store: LocalStore) -> None:
                 served.append(f"{method} :{port}{path} -> {status} {content[:60]!r} {auth[:12]}")
     assert not served, "\n".join(served)
     # Nothing was deleted, overwritten or planted.
-    admin = _client(store)
+    admin = store_client(store)
     assert admin.get_object(Bucket="fleet-cn", Key=CN_KEY)["Body"].read() == CN_BYTES
     keys = [o["Key"] for o in admin.list_objects_v2(Bucket="fleet-cn").get("Contents", [])]
     assert keys == [CN_KEY]
@@ -263,8 +238,8 @@ def test_no_port_speaks_grpc_without_a_client_certificate(store: LocalStore) -> 
 
 
 def test_s3_serves_the_cn_bucket_to_the_cn_key_only(store: LocalStore) -> None:
-    _client(store).put_object(Bucket="fleet-cn", Key=CN_KEY, Body=CN_BYTES)  # whatever the probes did
-    cn, glob = _client(store, "cn"), _client(store, "global")
+    store_client(store).put_object(Bucket="fleet-cn", Key=CN_KEY, Body=CN_BYTES)  # whatever the probes did
+    cn, glob = store_client(store, zone="cn"), store_client(store, zone="global")
     assert cn.get_object(Bucket="fleet-cn", Key=CN_KEY)["Body"].read() == CN_BYTES
     for call in (
         lambda: glob.get_object(Bucket="fleet-cn", Key=CN_KEY),
@@ -279,7 +254,7 @@ def test_s3_serves_the_cn_bucket_to_the_cn_key_only(store: LocalStore) -> None:
     for method, body in (("GET", None), ("PUT", b"x"), ("DELETE", None)):
         status, content, _ = _http(store.port, method, f"/fleet-cn/{CN_KEY}", body)
         assert status == 403 and CN_BYTES[:64] not in content, (method, status)
-    assert _client(store).get_object(Bucket="fleet-cn", Key=CN_KEY)["Body"].read() == CN_BYTES
+    assert store_client(store).get_object(Bucket="fleet-cn", Key=CN_KEY)["Body"].read() == CN_BYTES
 
 
 def test_data_files_are_private_to_the_owner(store: LocalStore) -> None:

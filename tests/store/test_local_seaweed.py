@@ -24,6 +24,7 @@ from fsdtrain.errors import ConfigError, StoreError
 from fsdtrain.store import objects
 from fsdtrain.store.local import seaweed
 from fsdtrain.store.local.seaweed import CONFLICTING_AWS_ENV, LocalStore
+from helpers.local_store import alive, pids_where, store_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,42 +34,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    """pids whose parent is ``pid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _client(store: LocalStore, secret_key: str | None = None, *, zone: str | None = None):
-    """A boto3 S3 client for ``store`` with the admin key, or ``zone``'s key (explicit settings:
-    independent of the environment)."""
-    env = store.env() if zone is None else store.zone_env(zone)
-    return boto3.client(
-        "s3",
-        endpoint_url=store.endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=secret_key or env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-    )
 
 
 def _error_code(call) -> str:
@@ -99,14 +64,14 @@ def test_start_stop_leaves_nothing_behind(capfd: pytest.CaptureFixture[str]) -> 
     with store:
         pid = store.pid
         data_dir = store.data_dir
-        assert pid is not None and _alive(pid)
+        assert pid is not None and alive(pid)
         assert store.running
         assert data_dir is not None and (data_dir / "weed.log").is_file()
-        assert _client(store).list_buckets()["Buckets"] == []
+        assert store_client(store).list_buckets()["Buckets"] == []
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         (config_dir,) = [Path(arg.removeprefix("-config_dir=")) for arg in cmdline if arg.startswith("-config_dir=")]
         assert (config_dir / "security.toml").is_file()
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not config_dir.exists()  # weed's keys and certificates go with it
     assert not store.running and store.pid is None
     assert not data_dir.exists()  # a temporary data dir goes with the store
@@ -118,13 +83,13 @@ def test_start_stop_leaves_nothing_behind(capfd: pytest.CaptureFixture[str]) -> 
 def test_data_dir_is_kept_and_reused(tmp_path: Path) -> None:
     data_dir = tmp_path / "store"
     with LocalStore(data_dir, access_key="fsdkey", secret_key="fsdsecret") as store:
-        client = _client(store)
+        client = store_client(store)
         client.create_bucket(Bucket="kept")
         client.put_object(Bucket="kept", Key="a/b", Body=b"survives restarts")
     assert (data_dir / "weed.log").is_file()
     # Another run on the same directory (on other, freshly picked ports) serves the same objects.
     with LocalStore(data_dir, access_key="fsdkey", secret_key="fsdsecret") as store:
-        body = _client(store).get_object(Bucket="kept", Key="a/b")["Body"].read()
+        body = store_client(store).get_object(Bucket="kept", Key="a/b")["Body"].read()
     assert body == b"survives restarts"
     assert data_dir.is_dir()
 
@@ -142,7 +107,7 @@ def test_reused_data_dir_is_made_private(tmp_path: Path, monkeypatch: pytest.Mon
         assert store.pid is not None
         environ = Path(f"/proc/{store.pid}/environ").read_bytes().split(b"\0")
         assert not [var for var in environ if var.startswith(b"WEED_")]
-        client = _client(store)
+        client = store_client(store)
         client.create_bucket(Bucket="private")
         client.put_object(Bucket="private", Key="k", Body=b"v")
         modes = {str(p.relative_to(data_dir)): stat.S_IMODE(p.lstat().st_mode) for p in data_dir.rglob("*")}
@@ -164,7 +129,7 @@ def test_missing_openssl_says_how_to_install(tmp_path: Path, monkeypatch: pytest
 def test_two_stores_side_by_side() -> None:
     with LocalStore() as one, LocalStore() as two:
         assert one.endpoint != two.endpoint
-        c1, c2 = _client(one), _client(two)
+        c1, c2 = store_client(one), store_client(two)
         c1.create_bucket(Bucket="only-in-one")
         c1.put_object(Bucket="only-in-one", Key="k", Body=b"1")
         c2.create_bucket(Bucket="only-in-two")
@@ -182,7 +147,7 @@ def test_two_stores_side_by_side() -> None:
         with pytest.raises(ClientError):
             foreign.list_buckets()
         pids = (one.pid, two.pid)
-    assert not any(_alive(pid) for pid in pids if pid is not None)
+    assert not any(alive(pid) for pid in pids if pid is not None)
 
 
 def test_busy_port_is_a_one_line_error() -> None:
@@ -232,7 +197,7 @@ def test_startup_timeout_kills_the_whole_process_group(fake_weed: Path, tmp_path
         store.start()
     assert time.monotonic() - started < 30
     shell, child = (int(p) for p in pids.read_text().split())
-    assert not _alive(shell) and not _alive(child)
+    assert not alive(shell) and not alive(child)
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -305,10 +270,10 @@ def test_zone_env(local_store: LocalStore) -> None:
 
 
 def test_zone_buckets_exist_and_each_key_is_scoped_to_its_own(local_store: LocalStore) -> None:
-    admin = _client(local_store)
+    admin = store_client(local_store)
     assert {"fleet-global", "fleet-cn", "fleet-us"} <= {b["Name"] for b in admin.list_buckets()["Buckets"]}
     admin.put_object(Bucket="fleet-cn", Key="scoped/cn.bin", Body=b"cn data")
-    cn, glob = _client(local_store, zone="cn"), _client(local_store, zone="global")
+    cn, glob = store_client(local_store, zone="cn"), store_client(local_store, zone="global")
     # The cn key reads, writes and lists its bucket.
     cn.put_object(Bucket="fleet-cn", Key="scoped/by-cn.bin", Body=b"from cn")
     assert cn.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")["Body"].read() == b"cn data"
@@ -322,7 +287,7 @@ def test_zone_buckets_exist_and_each_key_is_scoped_to_its_own(local_store: Local
     # ... and the cn key on the global bucket, likewise.
     assert _error_code(lambda: cn.put_object(Bucket="fleet-global", Key="k", Body=b"x")) == "AccessDenied"
     # A wrong secret for a real key id, and an unknown key id.
-    wrong = _client(local_store, "0" * 40, zone="cn")
+    wrong = store_client(local_store, "0" * 40, zone="cn")
     assert _error_code(lambda: wrong.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "SignatureDoesNotMatch"
     stranger = boto3.client(
         "s3", endpoint_url=local_store.endpoint, aws_access_key_id="FSDSTRANGER", aws_secret_access_key="x" * 40,
@@ -336,9 +301,9 @@ def test_reused_data_dir_keeps_zone_buckets_and_takes_new_keys(tmp_path: Path) -
     zones = {"cn": "fleet-cn"}
     with LocalStore(tmp_path / "store", zones=zones) as first:
         old_cn = first.zone_env("cn")
-        _client(first, zone="cn").put_object(Bucket="fleet-cn", Key="kept", Body=b"kept")
+        store_client(first, zone="cn").put_object(Bucket="fleet-cn", Key="kept", Body=b"kept")
     with LocalStore(tmp_path / "store", zones=zones) as second:  # buckets exist: no error
-        assert _client(second, zone="cn").get_object(Bucket="fleet-cn", Key="kept")["Body"].read() == b"kept"
+        assert store_client(second, zone="cn").get_object(Bucket="fleet-cn", Key="kept")["Body"].read() == b"kept"
         stale = boto3.client(
             "s3", endpoint_url=second.endpoint, aws_access_key_id=old_cn["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=old_cn["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
@@ -399,7 +364,7 @@ def _exports(lines: list[str]) -> dict[str, str]:
 
 def _stop_serve(proc: subprocess.Popen[str], weed_pids: list[int]) -> None:
     """Cleanup after a failed serve test: stop serve politely, then make sure weed is gone."""
-    weed_pids = weed_pids or _children(proc.pid)
+    weed_pids = weed_pids or pids_where(parent=proc.pid)
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -408,7 +373,7 @@ def _stop_serve(proc: subprocess.Popen[str], weed_pids: list[int]) -> None:
             proc.kill()
             proc.wait()
     for pid in weed_pids:
-        if _alive(pid):
+        if alive(pid):
             os.killpg(pid, signal.SIGKILL)
 
 
@@ -440,8 +405,8 @@ def test_serve_prints_exports_without_keys_and_stops_cleanly(
         credentials = Path(exports["AWS_SHARED_CREDENTIALS_FILE"])
         assert credentials == data_dir / "credentials" and stat.S_IMODE(credentials.stat().st_mode) == 0o600
         assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(exports)  # keys are never printed
-        weed_pids = _children(proc.pid)
-        assert len(weed_pids) == 1 and _alive(weed_pids[0])
+        weed_pids = pids_where(parent=proc.pid)
+        assert len(weed_pids) == 1 and alive(weed_pids[0])
 
         for name in (*CONFLICTING_AWS_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name, raising=False)
@@ -457,7 +422,7 @@ def test_serve_prints_exports_without_keys_and_stops_cleanly(
         assert proc.wait(timeout=60) == 0
     finally:
         _stop_serve(proc, weed_pids)
-    assert not _alive(weed_pids[0])
+    assert not alive(weed_pids[0])
     assert (data_dir / "weed.log").is_file()
     stdout, stderr = proc.communicate()
     assert stdout == "" and "Traceback" not in stderr
@@ -490,7 +455,7 @@ def test_serve_with_zones_writes_a_profile_per_zone(monkeypatch: pytest.MonkeyPa
     weed_pids: list[int] = []
     try:
         lines = _read_until(proc, "Ctrl-C", timeout_s=90)
-        weed_pids = _children(proc.pid)
+        weed_pids = pids_where(parent=proc.pid)
         exports = _exports(lines)
         assert exports["FSDTRAIN_BUCKET_ZONES"] == "fleet-global=global,fleet-cn=cn"
         assert exports["AWS_PROFILE"] == "fsdtrain-global"  # the first zone's key, never the admin one
@@ -517,7 +482,7 @@ def test_serve_with_zones_writes_a_profile_per_zone(monkeypatch: pytest.MonkeyPa
         assert proc.wait(timeout=60) == 0
     finally:
         _stop_serve(proc, weed_pids)
-    assert weed_pids and not any(_alive(p) for p in weed_pids)
+    assert weed_pids and not any(alive(p) for p in weed_pids)
     stdout, stderr = proc.communicate()
     assert stdout == "" and "Traceback" not in stderr
     printed = "\n".join(lines) + stderr

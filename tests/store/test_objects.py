@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -315,6 +316,41 @@ def test_5xx_is_retried_then_one_line_naming_bucket_and_key(
     assert "\n" not in message and "scripted-secret" not in message and "FSDSCRIPTEDKEY" not in message
 
 
+@pytest.mark.parametrize(
+    ("env", "profile_line", "tries"),
+    [
+        ({"AWS_MAX_ATTEMPTS": "2"}, "", 2),  # the standard variable sets the tries
+        ({}, "max_attempts = 3", 3),  # so does the AWS config file's profile
+        ({"AWS_MAX_ATTEMPTS": "2"}, "max_attempts = 3", 2),  # the variable wins over the file, as in botocore
+        ({"AWS_MAX_ATTEMPTS": "2", "FSDTRAIN_S3_RETRY_ATTEMPTS": "3"}, "", 3),  # fsdtrain's own variable wins
+    ],
+)
+def test_standard_max_attempts_sets_the_tries_which_botocore_never_multiplies(
+    scripted_s3: Callable[..., ScriptedS3], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    env: dict[str, str], profile_line: str, tries: int,
+) -> None:  # fmt: skip
+    for name in ("AWS_MAX_ATTEMPTS", "FSDTRAIN_S3_RETRY_ATTEMPTS", "AWS_RETRY_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\n{profile_line}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    server = scripted_s3([UNAVAILABLE])
+    with pytest.raises(StoreError, match=rf"HTTP 503 \(ServiceUnavailable\) after {tries} attempt\(s\)"):
+        objects.read_bytes("s3://bucket/key")
+    assert len(server.requests) == tries  # one botocore attempt per try of ours
+
+
+def test_adaptive_retry_mode_still_tries_once_per_attempt(scripted_s3: Callable[..., ScriptedS3], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    monkeypatch.setenv("FSDTRAIN_S3_RETRY_ATTEMPTS", "2")
+    server = scripted_s3([(503, _s3_error_xml("SlowDown"), 0.0), (200, b"done", 0.0)])
+    assert objects.s3_client().meta.config.retries == {"total_max_attempts": 1, "mode": "adaptive"}
+    assert objects.read_bytes("s3://bucket/key") == b"done"
+    assert len(server.requests) == 2
+
+
 def test_5xx_then_success_returns_the_object(scripted_s3: Callable[..., ScriptedS3]) -> None:
     server = scripted_s3([UNAVAILABLE, (500, _s3_error_xml("InternalError"), 0.0), (200, b"finally", 0.0)])
     assert objects.read_bytes("s3://bucket/key") == b"finally"
@@ -486,3 +522,24 @@ def test_ensure_bucket_is_idempotent(s3_bucket: str) -> None:
     objects.ensure_bucket(objects.join_url(s3_bucket, "some/prefix"))
     objects.write_bytes(objects.join_url(s3_bucket, "k"), b"v")
     assert objects.read_bytes(objects.join_url(s3_bucket, "k")) == b"v"
+
+
+def test_a_forked_worker_makes_its_own_client_from_the_session_its_parent_kept(s3_bucket: str) -> None:
+    objects.write_bytes(f"{s3_bucket}/a", b"from the parent")
+    parent = objects.s3_client()
+    kept = objects._sessions[None]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a loader worker: a new client (sockets are not shared), the inherited session
+        try:
+            child = objects.s3_client()
+            fine = child is not parent and objects._sessions[None] is kept and objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"
+            os.write(write, b"1" if fine else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    objects.reset_clients()  # after a change of environment, the session is made again
+    assert None not in objects._sessions and objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"
+    assert objects._sessions[None] is not kept

@@ -31,6 +31,20 @@ def test_peak_flops_of_known_gpus_at_16_bit():
     assert peak_flops("NVIDIA L40S", "bf16-mixed") == 362.05e12 and peak_flops("NVIDIA L4", "bf16-mixed") == 121e12
 
 
+def test_peak_flops_of_the_gpus_a_china_site_has():
+    assert peak_flops("NVIDIA H800", "bf16-mixed") == 989.4e12  # SXM, as H100 SXM
+    assert peak_flops("NVIDIA H800 80GB HBM3", "bf16-true") == 989.4e12
+    assert peak_flops("NVIDIA H800 PCIe", "bf16-mixed") == 756.5e12
+    assert peak_flops("NVIDIA A800-SXM4-80GB", "bf16-mixed") == 312e12
+    assert peak_flops("NVIDIA A800 80GB PCIe", "16-mixed") == 312e12
+    assert peak_flops("NVIDIA H20", "bf16-mixed") == 148e12
+    assert peak_flops("NVIDIA L20", "bf16-mixed") == 119.5e12
+    # names that contain another's: each still gets its own peak
+    assert peak_flops("NVIDIA H200", "bf16-mixed") == 989.4e12 and peak_flops("NVIDIA GH200 480GB", "bf16-mixed") == 989.4e12
+    assert peak_flops("NVIDIA L40S", "bf16-mixed") == 362.05e12 and peak_flops("NVIDIA L4", "bf16-mixed") == 121e12
+    assert peak_flops("NVIDIA H20", "32-true") is None
+
+
 def test_no_peak_where_it_is_not_known():
     assert peak_flops("NVIDIA H100 80GB HBM3", "32-true") is None  # fp32 has another peak: no MFU rather than a wrong one
     assert peak_flops("cpu", "bf16-mixed") is None

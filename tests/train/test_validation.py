@@ -60,11 +60,11 @@ def test_validation_metrics_are_identical_on_one_and_two_ranks(tiny_fleet, tmp_p
     assert set(a) == set(b) and len(a) > 100
     # the same windows summed in the same order; constant velocity is exact arithmetic per window, the
     # networks' float32 kernels depend on which windows share a batch (measured: up to ~2e-7 m)
-    cv = [k for k in a if "/constant_velocity/" in k]
-    assert cv and {k: a[k] for k in cv} == {k: b[k] for k in cv}
+    classic = [k for k in a if "/constant_velocity/" in k or "/ctra/" in k]
+    assert len(classic) > 20 and {k: a[k] for k in classic} == {k: b[k] for k in classic}
     assert a == pytest.approx(b, rel=0, abs=1e-6)
 
-    expected = {"val/loss", "val/l2_3s_ego_mlp", "val/l2_3s_constant_velocity"} | {f"val/{k}" for k in METRIC_KEYS}
+    expected = {"val/loss", "val/l2_3s_ego_mlp", "val/l2_3s_constant_velocity", "val/l2_3s_ctra"} | {f"val/{k}" for k in METRIC_KEYS}
     expected |= {f"val/{c}/{k}" for c in ("US", "DE") for k in METRIC_KEYS}
     assert set(one_logged) == set(two_logged) == expected
     assert all(math.isfinite(v) for v in one_logged.values())
@@ -73,6 +73,7 @@ def test_validation_metrics_are_identical_on_one_and_two_ranks(tiny_fleet, tmp_p
         "val/l2_3s": one["overall"]["model"]["l2_3s"],
         "val/DE/miss_rate": one["per_country"]["DE"]["model"]["miss_rate"],
         "val/l2_3s_constant_velocity": one["overall"]["constant_velocity"]["l2_3s"],
+        "val/l2_3s_ctra": one["overall"]["ctra"]["l2_3s"],
         "val/loss": one["loss"],
     }.items():
         assert one_logged[key] == pytest.approx(value, rel=1e-6)  # the logs hold float32

@@ -59,6 +59,7 @@ from fsdtrain.store.local.identities import (
     security_toml,
     validate_zones,
 )
+from fsdtrain.store.settings import ADDRESSING_STYLE_ENV
 
 __all__ = ["LocalStore", "serve", "profile_name", "CONFLICTING_AWS_ENV", "CREDENTIALS_FILE", "find_weed"]
 
@@ -284,6 +285,8 @@ class LocalStore:
             "AWS_REGION": _REGION,
             "AWS_DEFAULT_REGION": _REGION,
             "AWS_EC2_METADATA_DISABLED": "true",
+            # path style on loopback, whatever the user's ~/.aws/config says for their own stores
+            ADDRESSING_STYLE_ENV: "path",
         }
         if self.zones:
             env[objects.BUCKET_ZONES_ENV] = objects.format_bucket_zones({b: z for z, b in self.zones.items()})
@@ -453,6 +456,8 @@ class LocalStore:
             f"-ip={_HOST}",
             f"-ip.bind={_HOST}",
             *(f"-{flag}={port}" for flag, port in ports.items()),
+            # Virtual-hosted requests too: Host <bucket>.localhost[:port] (path style is served either way).
+            "-s3.domainName=localhost",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-webdav=false",

@@ -1,0 +1,1 @@
+"""Review pages: ``fsdtrain report`` turns what runs wrote into one self-contained HTML file."""
