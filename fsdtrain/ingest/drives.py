@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -270,6 +271,17 @@ class IngestSummary:
     @property
     def clips(self) -> int:
         return sum(m.samples for m in self.manifests)
+
+    def keep(self, result: object, *, skip_bad: bool, report: Callable[[str], None]) -> bool:
+        """Whether ``result`` goes on: anything but a :class:`SkippedDrive`; a skipped drive is an
+        error, or with ``skip_bad`` listed here and reported."""
+        if not isinstance(result, SkippedDrive):
+            return True
+        if not skip_bad:
+            raise DataError(result.reason)
+        self.skipped.append(result)
+        report(f"skipped: {result.reason}")
+        return False
 
     def format(self) -> str:
         """Human-readable summary, one line per country and per skipped drive."""
@@ -528,14 +540,7 @@ def write_drives(
         run.clear_stage(part.index)
         summary.drives = len(mine)
 
-    def keep(result: RawDrive | SkippedDrive | list[str]) -> bool:
-        if not isinstance(result, SkippedDrive):
-            return True
-        if not skip_bad:
-            raise DataError(result.reason)
-        summary.skipped.append(result)
-        report(f"skipped: {result.reason}")
-        return False
+    keep = functools.partial(summary.keep, skip_bad=skip_bad, report=report)
 
     ctx = multiprocessing.get_context("fork")
     # A writer still open when this block raises removes the shards it wrote (ShardWriter.__exit__).

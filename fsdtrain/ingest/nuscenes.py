@@ -29,6 +29,7 @@ A scene with a longer gap is refused (or skipped). ``fps=10`` also works (neares
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -434,14 +435,7 @@ def write_nuscenes(
     data = tables.scene_data()
     summary = IngestSummary(drives=len(chosen))
 
-    def keep(result: object) -> bool:
-        if not isinstance(result, SkippedDrive):
-            return True
-        if not skip_bad:
-            raise DataError(result.reason)
-        summary.skipped.append(result)
-        report(f"skipped: {result.reason}")
-        return False
+    keep = functools.partial(summary.keep, skip_bad=skip_bad, report=report)
 
     good: list[RawDrive] = []
     for scene in chosen:  # pass 1: tables, files and poses of every scene, before anything is written

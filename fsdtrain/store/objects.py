@@ -153,8 +153,9 @@ class _Client:
 
 _clients: dict[int, _Client] = {}
 # boto3 sessions by profile. Unlike a client (its connection pool), a session is safe to use after a
-# fork, and building one reads the AWS files and service models again: 90-200 ms in every loader
-# worker of every epoch, against ~30 ms for a client made from the session the parent kept.
+# fork, and building one reads the AWS files and service models again in every loader worker of every
+# epoch (timed by hand in forked children: 90-200 ms for a new session, 18-44 ms for a client from the
+# kept one; benchmarks/data_throughput.py's s3_vs_file is too noisy here to show the difference).
 _sessions: dict[str | None, object] = {}
 
 

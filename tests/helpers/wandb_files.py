@@ -9,11 +9,11 @@ from __future__ import annotations
 import glob
 import json
 import struct
-import time
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
+
+from fsdtrain.review.wandb_files import wait_finished
 
 _BLOCK = 32768
 _HEADER = 7
@@ -68,29 +68,6 @@ def _artifact(rec) -> dict:
     }
 
 
-def _finished_payloads(path: Path, wait_s: float) -> list[bytes]:
-    """The records of a run file once it holds the run's exit record, or as they are after ``wait_s``:
-    W&B's writer is a process of its own and may still be flushing when the process that logged the
-    run has exited (a read right behind it saw the last validation's records missing)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            payloads = list(_payloads(path.read_bytes()))
-            kinds = []
-            for payload in payloads:
-                rec = pb.Record()
-                rec.ParseFromString(payload)
-                kinds.append(rec.WhichOneof("record_type"))
-            finished = "exit" in kinds
-        except (AssertionError, DecodeError):  # a file or a record still being written
-            if time.monotonic() >= deadline:
-                raise
-            finished = False
-        if finished or time.monotonic() >= deadline:
-            return payloads
-        time.sleep(0.2)
-
-
 def read_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
     """-> {"history": [ {key: value} per logged step ], "config": {key: value}, "run": Record.run,
     "artifacts": [ {name, type, aliases, metadata, digest, entries} per logged artifact ],
@@ -106,7 +83,8 @@ def read_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
     files = glob.glob(str(Path(run_dir) / "run-*.wandb"))
     assert len(files) == 1, f"expected one run file in {run_dir}, found {files}"
     history, config, run, artifacts, used, saved, summary, metrics = [], {}, None, [], [], [], {}, []
-    for payload in _finished_payloads(Path(files[0]), wait_s):
+    wait_finished(Path(run_dir), timeout_s=wait_s)  # W&B's writer process may still be flushing the file
+    for payload in _payloads(Path(files[0]).read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
