@@ -6,7 +6,7 @@ non-zero, without a traceback. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["FsdtrainError", "ConfigError", "DataError", "StoreError"]
+__all__ = ["FsdtrainError", "ConfigError", "DataError", "StoreError", "ObjectMissing"]
 
 
 class FsdtrainError(Exception):
@@ -23,3 +23,7 @@ class DataError(FsdtrainError):
 
 class StoreError(FsdtrainError):
     """The object store cannot be reached, refuses the credentials, or lacks an object."""
+
+
+class ObjectMissing(StoreError):
+    """The object (or file) read does not exist: a caller that can tell why (another process moved it) catches this one."""

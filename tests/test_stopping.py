@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fsdtrain import stopping
+
 REPO = Path(__file__).resolve().parents[1]
 MARK = "FSDTRAIN_TEST_MARK"
 
@@ -31,7 +33,7 @@ class Command:
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.mark = uuid.uuid4().hex
-        env = {**os.environ, MARK: self.mark, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, MARK: self.mark, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "tests")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fsdtrain", *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -66,6 +68,8 @@ class Command:
         self.proc.send_signal(signum)
         try:
             code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {timeout_s} s after {signal.Signals(signum).name}; output:\n" + "\n".join(self.lines[-60:])) from None
         finally:
             self.kill_leftovers()
         self._reader.join(timeout=10)
@@ -112,6 +116,50 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+class SignalsInDel:
+    """Sends ``signum`` to this process from its ``__del__`` and stays there until the handler ran."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.05)  # the handler runs here, inside __del__, where a raised exception is dropped
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(signum, capfd):
+    """A DataLoader iterator's __del__ joins its workers, and a stop signal often lands there: the
+    interpreter would print the exception and run on (a training job that never stops)."""
+    ran_on = 0.0
+    with pytest.raises(stopping.Stopped) as info, stopping.stop_on_signals():
+        SignalsInDel(signum)  # dropped at once: __del__ runs now
+        start = time.monotonic()
+        while time.monotonic() - start < 5:
+            ran_on = time.monotonic() - start
+            time.sleep(0.01)
+    assert info.value.signum == signum and stopping.received() == signum
+    assert ran_on < 2, f"stopped {ran_on:.1f} s after the signal"
+    assert "Exception ignored" not in capfd.readouterr().err  # no traceback printed on the way
+
+
+def _dispositions(_: int) -> list:
+    return [signal.getsignal(s) for s in stopping.STOP_SIGNALS]
+
+
+def test_forked_children_take_the_stop_signals_default_action():
+    """A pool worker must die on the kernel's default action: with the Python handler inherited, a
+    worker that blocked on the pool's queue lock as Pool.terminate signalled it never ran the handler,
+    and the parent's join waited forever (CI's demo hung so)."""
+    import multiprocessing
+
+    with stopping.stop_on_signals(), multiprocessing.get_context("fork").Pool(1) as pool:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the command's own handler
+        assert pool.map(_dispositions, [0]) == [[signal.SIG_DFL, signal.SIG_DFL]]
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # outside a command: as the parent has them
+        assert pool.map(_dispositions, [0]) == [_dispositions(0)]
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -126,6 +174,27 @@ def test_fit_on_two_ranks_with_loader_workers_stops_and_leaves_nothing(tiny_flee
     )  # fmt: skip
     cmd.wait_for_file(tmp_path / "run" / "checkpoints", "last.ckpt", timeout_s=300)  # training is under way
     assert_stopped(cmd, cmd.stop(signum), signum)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_while_the_other_rank_waits_in_a_barrier_stops_both(tiny_fleet, tmp_path):
+    """Rank 0 gets SIGTERM while rank 1 already waits in the step checkpoint's barrier: no handler may
+    start a collective of its own then (Lightning's SIGTERM handler broadcasts, and both ranks waited
+    forever); the job stops as from anywhere else."""
+    marker = tmp_path / "held"
+    cmd = Command(
+        ["fit", "--config", "configs/demo.yaml", "--model.net", "configs/model/tiny.yaml",
+         "--data.train", f"[{tiny_fleet['US']['train']}]", "--data.val", "[]", "--data.window.window_stride", "2",
+         "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.max_steps", "100000", "--trainer.max_epochs", "100000", "--checkpoint.every_n_steps", "1",
+         "--trainer.enable_progress_bar", "false", "--wandb.mode", "disabled", "--workdir", str(tmp_path / "run"),
+         "--trainer.callbacks+=helpers.pace.HoldRankZero", f"--trainer.callbacks.marker={marker}"],
+        cwd=REPO,
+    )  # fmt: skip
+    cmd.wait_for_file(tmp_path, marker.name, timeout_s=300)
+    time.sleep(2)  # rank 1 reaches the barrier
+    assert_stopped(cmd, cmd.stop(signal.SIGTERM, timeout_s=90), signal.SIGTERM)
 
 
 @pytest.mark.slow

@@ -22,7 +22,9 @@ place is each manifest saved (the one atomic switch per directory, as :func:`~fs
 then the old version's shards are removed and ``published.json`` marks the run done, after which a
 rerun part does nothing. The final names are fixed once, in ``publish.json``, written before the
 first move: two parts that finish together follow the same names, and every step can be repeated,
-so a publish that stopped halfway is finished by running it again.
+so a publish that stopped halfway is finished by running it again. Two publishers at once (the
+last two parts finishing together) do the same steps with the same bytes: where one finds a staged
+object the other has just moved, it takes the moved one (:class:`~fsdtrain.errors.ObjectMissing`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from fsdtrain.errors import ConfigError, DataError, StoreError
+from fsdtrain.errors import ConfigError, DataError, ObjectMissing, StoreError
 from fsdtrain.format.index import parse_index
 from fsdtrain.format.manifest import Manifest, ShardInfo, parse_manifest, save_manifest
 from fsdtrain.format.schema import strict_json
@@ -195,14 +197,19 @@ class IngestRun:
         # exists predates its first move, so two publishers that both find no plan make the same one
         dirs = {c: objects.join_url(self.out, self.split, c) for c in staged}
         plan_url = objects.join_url(self.url, "publish.json")
-        taken = {c: survey(u, True) for c, u in dirs.items()}
+        taken, refused = {}, None
+        for c, u in dirs.items():
+            try:
+                taken[c] = survey(u, replace)
+            except ConfigError as exc:  # a dataset there: refused below unless a plan shows it is this run's
+                taken[c], refused = set(), refused or exc
         if self.gate.exists(plan_url):
             plan = strict_json(self.gate.read(plan_url))
             if not isinstance(plan, dict) or set(plan) != set(staged):
                 raise DataError(f"{plan_url} does not match the part records; delete it and publish again (--publish {self.parts})")
         else:
-            for u in dirs.values():
-                survey(u, replace)  # refused before anything moves
+            if refused is not None:
+                raise refused  # before anything moves
             plan = self._plan(staged, taken)
             objects.write_bytes(plan_url, json.dumps(plan, indent=1, sort_keys=True).encode())
         manifests = []
@@ -253,9 +260,10 @@ class IngestRun:
 
     def _index(self, staged: str, final_url: str, final: str, shard: ShardInfo, zone: str) -> bytes:
         """The index of a shard under its final name, written to ``final_url`` (kept when already written)."""
-        if not self.gate.exists(staged):
-            return self.gate.read(final_url, zone=zone)  # an earlier publish moved this one
-        data = self.gate.read(staged, zone=zone)
+        try:
+            data = self.gate.read(staged, zone=zone)
+        except ObjectMissing:
+            return self.gate.read(final_url, zone=zone)  # an earlier (or a concurrent) publish moved this one
         if hashlib.sha256(data).hexdigest() != shard.index_sha256:
             raise DataError(f"{staged}: sha256 differs from the part record's; rerun the part that wrote it")
         index = parse_index(data, staged)
@@ -279,9 +287,11 @@ class IngestRun:
             except OSError as exc:
                 raise StoreError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from None
             return
-        if not self.gate.exists(src):
+        try:
+            data = self.gate.read(src, zone=zone)
+        except ObjectMissing:
             if self.gate.exists(dst):
-                return
-            raise StoreError(f"cannot move {src} to {dst}: neither exists; rerun the part that staged it")
-        objects.write_bytes(dst, self.gate.read(src, zone=zone))
+                return  # moved by an earlier (or a concurrent) publish
+            raise StoreError(f"cannot move {src} to {dst}: neither exists; rerun the part that staged it") from None
+        objects.write_bytes(dst, data)
         objects.delete(src)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
-from fsdtrain.errors import ConfigError, StoreError
+from fsdtrain.errors import ConfigError, ObjectMissing, StoreError
 from fsdtrain.residency import validate_zone
 from fsdtrain.store.retry import (
     RETRY_ATTEMPTS_ENV,
@@ -332,7 +332,10 @@ def _s3_call(u: ObjectUrl, action: str, fn: Callable[[_Client], T]) -> T:
     except RetriesExhausted as spent:
         raise _s3_error(spent.last, u, action, client, spent) from None
     except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(exc, u, action, client) from None
+        error = _s3_error(exc, u, action, client)
+        if isinstance(exc, ClientError) and _code(exc) in _NOT_FOUND:
+            error = ObjectMissing(str(error))
+        raise error from None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -349,7 +352,7 @@ def read_bytes(url: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
                 f.seek(byte_range[0])
                 return f.read(byte_range[1] - byte_range[0])
         except FileNotFoundError:
-            raise StoreError(f"cannot read {u}: no such file") from None
+            raise ObjectMissing(f"cannot read {u}: no such file") from None
         except IsADirectoryError:
             raise StoreError(f"cannot read {u}: is a directory") from None
         except PermissionError:

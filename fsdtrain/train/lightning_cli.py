@@ -44,7 +44,7 @@ from fsdtrain.train.callbacks import (
 from fsdtrain.train.checkpoints import CheckpointConfig, FleetCheckpoint
 from fsdtrain.train.cluster import cluster_setup, detect_cluster
 from fsdtrain.train.finite import FiniteTraining
-from fsdtrain.train.lightning_internals import subcommand_parser
+from fsdtrain.train.lightning_internals import own_stop_signals, subcommand_parser
 from fsdtrain.train.module import DrivingModule
 from fsdtrain.train.safe_resume import check_checkpoint_files
 from fsdtrain.train.strategies import STRATEGY_NAMES, FleetDeepSpeedStrategy, register_strategies
@@ -290,6 +290,7 @@ class FleetCLI(LightningCLI):
         if config.get("enable_progress_bar") is False:
             callbacks.append(ProgressLines())
         trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        own_stop_signals(trainer)  # SIGTERM is fsdtrain's (fsdtrain/stopping.py), on every rank
         self._apply_batch_plan(trainer)
         return trainer
 

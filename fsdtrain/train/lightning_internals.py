@@ -40,6 +40,7 @@ __all__ = [
     "defined_train_dataloader",
     "init_deepspeed_distributed",
     "subcommand_parser",
+    "own_stop_signals",
 ]
 
 
@@ -205,6 +206,21 @@ INTERNALS: tuple[Internal, ...] = (
         "none: Trainer.global_step counts optimizer steps over all epochs; the loop classes (_FitLoop, "
         "_TrainingEpochLoop) are private in Lightning 2, though these attribute names have no underscore",
     ),
+    # --- stop signals: fsdtrain owns SIGTERM (fsdtrain/stopping.py)
+    Internal(
+        "lightning.pytorch.Trainer", "_signal_connector", "attribute", "fsdtrain/train/lightning_cli.py FleetCLI.instantiate_trainer",
+        "replaces it with a connector that installs no handler: Lightning's SIGTERM handler runs a broadcast "
+        "inside the signal handler, which deadlocks when the signal lands while the ranks are in another "
+        "collective (a checkpoint's barrier); fsdtrain's own handler raises at once and Lightning's interrupt "
+        "path tears the ranks down",
+        "none: the Trainer has no flag to leave signal handlers alone (plugins=[...] only replaces the cluster "
+        "environment, whose requeue flag covers SIGUSR1, not SIGTERM)",
+    ),
+    Internal(
+        "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector", "register_signal_handlers", "method",
+        "fsdtrain/train/lightning_internals.py own_stop_signals", "overrides it to install nothing",
+        "as for Trainer._signal_connector", params=("self",),
+    ),
     # --- Lightning's name in DeepSpeed checkpoints (fsdtrain/weights/deepspeed_keys.py)
     Internal(
         "lightning.pytorch.utilities.deepspeed", "convert_zero_checkpoint_to_fp32_state_dict", "source",
@@ -256,3 +272,21 @@ def init_deepspeed_distributed(strategy: DeepSpeedStrategy) -> None:
 def subcommand_parser(cli: LightningCLI, subcommand: str | None) -> Any:
     """The parser of ``subcommand`` (the main parser for None), the one ``SaveConfigCallback`` dumps with."""
     return cli._parser(subcommand)
+
+
+def own_stop_signals(trainer: pl.Trainer) -> None:
+    """Leaves SIGTERM (and SIGUSR1) to fsdtrain: the Trainer installs no signal handler of its own.
+
+    fsdtrain's handler (fsdtrain/stopping.py) raises ``Stopped`` in the main thread, Lightning's interrupt
+    path then kills the ranks it started, and SLURM's warning signal is fsdtrain/train/requeue.py's.
+    Lightning's own SIGTERM handler would broadcast from inside the handler, a collective the other ranks
+    are not in when the signal lands during a checkpoint's barrier: both would wait forever.
+    """
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    class _NoHandlers(_SignalConnector):
+        def register_signal_handlers(self) -> None:
+            self.received_sigterm = False
+            self._original_handlers = {}
+
+    trainer._signal_connector = _NoHandlers(trainer)

@@ -24,6 +24,17 @@ def test_kept_frames_equal_the_same_rows_of_a_full_decode(video):
     assert small.shape == (1, 16, 24, 3)
 
 
+@pytest.mark.parametrize("size", [None, (16, 24), (30, 46)])
+def test_channels_first_has_the_pixels_of_rgb_transposed(video, size):
+    """The planar path copies each plane row by row past FFmpeg's line padding (48 and 24 pixels
+    wide lines are padded; 46 is not a multiple of anything): the same pixels as rgb24."""
+    keep = [0, 3, 9, 19]
+    hwc = decode_video(video, frames=20, where="v", keep=keep, size=size)
+    chw = decode_video(video, frames=20, where="v", keep=keep, size=size, channels_first=True)
+    assert chw.shape == (4, 3, *hwc.shape[1:3]) and chw.flags.c_contiguous
+    np.testing.assert_array_equal(chw, hwc.transpose(0, 3, 1, 2))
+
+
 def test_short_or_broken_video_names_where(video):
     with pytest.raises(DataError, match="cam X: video has 20 frames, the clip declares 25"):
         decode_video(video, frames=25, where="cam X")

@@ -11,3 +11,17 @@ class SlowSteps(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class HoldRankZero(pl.Callback):
+    """At ``step``, rank 0 writes ``marker`` and then waits in Python (a signal handler runs at once),
+    while the other ranks go on into the step checkpoint's barrier: a test signals rank 0 then."""
+
+    def __init__(self, marker: str, step: int = 3, seconds: float = 120.0) -> None:
+        self.marker, self.step, self.seconds = marker, step, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and trainer.global_step == self.step:
+            with open(self.marker, "w") as f:
+                f.write(str(trainer.global_step))
+            time.sleep(self.seconds)

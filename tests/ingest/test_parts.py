@@ -154,3 +154,17 @@ def test_s3_drives_are_read_through_the_zone_gate(raw_root, s3_env):
     objects.write_bytes(f"{bad}/{us.name}/drive.json", json.dumps({**info, "zone": "cn"}).encode())
     with pytest.raises(DataError, match="zone 'cn' is not the residency policy's zone 'global' for country US"):
         write_drives(bad, "file:///nonexistent/fleet", site_zone="cn", **KW)
+
+
+def test_a_second_publisher_finds_the_shards_moved_and_publishes_the_same_bytes(raw_root, tmp_path, monkeypatch):
+    """The last two parts can finish together and both publish: the one that comes second finds every
+    staged shard and index already moved (and a dataset where the plan put it) and leaves the same bytes."""
+    monkeypatch.setenv("FSDTRAIN_SITE_ZONE", "cn")
+    out = f"file://{tmp_path}/fleet"
+    assert write_drives(str(raw_root), out, part=PartSpec(1, 2), **KW).waiting
+    assert write_drives(str(raw_root), out, part=PartSpec(2, 2), **KW).completed
+    first = dataset(out)
+    (done,) = (tmp_path / "fleet" / ".ingest").glob("*/published.json")
+    done.unlink()  # as the second publisher saw the run: not published yet, staging already emptied by the first
+    again = write_drives(str(raw_root), out, publish=2, **KW)
+    assert again.clips == 12 and dataset(out) == first and done.is_file()
