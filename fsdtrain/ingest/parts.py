@@ -273,9 +273,9 @@ class IngestRun:
         return text
 
     def _move(self, src: str, dst: str, zone: str) -> None:
-        """Moves a staged shard to its final name: a rename on ``file://``; on S3 a read (through the
-        gate, recorded) and a write, then the staged object's delete. A shard already moved (the source
-        gone, the target there) is left as it is."""
+        """Moves a staged shard to its final name: a rename on ``file://``; on S3 a server-side copy
+        (through the gate, recorded: the bytes stay in the store), then the staged object's delete. A
+        shard already moved (the source gone, the target there) is left as it is."""
         s, d = objects.parse_url(src), objects.parse_url(dst)
         if s.scheme == "file":
             try:
@@ -288,10 +288,9 @@ class IngestRun:
                 raise StoreError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from None
             return
         try:
-            data = self.gate.read(src, zone=zone)
+            self.gate.copy(src, dst, zone=zone)
         except ObjectMissing:
             if self.gate.exists(dst):
                 return  # moved by an earlier (or a concurrent) publish
             raise StoreError(f"cannot move {src} to {dst}: neither exists; rerun the part that staged it") from None
-        objects.write_bytes(dst, data)
         objects.delete(src)

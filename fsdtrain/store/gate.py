@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fsdtrain.residency import check_zone, resolve_site_zone
+from fsdtrain.residency import ResidencyError, check_zone, resolve_site_zone
 from fsdtrain.store import objects
 
 __all__ = ["AuditLog", "ZoneGate"]
@@ -137,6 +137,25 @@ class ZoneGate:
         """``[start, end)`` of a shard (members of one clip): checked, recorded with the sample key and
         range, then requested."""
         return self.read(url, zone=zone, byte_range=byte_range, sha256=sha256, sample=sample)
+
+    def copy(self, src: str, dst: str, *, zone: str, sha256: str | None = None) -> None:
+        """A copy inside the store (server-side on S3: the bytes stay in the store, past any check a
+        client could make on them): both URLs checked as reads of data of ``zone``, and a target bucket
+        tied to a zone must be tied to this one (CN data never lands in a global bucket); the source
+        recorded in the audit log, then requested."""
+        for url in (src, dst):
+            self.check_url(url)
+            self.check_data(url, zone)
+        where = objects.parse_url(dst)
+        bucket_zone = self.bucket_zones.get(where.bucket) if where.scheme == "s3" else None
+        if bucket_zone is not None and bucket_zone != zone:
+            raise ResidencyError(
+                f"residency: {dst} is in a bucket of zone '{bucket_zone}'; data of zone '{zone}' is not copied there "
+                f"(a bucket holds its own zone's data: write it under a bucket of zone '{zone}')"
+            )
+        if self.audit is not None:
+            self.audit.record(src, zone, sha256)
+        objects.copy(src, dst)
 
     def exists(self, url: str) -> bool:
         self.check_url(url)

@@ -23,15 +23,24 @@ def zoned(monkeypatch, tmp_path):
     objects.reset_clients()
 
 
-@pytest.mark.parametrize("call", ["read", "read_shard", "exists", "list_keys"])
+@pytest.mark.parametrize("call", ["read", "read_shard", "exists", "list_keys", "copy"])
 def test_another_zones_bucket_is_refused_before_any_request(zoned, call):
     gate = ZoneGate("global", audit=AuditLog(zoned / "audit.jsonl", job="t"))
     url = "s3://fleet-cn/demo/train/CN/shard-000000.tar"
-    args = {"read": (url,), "read_shard": (url,), "exists": (url,), "list_keys": ("s3://fleet-cn/demo",)}[call]
-    kwargs = {"zone": "cn", "sha256": None} if call == "read_shard" else {}
+    args = {"read": (url,), "read_shard": (url,), "exists": (url,), "list_keys": ("s3://fleet-cn/demo",), "copy": (url, url + ".copy")}[call]
+    kwargs = {"zone": "cn", "sha256": None} if call == "read_shard" else {"zone": "cn"} if call == "copy" else {}
     with pytest.raises(ResidencyError, match="zone 'cn' but this job runs at site zone 'global'"):
         getattr(gate, call)(*args, **kwargs)
     assert not (zoned / "audit.jsonl").exists()  # refused reads are not recorded as opened
+
+
+def test_a_copy_into_another_zones_bucket_is_refused_before_any_request(zoned):
+    """A server-side copy moves bytes past every client check: CN data may not be copied into a
+    global bucket, even by a CN site that may read both."""
+    gate = ZoneGate("cn", audit=AuditLog(zoned / "audit.jsonl", job="t"))
+    with pytest.raises(ResidencyError, match="fleet-global/a/shard-000000.tar is in a bucket of zone 'global'; data of zone 'cn' is not copied there"):
+        gate.copy("s3://fleet-cn/a/shard-000000.tar", "s3://fleet-global/a/shard-000000.tar", zone="cn")
+    assert not (zoned / "audit.jsonl").exists()
 
 
 def test_check_urls_refuses_all_before_the_first_request(zoned):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsdtrain.errors import ConfigError, StoreError
+from fsdtrain.errors import ConfigError, ObjectMissing, StoreError
 from fsdtrain.store import objects
 from fsdtrain.store.local.seaweed import CONFLICTING_AWS_ENV, LocalStore
 
@@ -64,6 +64,19 @@ def test_empty_object(root: str) -> None:
     objects.write_bytes(url, b"")
     assert objects.exists(url)
     assert objects.read_bytes(url) == b""
+
+
+def test_copy_inside_the_store_and_a_missing_source(root: str) -> None:
+    src, dst = objects.join_url(root, "stage", "shard-000000.tar"), objects.join_url(root, "final", "shard-000003.tar")
+    objects.write_bytes(src, PAYLOAD)
+    objects.copy(src, dst)  # on S3 a server-side CopyObject
+    assert objects.read_bytes(dst) == objects.read_bytes(src) == PAYLOAD
+    objects.delete(src)
+    with pytest.raises(ObjectMissing, match="no such"):
+        objects.copy(src, dst)
+    with pytest.raises(ObjectMissing, match="no such"):
+        objects.read_bytes(src)
+    assert objects.read_bytes(dst) == PAYLOAD
 
 
 def test_exists_list_delete(root: str) -> None:
