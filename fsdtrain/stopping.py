@@ -85,8 +85,8 @@ def _child_defaults() -> None:
     """In a forked child (worker pools, loader workers) while the handlers are installed: the stop
     signals' default action again, so the kernel ends the child at once. With the handler inherited,
     a child blocked on a lock could miss it: ``Pool.terminate`` signals workers that wait on the pool's
-    queue lock, and one whose signal came as it went to block never ran the handler (CI's demo hung
-    so, its parent joining that worker forever)."""
+    queue lock, and one whose signal came as it went to block never ran the handler (the demo's
+    synthesis hung so at its end, joining that worker forever)."""
     if _owner:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
