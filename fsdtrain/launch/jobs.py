@@ -186,14 +186,19 @@ def _check_no_secrets(text: str, resolved: dict | None = None) -> None:
             raise ConfigError(f"the rendered job would contain {what} (line {line} of the job file); {fix}")
 
 
-def _store_env(kind: str) -> str:
-    """Store settings that are not credentials, from this shell: the endpoint and the bucket zones."""
+def _store_env(kind: str, name: str = "", indent: int = 16) -> str:
+    """Store settings from this shell: the endpoint and the bucket zones (never credentials); for
+    Kubernetes, env entries at ``indent`` spaces, the key read from the Secret ``<name>-store``."""
     names = [n for n in ("AWS_ENDPOINT_URL", "AWS_REGION", "FSDTRAIN_BUCKET_ZONES") if os.environ.get(n)]
     if kind == "k8s":
-        lines = [f"                - name: {n}\n                  value: {_yaml_str(os.environ[n])}" for n in names]
+        pad = " " * indent
+        lines = [f"{pad}- name: {n}\n{pad}  value: {_yaml_str(os.environ[n])}" for n in names]
         if "AWS_ENDPOINT_URL" not in names:
-            lines.insert(0, "                # EDIT: your S3 endpoint (SeaweedFS, MinIO, OSS); leave out for AWS S3\n"
-                            "                # - name: AWS_ENDPOINT_URL\n                #   value: http://seaweedfs.storage:8333")  # fmt: skip
+            lines.insert(0, f"{pad}# EDIT: your S3 endpoint (SeaweedFS, MinIO, OSS); leave out for AWS S3\n"
+                            f"{pad}# - name: AWS_ENDPOINT_URL\n{pad}#   value: http://seaweedfs.storage:8333")  # fmt: skip
+        lines.append(f"{pad}# EDIT: the Secret holding this zone's store key (kubectl create secret generic {name}-store ...)")
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            lines.append(f"{pad}- name: {key}\n{pad}  valueFrom: {{secretKeyRef: {{name: {name}-store, key: {key}, optional: true}}}}")
         return "\n".join(lines)
     lines = [f"export {n}={shlex.quote(os.environ[n])}" for n in names]
     if "AWS_ENDPOINT_URL" not in names:
@@ -279,7 +284,7 @@ def _k8s_parts(spec: LaunchSpec, values: dict, config_yaml: str, workdir: str) -
     absolute = workdir.startswith("/")
     pod_values = {
         **values, "working_dir": "/workspace", "workdir_mount": workdir if absolute else "/workspace",
-        "extra_list": extra, "k8s_store_env": _store_env("k8s"), "config_volume": volume,
+        "extra_list": extra, "k8s_store_env": _store_env("k8s", spec.name), "config_volume": volume,
     }  # fmt: skip
     pod = _fill(PARTS["k8s_pod"], pod_values)
     worker = _fill(PARTS["k8s_worker"], {**values, "worker_pod": pod}) if spec.nodes > 1 else ""
@@ -405,9 +410,7 @@ def render_ingest_job(spec: IngestJobSpec) -> RenderedJob:
 
     file_name = INGEST_FILE_NAMES[spec.kind]
     site_zone = resolve_site_zone(spec.site_zone)
-    store_env = _store_env(spec.kind)
-    if spec.kind == "k8s":  # the Job's container sits two levels less deep than the PyTorchJob's
-        store_env = "\n".join(line[4:] if line.startswith("    ") else line for line in store_env.splitlines())
+    store_env = _store_env(spec.kind, spec.name, indent=12)  # the Job's container sits two levels less deep than the PyTorchJob's
     values: dict[str, object] = {
         "title": f"fsdtrain ingest job `{spec.name}`, rendered by: fsdtrain launch {spec.kind} --parts {spec.parts} -- data write {shlex.join(spec.write_args)}",
         "name": spec.name, "parts": spec.parts, "file": file_name, "cpus": spec.cpus, "site_zone": site_zone,

@@ -142,11 +142,6 @@ _K8S_POD = """\
                 - name: FSDTRAIN_SITE_ZONE
                   value: "{{site_zone}}"
 {{k8s_store_env}}
-                # EDIT: the Secret holding this zone's store key (kubectl create secret generic {{name}}-store ...)
-                - name: AWS_ACCESS_KEY_ID
-                  valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_ACCESS_KEY_ID, optional: true}}
-                - name: AWS_SECRET_ACCESS_KEY
-                  valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_SECRET_ACCESS_KEY, optional: true}}
                 - name: NCCL_DEBUG
                   value: WARN
                 - name: TORCH_NCCL_ASYNC_ERROR_HANDLING
@@ -280,11 +275,6 @@ spec:
             - name: FSDTRAIN_SITE_ZONE
               value: "{{site_zone}}"
 {{k8s_store_env}}
-            # EDIT: the Secret holding this zone's store key (kubectl create secret generic {{name}}-store ...)
-            - name: AWS_ACCESS_KEY_ID
-              valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_ACCESS_KEY_ID, optional: true}}
-            - name: AWS_SECRET_ACCESS_KEY
-              valueFrom: {secretKeyRef: {name: {{name}}-store, key: AWS_SECRET_ACCESS_KEY, optional: true}}
             - name: TMPDIR
               value: /scratch
           resources:
