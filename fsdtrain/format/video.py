@@ -116,9 +116,6 @@ def frames_to_decode(keyframes: Sequence[bool], wanted: Sequence[int]) -> np.nda
     return need
 
 
-_GBRP_TO_RGB = (1, 2, 0)  # the channel (R, G, B = 0, 1, 2) of each of gbrp's planes, in plane order
-
-
 def decode_video(
     data: bytes,
     *,
@@ -141,10 +138,7 @@ def decode_video(
         size: optional ``(H, W)`` to resize to while converting (in the decoder's scaler).
         keep: frame indices to return (default: all ``frames``).
         channels_first: return ``[len(keep), 3, H, W]``, written in that layout as each frame
-            converts: without ``size`` the scaler writes planar RGB and each plane is copied once (no
-            transposing copy: about half the conversion cost at 160x96, same pixels;
-            benchmarks/rgb_convert.py); with ``size``, rgb24 and a transposing copy (a resize to
-            planar RGB gives other pixels).
+            converts (one copy, not a stack and a transpose).
 
     Returns:
         uint8 array ``[len(keep), H, W, 3]`` (RGB), in the order of sorted ``keep``.
@@ -177,8 +171,6 @@ def decode_video(
             # every frame, about 5x the conversion itself (same pixels; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
             height, width = size if size is not None else (None, None)
-            # FFmpeg's scaler resizes to planar RGB with other pixels than to rgb24: a resize keeps rgb24
-            planar = channels_first and size is None
 
             def take(decoded) -> None:
                 nonlocal out
@@ -186,24 +178,14 @@ def decode_video(
                     r = row.get(index.get(frame.pts))
                     if r is None:
                         continue
-                    if planar:  # planar G, B, R from the scaler: three plain plane copies, no transposing one
-                        converted = rgb.reformat(frame, format="gbrp")
-                        shape = (3, converted.height, converted.width)
-                    else:
-                        rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()  # [H, W, 3]
-                        if channels_first:
-                            rgb_frame = rgb_frame.transpose(2, 0, 1)
-                        shape = rgb_frame.shape
+                    rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()  # [H, W, 3]
+                    if channels_first:
+                        rgb_frame = rgb_frame.transpose(2, 0, 1)
                     if out is None:
-                        out = np.empty((len(wanted), *shape), dtype=np.uint8)
-                    elif shape != out.shape[1:]:
+                        out = np.empty((len(wanted), *rgb_frame.shape), dtype=np.uint8)
+                    elif rgb_frame.shape != out.shape[1:]:
                         raise DataError(f"{where}: frame {wanted[r]} is {frame.width}x{frame.height}, not the size of the first frame")
-                    if planar:
-                        h, w = shape[1:]
-                        for channel, plane in zip(_GBRP_TO_RGB, converted.planes):
-                            out[r, channel] = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
-                    else:
-                        out[r] = rgb_frame
+                    out[r] = rgb_frame
                     done[r] = True
 
             codec = stream.codec_context

@@ -26,8 +26,8 @@ def test_kept_frames_equal_the_same_rows_of_a_full_decode(video):
 
 @pytest.mark.parametrize("size", [None, (16, 24), (30, 46)])
 def test_channels_first_has_the_pixels_of_rgb_transposed(video, size):
-    """The planar path copies each plane row by row past FFmpeg's line padding (48 and 24 pixels
-    wide lines are padded; 46 is not a multiple of anything): the same pixels as rgb24."""
+    """Channels-first frames are the rgb24 frames transposed, with and without a resize (widths 48,
+    24 and 46: FFmpeg pads lines to its alignment, which no copy may carry into the array)."""
     keep = [0, 3, 9, 19]
     hwc = decode_video(video, frames=20, where="v", keep=keep, size=size)
     chw = decode_video(video, frames=20, where="v", keep=keep, size=size, channels_first=True)
