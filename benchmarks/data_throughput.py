@@ -82,7 +82,10 @@ def loader_rate(url: str, *, workers: int = 1, loader: type[DataLoader] = RingLo
         for batch in loader(stream, batch_size=8, num_workers=workers, worker_init_fn=init_loader_worker if workers else None):
             n += batch["future"].shape[0]
             batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"].tolist())])
-        return n / (time.perf_counter() - t0), n, batches
+            last = time.perf_counter()
+        # up to the last window delivered: joining the finished workers is not delivering windows (the raw
+        # pass's clock likewise stops before its process ends); starting them is counted
+        return n / (last - t0), n, batches
     finally:
         torch.set_num_threads(threads)
 

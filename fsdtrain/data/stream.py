@@ -47,7 +47,7 @@ from fsdtrain.format.manifest import Manifest, ShardInfo
 from fsdtrain.format.samples import TarSample, check_same_size, manifest_expect, parse_clip
 from fsdtrain.format.schema import FIXED_MEMBERS
 from fsdtrain.format.video import decode_video
-from fsdtrain.format.windows import WindowSpec, derive_command, ego_window, window_frames
+from fsdtrain.format.windows import WindowSpec, derive_command, ego_windows, window_frames
 from fsdtrain.store.gate import ZoneGate
 
 __all__ = [
@@ -556,6 +556,9 @@ class _Clip:
         self.slot, self.videos = slot, videos  # frame index -> row of each camera's decoded array
         self.intrinsics, self.cam_to_ego = intrinsics, cam_to_ego
         self.augment: Callable[[np.ndarray, int], np.ndarray] | None = None
+        # every window's ego history and future at once: [W, history, 6], [W, future_steps, 3]
+        self._ego_row = {int(c): i for i, c in enumerate(currents)}
+        self._ego_hist, self._future = ego_windows(spec, ego, currents, meta.fps)
 
     def window(self, current: int) -> dict:
         rows = [self.slot[int(f)] for f in window_frames(self.spec, current, self.meta.fps)]
@@ -566,7 +569,8 @@ class _Clip:
                 images[n, t] = video[row]
         if self.augment is not None:
             images = self.augment(images, current)
-        ego_hist, future = ego_window(self.spec, self.ego, current, self.meta.fps)
+        row = self._ego_row[int(current)]
+        ego_hist, future = self._ego_hist[row], self._future[row]
         return {
             "images": torch.from_numpy(images),  # [N_cam, T, 3, H, W]
             "ego_hist": torch.from_numpy(ego_hist),

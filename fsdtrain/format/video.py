@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from contextlib import ExitStack
 from fractions import Fraction
 
 import av
@@ -18,6 +19,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from fsdtrain.errors import ConfigError, DataError
+from fsdtrain.format.mp4 import sample_table
 
 __all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "decode_video", "frames_to_decode"]
 
@@ -152,21 +154,15 @@ def decode_video(
     out: np.ndarray | None = None  # allocated at the first frame, when its size is known
     done = np.zeros(len(wanted), dtype=bool)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise DataError(f"{where}: no video stream")
-            stream = container.streams.video[0]
-            packets = [p for p in container.demux(stream) if p.size]
-            if len(packets) <= wanted[-1]:
+        with ExitStack() as stack:
+            codec, packet, keyframes, frame_of = _packets(data, where, stack)
+            if len(keyframes) <= wanted[-1]:
                 raise DataError(
-                    f"{where}: video has {len(packets)} frames, the clip declares {frames} (truncated?)"
+                    f"{where}: video has {len(keyframes)} frames, the clip declares {frames} (truncated?)"
                 )
-            if not packets[0].is_keyframe:
+            if not keyframes[0]:
                 raise DataError(f"{where}: video does not start with a keyframe")
-            index = {pts: i for i, pts in enumerate(sorted(p.pts for p in packets))}  # presentation order
-            if len(index) != len(packets):
-                raise DataError(f"{where}: video packets have missing or repeated timestamps")
-            need = frames_to_decode([p.is_keyframe for p in packets], wanted)
+            need = frames_to_decode(keyframes, wanted)
             # one converter for the clip: ``frame.to_ndarray(format=...)`` sets up FFmpeg's scaler anew for
             # every frame, about 5x the conversion itself (same pixels; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
@@ -175,7 +171,7 @@ def decode_video(
             def take(decoded) -> None:
                 nonlocal out
                 for frame in decoded:
-                    r = row.get(index.get(frame.pts))
+                    r = row.get(frame_of(frame.pts))
                     if r is None:
                         continue
                     rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()  # [H, W, 3]
@@ -188,9 +184,8 @@ def decode_video(
                     out[r] = rgb_frame
                     done[r] = True
 
-            codec = stream.codec_context
             for i in np.flatnonzero(need):
-                take(codec.decode(packets[i]))
+                take(codec.decode(packet(int(i))))
             take(codec.decode(None))  # flush: frames the decoder still holds
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
         raise DataError(f"{where}: video does not decode ({type(exc).__name__}: {exc})") from None
@@ -198,3 +193,37 @@ def decode_video(
         missing = [f for f, ok in zip(wanted, done) if not ok]
         raise DataError(f"{where}: frames {missing[:3]} did not decode (corrupt or truncated video)")
     return out  # [len(keep), H, W, 3] or [len(keep), 3, H, W]
+
+
+def _packets(data: bytes, where: str, stack: ExitStack):
+    """The decoder, packet ``i``, the keyframe flags and frame index of a decoded frame's pts, for
+    the video in ``data``: from its sample table when :func:`fsdtrain.format.mp4.sample_table` reads
+    it (no demuxer), else demuxed by FFmpeg (``stack`` closes the container)."""
+    table = sample_table(data)
+    if table is not None:
+        codec = av.CodecContext.create(table.codec, "r")
+        codec.extradata = table.extradata
+        codec.thread_count = 1
+        view = memoryview(data)
+
+        def packet(i: int) -> av.Packet:
+            start = int(table.offsets[i])
+            p = av.Packet(view[start : start + int(table.sizes[i])])
+            p.pts = p.dts = i
+            p.is_keyframe = bool(table.keyframes[i])
+            return p
+
+        return codec, packet, table.keyframes.tolist(), lambda pts: pts
+
+    container = stack.enter_context(av.open(io.BytesIO(data), mode="r"))
+    if not container.streams.video:
+        raise DataError(f"{where}: no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # a codec FFmpeg has no decoder for (or a damaged sample entry)
+        raise DataError(f"{where}: FFmpeg has no decoder for this video's codec (damaged, or not H.264, HEVC, AV1 or VP9)")
+    stream.codec_context.thread_count = 1
+    packets = [p for p in container.demux(stream) if p.size]
+    index = {pts: i for i, pts in enumerate(sorted(p.pts for p in packets))}  # presentation order
+    if len(index) != len(packets):
+        raise DataError(f"{where}: video packets have missing or repeated timestamps")
+    return stream.codec_context, packets.__getitem__, [p.is_keyframe for p in packets], index.get

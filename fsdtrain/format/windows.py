@@ -22,7 +22,7 @@ import numpy as np
 
 from fsdtrain.errors import ConfigError
 
-__all__ = ["COMMANDS", "WindowSpec", "window_frames", "ego_window", "interpolate_poses", "derive_command"]
+__all__ = ["COMMANDS", "WindowSpec", "window_frames", "ego_window", "ego_windows", "interpolate_poses", "derive_command"]
 
 COMMANDS = ("left", "straight", "right")
 _TURN_THRESHOLD_M = 2.0  # lateral offset at the horizon that makes a turn command
@@ -242,12 +242,12 @@ def window_frames(spec: WindowSpec, current: int, fps: float | None = None) -> n
     return current - spec.history_offsets(fps)
 
 
-def _to_frame(xy: np.ndarray, yaw: np.ndarray, origin_xy: np.ndarray, origin_yaw: float) -> tuple[np.ndarray, np.ndarray]:
-    c, s = math.cos(origin_yaw), math.sin(origin_yaw)
-    d = xy - origin_xy  # [N, 2]
-    local = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1)
-    dyaw = (yaw - origin_yaw + np.pi) % (2 * np.pi) - np.pi
-    return local, dyaw
+def _to_frame(xy: np.ndarray, yaw: np.ndarray, origin_xy: np.ndarray, origin_yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Poses ``xy`` [W, N, 2], ``yaw`` [W, N] in the frame of each window's origin ``origin_xy`` [W, 2], ``origin_yaw`` [W]."""
+    c, s = np.cos(origin_yaw)[:, None], np.sin(origin_yaw)[:, None]  # [W, 1]
+    d = xy - origin_xy[:, None]  # [W, N, 2]
+    local = np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
+    return local, _wrap(yaw - origin_yaw[:, None])
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -277,14 +277,23 @@ def ego_window(spec: WindowSpec, ego: np.ndarray, current: int, fps: float) -> t
         ``ego_hist`` [history, 6] (t relative to now, x, y, yaw, speed, yaw_rate) and
         ``future`` [future_steps, 3] (x, y, yaw) at ``i / future_hz`` s after now, float32.
     """
-    hist_idx = window_frames(spec, current, fps)
-    origin_xy, origin_yaw = ego[current, 1:3], float(ego[current, 3])
+    hist, future = ego_windows(spec, ego, np.array([current]), fps)
+    return hist[0], future[0]
+
+
+def ego_windows(spec: WindowSpec, ego: np.ndarray, currents: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ego_window` of every current frame in ``currents`` [W] at once: ``[W, history, 6]`` and
+    ``[W, future_steps, 3]`` (a clip's windows in a few array operations, not a few dozen each)."""
+    currents = np.asarray(currents, dtype=np.int64)
+    hist_idx = currents[:, None] - spec.history_offsets(fps)  # [W, history]
+    origin_xy, origin_yaw = ego[currents, 1:3], ego[currents, 3]  # [W, 2], [W]
     hxy, hyaw = _to_frame(ego[hist_idx, 1:3], ego[hist_idx, 3], origin_xy, origin_yaw)
-    fut_xy, fut_yaw = interpolate_poses(ego, current + spec.future_offsets(fps))
-    fxy, fyaw = _to_frame(fut_xy, fut_yaw, origin_xy, origin_yaw)
-    t = ego[hist_idx, 0] - ego[current, 0]
-    ego_hist = np.concatenate([t[:, None], hxy, hyaw[:, None], ego[hist_idx, 4:6]], axis=1)
-    future = np.concatenate([fxy, fyaw[:, None]], axis=1)
+    positions = currents[:, None] + spec.future_offsets(fps)  # [W, future_steps]
+    fut_xy, fut_yaw = interpolate_poses(ego, positions.ravel())
+    fxy, fyaw = _to_frame(fut_xy.reshape(*positions.shape, 2), fut_yaw.reshape(positions.shape), origin_xy, origin_yaw)
+    t = ego[hist_idx, 0] - ego[currents, 0][:, None]
+    ego_hist = np.concatenate([t[..., None], hxy, hyaw[..., None], ego[hist_idx, 4:6]], axis=-1)
+    future = np.concatenate([fxy, fyaw[..., None]], axis=-1)
     return ego_hist.astype(np.float32), future.astype(np.float32)
 
 
