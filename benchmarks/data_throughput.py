@@ -8,7 +8,8 @@ worker / one decode process):
   checksum, validate, decode the needed frames, cut windows, collate into the worker's ring of
   reused shared buffers), file:// and s3://;
 - ``raw_windows_per_s``: the same shards read from disk, untarred, and only the frames those windows
-  need decoded with PyAV (from the keyframe before each) — the floor any loader must pay;
+  need decoded with PyAV (from the keyframe before each), decoder and scaler in the calling thread
+  as in a loader worker — the floor any loader must pay;
 - ``ratio`` = loader / raw on file://, ``in_process_ratio`` the same without a worker process
   (what the hand-off of batches from the worker costs), ``s3_vs_file`` = loader on s3 / loader on file, and
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding from the
@@ -115,9 +116,10 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
             windows += len(currents)
             order += [f"{meta['clip_id']}@{int(c)}" for c in currents]
             for cam in DEFAULT_CAMERAS:
-                rgb = VideoReformatter()  # one scaler per video, not one per frame (what to_ndarray(format=...) does)
+                rgb = VideoReformatter()  # one scaler per video, not one per frame (what to_ndarray(format=...) does); in this thread (threads=1 below): PyAV's default splits each frame over scaler threads, 1.6-3x slower here
                 with av.open(io.BytesIO(members[f"{key}.{cam}.mp4"])) as container:
                     stream = container.streams.video[0]
+                    stream.codec_context.thread_count = 1  # decoded in this thread, as the loader does
                     packets = [p for p in container.demux(stream) if p.size]
                     # from the keyframe at or before each needed frame up to it (no B-frames)
                     todo = set()
@@ -130,7 +132,7 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
                         for frame in stream.codec_context.decode(packets[i]):
                             decoded += 1
                             if frame.pts == packets[i].pts and i in needed:
-                                rgb.reformat(frame, format="rgb24").to_ndarray()
+                                rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
                                 used += 1
     return windows, decoded, used, time.perf_counter() - t0, order
 

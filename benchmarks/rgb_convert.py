@@ -1,5 +1,7 @@
 """RGB conversion of decoded frames: one FFmpeg scaler per video (what ``decode_video`` does) against
-PyAV's ``frame.to_ndarray(format="rgb24")``, which sets up a scaler for every frame; and, for the
+PyAV's ``frame.to_ndarray(format="rgb24")``, which sets up a scaler for every frame; that scaler in
+the calling thread (``threads=1``, what ``decode_video`` does) against PyAV's default, which splits
+every frame over scaler threads of its own (one per core); and, for the
 channels-first arrays the loader needs, FFmpeg's planar ``gbrp`` output copied plane by plane
 against ``rgb24`` then a transposing copy (tried for the loader and not kept).
 
@@ -40,6 +42,11 @@ def per_frame():
 def one_scaler():
     rgb = VideoReformatter()
     return lambda f: rgb.reformat(f, format="rgb24").to_ndarray()
+
+
+def one_scaler_one_thread():
+    rgb = VideoReformatter()
+    return lambda f: rgb.reformat(f, format="rgb24", threads=1).to_ndarray()
 
 
 def rgb_then_transpose():
@@ -102,11 +109,13 @@ def main() -> None:
                     if member.name.endswith(".mp4"):
                         videos.append(tar.extractfile(member).read())
     scaler = compare(per_frame, one_scaler, videos, args.rounds)
+    threads = compare(one_scaler, one_scaler_one_thread, videos, args.rounds)
     layout = compare(rgb_then_transpose, planar, videos, args.rounds)
     print(f"one scaler per video / one per frame: {scaler['ratio']} (rounds {scaler['spread']}), same pixels {scaler['same_pixels']}")
+    print(f"scaler in this thread / own threads:  {threads['ratio']} (rounds {threads['spread']}), same pixels {threads['same_pixels']}")
     print(f"planar gbrp / rgb24 + transpose:      {layout['ratio']} (rounds {layout['spread']}), same pixels {layout['same_pixels']}")
     print(json.dumps({
-        "one_scaler_vs_per_frame": scaler, "planar_vs_rgb_transpose": layout, "videos": len(videos),
+        "one_scaler_vs_per_frame": scaler, "one_thread_vs_scaler_threads": threads, "planar_vs_rgb_transpose": layout, "videos": len(videos),
         "size": "160x96", "machine": f"{cpu_name()}, {os.cpu_count()} cores",
     }))  # fmt: skip
 

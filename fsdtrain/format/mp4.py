@@ -203,12 +203,15 @@ def _sample_offsets(runs: np.ndarray, chunks: np.ndarray, sizes: np.ndarray) -> 
         raise _Unsupported("sample-to-chunk runs out of order")
     if runs[-1, 0] > len(chunks):
         raise _Unsupported("sample-to-chunk run past the last chunk")
+    starts = np.cumsum(sizes) - sizes  # each sample's bytes after the first sample's
+    if len(chunks) == 1:  # the common layout: one chunk holds every sample
+        if runs[0, 1] != len(sizes):
+            raise _Unsupported("chunks do not hold every sample")
+        return chunks[0] + starts
     chunk_counts = np.diff(np.append(runs[:, 0], len(chunks) + 1))  # chunks in each run
     per_chunk = np.repeat(runs[:, 1], chunk_counts)  # [chunks] samples in each chunk
     if int(per_chunk.sum()) != len(sizes):
         raise _Unsupported("chunks do not hold every sample")
     chunk_of = np.repeat(np.arange(len(chunks)), per_chunk)  # [samples]
-    ends = np.cumsum(sizes)
-    chunk_start = np.cumsum(per_chunk) - per_chunk  # index of each chunk's first sample
-    before = ends - sizes - (ends - sizes)[chunk_start][chunk_of]  # bytes of earlier samples in the same chunk
-    return chunks[chunk_of] + before
+    first = np.cumsum(per_chunk) - per_chunk  # index of each chunk's first sample
+    return chunks[chunk_of] + starts - starts[first][chunk_of]  # + bytes of earlier samples in the same chunk

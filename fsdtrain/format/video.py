@@ -24,6 +24,8 @@ from fsdtrain.format.mp4 import sample_table
 __all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "decode_video", "frames_to_decode"]
 
 
+_GBRP_CHANNELS = (1, 2, 0)  # FFmpeg's planar RGB holds G, B, R: the channel of R, G, B each plane is
+
 CODECS = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
 """Codec names accepted by :func:`encode_video` -> the FFmpeg encoder used."""
 
@@ -129,8 +131,9 @@ def decode_video(
 ) -> np.ndarray:
     """Decodes the frames asked for (and only the ones they depend on) of an MP4, as RGB.
 
-    Decoding runs in the calling thread (no FFmpeg frame threads): loader workers already run one
-    per core, and on clips this small the threads' hand-offs cost more than they save.
+    Decoding and the RGB conversion run in the calling thread (no FFmpeg decoder or scaler threads):
+    loader workers already run one per core, and on frames this small the threads' hand-offs cost
+    more than they save.
 
     Args:
         data: the encoded video (any codec FFmpeg decodes: H.264, HEVC, AV1, VP9; written without
@@ -139,8 +142,8 @@ def decode_video(
         where: shard/sample/camera, for error messages.
         size: optional ``(H, W)`` to resize to while converting (in the decoder's scaler).
         keep: frame indices to return (default: all ``frames``).
-        channels_first: return ``[len(keep), 3, H, W]``, written in that layout as each frame
-            converts (one copy, not a stack and a transpose).
+        channels_first: return ``[len(keep), 3, H, W]``, the same pixels as rgb24 transposed (without
+            a resize the scaler writes planar RGB, copied plane by plane: no transposing copy).
 
     Returns:
         uint8 array ``[len(keep), H, W, 3]`` (RGB), in the order of sorted ``keep``.
@@ -155,7 +158,7 @@ def decode_video(
     done = np.zeros(len(wanted), dtype=bool)
     try:
         with ExitStack() as stack:
-            codec, packet, keyframes, frame_of = _packets(data, where, stack)
+            codec, packet, keyframes, pts = _packets(data, where, stack)
             if len(keyframes) <= wanted[-1]:
                 raise DataError(
                     f"{where}: video has {len(keyframes)} frames, the clip declares {frames} (truncated?)"
@@ -163,30 +166,43 @@ def decode_video(
             if not keyframes[0]:
                 raise DataError(f"{where}: video does not start with a keyframe")
             need = frames_to_decode(keyframes, wanted)
+            row_of = row if pts is None else {pts[f]: r for f, r in row.items()}  # a decoded frame's pts -> its row
             # one converter for the clip: ``frame.to_ndarray(format=...)`` sets up FFmpeg's scaler anew for
-            # every frame, about 5x the conversion itself (same pixels; benchmarks/rgb_convert.py)
+            # every frame, about 5x the conversion itself; and in this thread: by default the scaler
+            # splits every frame over threads of its own, one per core, which costs 1.6-3x the
+            # conversion at 448x256-160x96 (same pixels both; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
             height, width = size if size is not None else (None, None)
+            # planar RGB equals rgb24 pixel for pixel only without a resize (the scaler resizes planar RGB differently)
+            planar_out = channels_first and size is None
 
-            def take(decoded) -> None:
+            def put(frame, r: int) -> None:
                 nonlocal out
-                for frame in decoded:
-                    r = row.get(frame_of(frame.pts))
-                    if r is None:
-                        continue
-                    rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width).to_ndarray()  # [H, W, 3]
+                if planar_out:  # planar G, B, R from the scaler, each plane copied into its channel's rows
+                    planar = rgb.reformat(frame, format="gbrp", threads=1)
+                    shape = (3, planar.height, planar.width)
+                else:
+                    rgb_frame = rgb.reformat(frame, format="rgb24", height=height, width=width, threads=1).to_ndarray()
                     if channels_first:
                         rgb_frame = rgb_frame.transpose(2, 0, 1)
-                    if out is None:
-                        out = np.empty((len(wanted), *rgb_frame.shape), dtype=np.uint8)
-                    elif rgb_frame.shape != out.shape[1:]:
-                        raise DataError(f"{where}: frame {wanted[r]} is {frame.width}x{frame.height}, not the size of the first frame")
+                    shape = rgb_frame.shape  # [H, W, 3] or [3, H, W]
+                if out is None:
+                    out = np.empty((len(wanted), *shape), dtype=np.uint8)
+                elif shape != out.shape[1:]:
+                    raise DataError(f"{where}: frame {wanted[r]} is {frame.width}x{frame.height}, not the size of the first frame")
+                if planar_out:
+                    for channel, plane in zip(_GBRP_CHANNELS, planar.planes):  # rows padded to line_size
+                        out[r, channel] = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: shape[1], : shape[2]]
+                else:
                     out[r] = rgb_frame
-                    done[r] = True
+                done[r] = True
 
-            for i in np.flatnonzero(need):
-                take(codec.decode(packet(int(i))))
-            take(codec.decode(None))  # flush: frames the decoder still holds
+            decode = codec.decode
+            for i in [*np.flatnonzero(need).tolist(), None]:  # None: flush the frames the decoder still holds
+                for frame in decode(None if i is None else packet(i)):
+                    r = row_of.get(frame.pts)
+                    if r is not None:
+                        put(frame, r)
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
         raise DataError(f"{where}: video does not decode ({type(exc).__name__}: {exc})") from None
     if not done.all():
@@ -196,24 +212,23 @@ def decode_video(
 
 
 def _packets(data: bytes, where: str, stack: ExitStack):
-    """The decoder, packet ``i``, the keyframe flags and frame index of a decoded frame's pts, for
-    the video in ``data``: from its sample table when :func:`fsdtrain.format.mp4.sample_table` reads
-    it (no demuxer), else demuxed by FFmpeg (``stack`` closes the container)."""
+    """The decoder, packet ``i``, the keyframe flags and each frame's pts in presentation order (None:
+    frame ``i`` has pts ``i``) of the video in ``data``: from its sample table when
+    :func:`fsdtrain.format.mp4.sample_table` reads it (no demuxer), else demuxed by FFmpeg
+    (``stack`` closes the container)."""
     table = sample_table(data)
     if table is not None:
         codec = av.CodecContext.create(table.codec, "r")
         codec.extradata = table.extradata
         codec.thread_count = 1
-        view = memoryview(data)
+        view, offsets, sizes = memoryview(data), table.offsets.tolist(), table.sizes.tolist()
 
         def packet(i: int) -> av.Packet:
-            start = int(table.offsets[i])
-            p = av.Packet(view[start : start + int(table.sizes[i])])
-            p.pts = p.dts = i
-            p.is_keyframe = bool(table.keyframes[i])
+            p = av.Packet(view[offsets[i] : offsets[i] + sizes[i]])
+            p.pts = i
             return p
 
-        return codec, packet, table.keyframes.tolist(), lambda pts: pts
+        return codec, packet, table.keyframes.tolist(), None
 
     container = stack.enter_context(av.open(io.BytesIO(data), mode="r"))
     if not container.streams.video:
@@ -223,7 +238,7 @@ def _packets(data: bytes, where: str, stack: ExitStack):
         raise DataError(f"{where}: FFmpeg has no decoder for this video's codec (damaged, or not H.264, HEVC, AV1 or VP9)")
     stream.codec_context.thread_count = 1
     packets = [p for p in container.demux(stream) if p.size]
-    index = {pts: i for i, pts in enumerate(sorted(p.pts for p in packets))}  # presentation order
-    if len(index) != len(packets):
+    pts = [p.pts for p in packets]
+    if None in pts or len(set(pts)) != len(packets):
         raise DataError(f"{where}: video packets have missing or repeated timestamps")
-    return stream.codec_context, packets.__getitem__, [p.is_keyframe for p in packets], index.get
+    return stream.codec_context, packets.__getitem__, [p.is_keyframe for p in packets], sorted(pts)  # presentation order
