@@ -46,7 +46,7 @@ from fsdtrain.format.index import IndexedShards
 from fsdtrain.format.manifest import Manifest, ShardInfo
 from fsdtrain.format.samples import TarSample, check_same_size, manifest_expect, parse_clip
 from fsdtrain.format.schema import FIXED_MEMBERS
-from fsdtrain.format.video import decode_video
+from fsdtrain.format.video import FrameSizeError, decode_video
 from fsdtrain.format.windows import WindowSpec, derive_command, ego_windows, window_frames
 from fsdtrain.store.gate import ZoneGate
 
@@ -377,7 +377,7 @@ class FleetStream(IterableDataset):
                 if isinstance(clip, DataError):
                     owed += 1  # made up with the next good window
                     continue
-                good = clip.window(w.current)
+                good = clip.window(w.current, own=last[key] == i)  # a dropped clip is not kept by its last window
                 yield good
                 for _ in range(owed):
                     yield _filler(good)
@@ -445,11 +445,13 @@ class FleetStream(IterableDataset):
                 except DataError as exc:
                     skips.skip(exc, clips=1)
                     continue
-                for current in clip.currents if clip is not None else ():
-                    window = clip.window(int(current))
+                currents = clip.currents if clip is not None else ()
+                for k, current in enumerate(currents):
+                    kept = skips.skipped or not recent  # keep one window to pad with, more once clips were skipped
+                    window = clip.window(int(current), own=kept or k == len(currents) - 1)  # not keeping its clip
                     yield window
                     n += 1
-                    if skips.skipped or not recent:  # keep one window to pad with, more once clips were skipped
+                    if kept:
                         recent = (recent + [window])[-_RECENT:]
         finally:
             fetched.close()
@@ -495,31 +497,34 @@ class FleetStream(IterableDataset):
         if len(currents) == 0:
             return None
         needed = sorted({int(f) for c in currents for f in window_frames(self.spec, int(c), meta.fps)})
-        videos = [  # channels first once per decoded frame, not once per window that uses it
-            decode_video(
-                parsed.videos[c], frames=meta.frames, keep=needed, where=f"{where}/{c}.mp4", size=self.image_size, channels_first=True
-            )
-            for c in self.cameras
-        ]  # each [len(needed), 3, H, W]
-        for c, video in zip(self.cameras, videos):
-            width, height = calib[c]["size"]
-            if self.image_size is None and video.shape[2:] != (height, width):
-                raise DataError(f"{where}/{c}.mp4: frames are {video.shape[3]}x{video.shape[2]}, calib.json {c}.size says {width}x{height}")
+        frames = self._decode_cameras(parsed, needed, where)  # [len(needed), N_cam, 3, H, W]
         intrinsics, cam_to_ego = _calib_tensors(calib, self.cameras, self.image_size)
-        clip = _Clip(
-            self.spec,
-            meta,
-            ego,
-            currents,
-            {f: i for i, f in enumerate(needed)},
-            videos,
-            intrinsics,
-            cam_to_ego,
-        )
+        clip = _Clip(self.spec, meta, ego, currents, {f: i for i, f in enumerate(needed)}, frames, intrinsics, cam_to_ego)
         if self.augment is not None:
             augment, seed, epoch = self.augment, self.seed, self.epoch
             clip.augment = lambda images, current: augment(images, augment.rng(seed, epoch, meta.clip_id, current))
         return clip
+
+
+    def _decode_cameras(self, parsed, needed: list[int], where: str) -> np.ndarray:
+        """The ``needed`` frames of every camera, channels first, frame-major: ``[len(needed), N_cam, 3,
+        H, W]``, each frame converted once (not once per window that uses it) and written in place,
+        so that a window's frames are a view of consecutive rows (:meth:`_Clip.window`)."""
+        sizes = {c: tuple(parsed.calib[c]["size"]) for c in self.cameras}  # (W, H)
+        if self.image_size is None and len(set(sizes.values())) > 1:
+            said = ", ".join(f"{c} {w}x{h}" for c, (w, h) in sizes.items())
+            raise DataError(f"{where}: calib.json sizes differ between cameras ({said}): set data.image_size to train on cameras of several resolutions (docs/data-format.md)")
+        height, width = self.image_size if self.image_size is not None else sizes[self.cameras[0]][::-1]
+        frames = np.empty((len(needed), len(self.cameras), 3, height, width), dtype=np.uint8)
+        for n, c in enumerate(self.cameras):
+            try:
+                decode_video(
+                    parsed.videos[c], frames=parsed.meta.frames, keep=needed, where=f"{where}/{c}.mp4",
+                    size=self.image_size, channels_first=True, out=frames[:, n],
+                )  # fmt: skip
+            except FrameSizeError as exc:
+                raise DataError(f"{where}/{c}.mp4: frames are {exc.width}x{exc.height}, calib.json {c}.size says {width}x{height}") from None
+        return frames
 
 
 class _Prefetch:
@@ -551,22 +556,27 @@ class _Prefetch:
 class _Clip:
     """A decoded clip: cuts any of its windows."""
 
-    def __init__(self, spec, meta, ego, currents, slot, videos, intrinsics, cam_to_ego) -> None:
+    def __init__(self, spec, meta, ego, currents, slot, frames, intrinsics, cam_to_ego) -> None:
         self.spec, self.meta, self.ego, self.currents = spec, meta, ego, currents
-        self.slot, self.videos = slot, videos  # frame index -> row of each camera's decoded array
+        self.slot, self.frames = slot, frames  # frame index -> row of frames [rows, N_cam, 3, H, W]
         self.intrinsics, self.cam_to_ego = intrinsics, cam_to_ego
         self.augment: Callable[[np.ndarray, int], np.ndarray] | None = None
         # every window's ego history and future at once: [W, history, 6], [W, future_steps, 3]
         self._ego_row = {int(c): i for i, c in enumerate(currents)}
         self._ego_hist, self._future = ego_windows(spec, ego, currents, meta.fps)
 
-    def window(self, current: int) -> dict:
+    def window(self, current: int, *, own: bool = False) -> dict:
+        """The window ending at ``current``. Its images view the clip's frames where its frames are
+        evenly spaced rows (the collate copies them into the batch: one copy of each pixel); ``own``:
+        a copy of its own, so that keeping the window does not keep the whole clip."""
         rows = [self.slot[int(f)] for f in window_frames(self.spec, current, self.meta.fps)]
-        first = self.videos[0]
-        images = np.empty((len(self.videos), len(rows), *first.shape[1:]), dtype=first.dtype)  # [N_cam, T, 3, H, W]
-        for n, video in enumerate(self.videos):
-            for t, row in enumerate(rows):  # plain contiguous copies (np.take with out= was slower in a profile)
-                images[n, t] = video[row]
+        step = rows[1] - rows[0] if len(rows) > 1 else 1
+        if step > 0 and rows == list(range(rows[0], rows[-1] + 1, step)):
+            images = self.frames[rows[0] : rows[-1] + 1 : step].swapaxes(0, 1)  # [N_cam, T, 3, H, W], a view
+        else:
+            images = self.frames[rows].swapaxes(0, 1)  # a copy, frame-major
+        if own:
+            images = np.ascontiguousarray(images)
         if self.augment is not None:
             images = self.augment(images, current)
         row = self._ego_row[int(current)]

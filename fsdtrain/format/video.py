@@ -21,7 +21,7 @@ from av.video.reformatter import VideoReformatter
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.mp4 import sample_table
 
-__all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "decode_video", "frames_to_decode"]
+__all__ = ["CODECS", "rgb_to_yuv420p", "encode_video", "decode_video", "frames_to_decode", "FrameSizeError"]
 
 
 _GBRP_CHANNELS = (1, 2, 0)  # FFmpeg's planar RGB holds G, B, R: the channel of R, G, B each plane is
@@ -107,6 +107,14 @@ def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: in
     return buf.getvalue()
 
 
+class FrameSizeError(DataError):
+    """A decoded frame of another size than the frames before it, or than ``decode_video``'s ``out``."""
+
+    def __init__(self, message: str, *, width: int, height: int) -> None:
+        super().__init__(message)
+        self.width, self.height = width, height
+
+
 def frames_to_decode(keyframes: Sequence[bool], wanted: Sequence[int]) -> np.ndarray:
     """Mask over packets (= frames; no B-frames) that must be decoded to get the ``wanted`` frames:
     from the keyframe at or before each wanted frame up to it. ``keyframes[i]``: packet i is a keyframe."""
@@ -128,6 +136,7 @@ def decode_video(
     size: tuple[int, int] | None = None,
     keep: Sequence[int] | None = None,
     channels_first: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decodes the frames asked for (and only the ones they depend on) of an MP4, as RGB.
 
@@ -144,6 +153,9 @@ def decode_video(
         keep: frame indices to return (default: all ``frames``).
         channels_first: return ``[len(keep), 3, H, W]``, the same pixels as rgb24 transposed (without
             a resize the scaler writes planar RGB, copied plane by plane: no transposing copy).
+        out: write the frames into this uint8 array (``[len(keep), ...]`` of the returned shape, any
+            strides: e.g. one camera's rows of a clip's frame-major array) instead of a new one;
+            frames of another size raise :class:`FrameSizeError`.
 
     Returns:
         uint8 array ``[len(keep), H, W, 3]`` (RGB), in the order of sorted ``keep``.
@@ -154,7 +166,9 @@ def decode_video(
     if not wanted:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     row = {f: r for r, f in enumerate(wanted)}
-    out: np.ndarray | None = None  # allocated at the first frame, when its size is known
+    given = out is not None  # else allocated at the first frame, when its size is known
+    if given and (out.dtype != np.uint8 or len(out) != len(wanted)):
+        raise ValueError(f"out must be uint8 with {len(wanted)} rows, got {out.dtype} {list(out.shape)}")
     done = np.zeros(len(wanted), dtype=bool)
     try:
         with ExitStack() as stack:
@@ -189,7 +203,9 @@ def decode_video(
                 if out is None:
                     out = np.empty((len(wanted), *shape), dtype=np.uint8)
                 elif shape != out.shape[1:]:
-                    raise DataError(f"{where}: frame {wanted[r]} is {frame.width}x{frame.height}, not the size of the first frame")
+                    hw = shape[1:] if channels_first else shape[:2]
+                    expected = "the size of the first frame" if not given else "the size expected"
+                    raise FrameSizeError(f"{where}: frame {wanted[r]} is {hw[1]}x{hw[0]}, not {expected}", width=hw[1], height=hw[0])
                 if planar_out:
                     for channel, plane in zip(_GBRP_CHANNELS, planar.planes):  # rows padded to line_size
                         out[r, channel] = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: shape[1], : shape[2]]
