@@ -39,6 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from fsdtrain.data.augment import Augment
 from fsdtrain.data.batch_ring import keep_freed_memory
+from fsdtrain.data.clip_buffers import ClipBuffers
 from fsdtrain.data.order import ClipWindow, StreamOrder, StreamShape, batch_positions
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format import schema
@@ -267,6 +268,7 @@ class FleetStream(IterableDataset):
         self.shape: StreamShape | None = None  # order=streams: fitted by set_distributed, or a checkpoint's
         self._order: tuple[tuple, StreamOrder] | None = None
         self._readers: dict[int, IndexedShards] = {}
+        self._buffers: ClipBuffers | None = None  # while iterating
         self._sizes: dict[str, tuple[tuple[int, int], str]] = {}  # camera -> (W, H) of the first clip read, and where
         self._clip_starts = [np.concatenate([[0], np.cumsum([s.samples for s in m.shards])]).astype(np.int64) for m in manifests]
 
@@ -337,10 +339,14 @@ class FleetStream(IterableDataset):
             raise ConfigError(
                 f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}"
             )
-        if self.order == "streams":
-            yield from self._stream_iter(worker)
-        else:
-            yield from self._clips_iter(worker)
+        self._buffers = ClipBuffers()  # this process's own (a worker's, after the fork)
+        try:
+            if self.order == "streams":
+                yield from self._stream_iter(worker)
+            else:
+                yield from self._clips_iter(worker)
+        finally:
+            self._buffers = None
 
     # --- training: the stream order ------------------------------------------------------------------
 
@@ -515,7 +521,8 @@ class FleetStream(IterableDataset):
             said = ", ".join(f"{c} {w}x{h}" for c, (w, h) in sizes.items())
             raise DataError(f"{where}: calib.json sizes differ between cameras ({said}): set data.image_size to train on cameras of several resolutions (docs/data-format.md)")
         height, width = self.image_size if self.image_size is not None else sizes[self.cameras[0]][::-1]
-        frames = np.empty((len(needed), len(self.cameras), 3, height, width), dtype=np.uint8)
+        shape = (len(self.cameras), 3, height, width)
+        frames = self._buffers.take(len(needed), shape) if self._buffers is not None else np.empty((len(needed), *shape), dtype=np.uint8)
         for n, c in enumerate(self.cameras):
             try:
                 decode_video(

@@ -1,15 +1,20 @@
 import json
 import random
+import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from fsdtrain.data.batch_ring import RingLoader
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.stream import ClipRef, FleetStream, Source, StreamSpec, worker_caps
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
+from fsdtrain.format.video import decode_video
+from fsdtrain.format.windows import window_frames
 from fsdtrain.residency import ResidencyError
 from fsdtrain.store.gate import AuditLog, ZoneGate
 from helpers.fleet import TINY_WINDOW, rewrite_shard
@@ -384,3 +389,35 @@ def test_a_rate_that_cannot_place_the_history_is_refused_naming_the_dataset(two_
     assert len(rate_stream([two_rates[10]], window)) > 0
     with pytest.raises(ConfigError, match=r"^data: fleet8/train/US at 8 fps cannot place history frames every 0.3 s: the nearest frames are 50 ms off"):
         rate_stream(two_rates.values(), window)
+
+
+def _decoded_frames(urls) -> dict[str, np.ndarray]:
+    """clip_id -> every frame of every camera, [frames, N_cam, 3, H, W], decoded one video at a time."""
+    out = {}
+    for url in urls:
+        for path in sorted(Path(url.removeprefix("file://")).glob("shard-*.tar")):
+            with tarfile.open(path) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            for key in sorted({name.split(".", 1)[0] for name in members}):
+                meta = json.loads(members[f"{key}.meta.json"])
+                videos = [decode_video(members[f"{key}.{c}.mp4"], frames=meta["frames"], where=key, channels_first=True) for c in DEFAULT_CAMERAS]
+                out[meta["clip_id"]] = np.stack(videos, axis=1)
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_window_has_its_own_clips_frames_while_clip_arrays_are_reused(tiny_fleet, workers):
+    """A window's images view its clip's array until the collate copies them, and a worker reuses
+    clip arrays nothing views any more: every window of every batch (four clips interleaved in
+    each) must still hold the frames of its own clip, as a plain decode of each video gives them."""
+    urls = [tiny_fleet[c][split] for c in ("US", "DE") for split in ("train", "val")]
+    frames = _decoded_frames(urls)
+    stream = make_stream(urls, batch_size=4, order="streams")
+    stream.set_distributed(0, 1, workers)
+    seen = 0
+    for batch in RingLoader(stream, batch_size=4, num_workers=workers):
+        for images, clip_id, current in zip(batch["images"], batch["clip_id"], batch["frame"].tolist()):
+            want = frames[clip_id][window_frames(TINY_WINDOW, current, 10.0)].swapaxes(0, 1)  # [N_cam, T, 3, H, W]
+            np.testing.assert_array_equal(images.numpy(), want, err_msg=f"{clip_id}@{current}")
+            seen += 1
+    assert seen == len(stream) and len({c for c in frames}) == 6
