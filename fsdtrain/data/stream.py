@@ -511,7 +511,6 @@ class FleetStream(IterableDataset):
             clip.augment = lambda images, current: augment(images, augment.rng(seed, epoch, meta.clip_id, current))
         return clip
 
-
     def _decode_cameras(self, parsed, needed: list[int], where: str) -> np.ndarray:
         """The ``needed`` frames of every camera, channels first, frame-major: ``[len(needed), N_cam, 3,
         H, W]``, each frame converted once (not once per window that uses it) and written in place,

@@ -421,3 +421,35 @@ def test_every_window_has_its_own_clips_frames_while_clip_arrays_are_reused(tiny
             np.testing.assert_array_equal(images.numpy(), want, err_msg=f"{clip_id}@{current}")
             seen += 1
     assert seen == len(stream) and len({c for c in frames}) == 6
+
+
+def edit_calib(size, cameras):
+    """A ``rewrite_shard`` edit that sets ``size`` [W, H] of ``cameras`` in every clip's calib.json."""
+
+    def edit(members):
+        out = []
+        for name, data in members:
+            if name.endswith("calib.json"):
+                calib = json.loads(data)
+                for camera in cameras:
+                    calib[camera]["size"] = size
+                data = json.dumps(calib).encode()
+            out.append((name, data))
+        return out
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("cameras", "message"),
+    [
+        (["CAM_BACK"], r"calib.json sizes differ between cameras \(.*CAM_BACK 96x72.*\): set data.image_size"),
+        (list(DEFAULT_CAMERAS), r"CAM_FRONT.mp4: frames are 64x48, calib.json CAM_FRONT.size says 96x72"),
+    ],
+    ids=["one-camera", "every-camera"],
+)
+def test_frame_sizes_that_disagree_with_calib_are_data_errors_naming_the_camera(tiny_fleet, tmp_path, cameras, message):
+    d = copy_split(tiny_fleet["US"]["train"], tmp_path / "US")
+    rewrite_shard(d, edit_calib([96, 72], cameras))
+    with pytest.raises(DataError, match=message):
+        window_ids(make_stream([str(d)], order="streams"))
