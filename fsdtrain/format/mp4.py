@@ -118,14 +118,12 @@ def _read(buf: memoryview) -> SampleTable:
     for trak in moov.get(b"trak", []):
         boxes = _boxes(buf, *trak)
         mdia = _boxes(buf, *_one(boxes, b"mdia"))
-        hdlr, _ = _one(mdia, b"hdlr")
-        if bytes(buf[hdlr + 8 : hdlr + 12]) == b"vide":
+        hdlr, hdlr_end = _one(mdia, b"hdlr")
+        if hdlr_end - hdlr >= 12 and bytes(buf[hdlr + 8 : hdlr + 12]) == b"vide":
             videos.append((boxes, mdia))
     if len(videos) != 1:
         raise _Unsupported(f"{len(videos)} video tracks")
     trak, mdia = videos[0]
-    if b"edts" in trak:
-        _check_edits(buf, _one(_boxes(buf, *_one(trak, b"edts")), b"elst"))
     stbl = _boxes(buf, *_one(_boxes(buf, *_one(mdia, b"minf")), b"stbl"))
     if b"ctts" in stbl:
         raise _Unsupported("composition offsets (B-frames)")
@@ -135,6 +133,10 @@ def _read(buf: memoryview) -> SampleTable:
     deltas = _full_box_table(buf, _one(stbl, b"stts"), ">u4", 2)
     if int(deltas[:, 0].sum()) != count or (deltas[:, 1] == 0).any():
         raise _Unsupported("time-to-sample table does not give every sample its own time")
+    if b"edts" in trak:
+        last_start = int(deltas[:, 0] @ deltas[:, 1]) - int(deltas[-1, 1])  # the last frame's time, media units
+        edit = _one(_boxes(buf, *_one(trak, b"edts")), b"elst")
+        _check_edit(buf, edit, last_start, movie_scale=_timescale(buf, _one(moov, b"mvhd")), media_scale=_timescale(buf, _one(mdia, b"mdhd")))
     chunks = _chunk_offsets(buf, stbl)
     offsets = _sample_offsets(_full_box_table(buf, _one(stbl, b"stsc"), ">u4", 3), chunks, sizes)
     if count == 0 or (sizes <= 0).any() or offsets.min() < 0 or int((offsets + sizes).max()) > len(buf):
@@ -149,18 +151,32 @@ def _read(buf: memoryview) -> SampleTable:
     return SampleTable(codec, extradata, width, height, offsets, sizes, keyframes)
 
 
-def _check_edits(buf: memoryview, span: tuple[int, int]) -> None:
-    """One edit from the first sample at normal rate is what a plain file has; anything else
-    (delays, cuts) makes FFmpeg drop or shift frames, so it demuxes those files."""
-    start, _ = span
-    version = buf[start]
-    entry = ">QqHH" if version == 1 else ">IiHH"
+def _timescale(buf: memoryview, span: tuple[int, int]) -> int:
+    """Units per second of an ``mvhd`` or ``mdhd`` box (after version/flags and the two times)."""
+    start, end = span
+    at = start + (20 if buf[start] == 1 else 12)
+    if at + 4 > end:
+        raise _Unsupported("header box too short")
+    (scale,) = struct.unpack_from(">I", buf, at)
+    if scale == 0:
+        raise _Unsupported("zero timescale")
+    return scale
+
+
+def _check_edit(buf: memoryview, span: tuple[int, int], last_start: int, *, movie_scale: int, media_scale: int) -> None:
+    """One edit from the first sample at normal rate, lasting past the last frame's start, is what a
+    plain file has; anything else (delays, cuts, a trimmed end) makes FFmpeg drop or shift frames, so
+    it demuxes those files. ``last_start``: the last frame's time in media units."""
+    start, end = span
+    entry = ">QqHH" if buf[start] == 1 else ">IiHH"
+    if start + 8 + struct.calcsize(entry) > end:
+        raise _Unsupported("edit list too short")
     (count,) = struct.unpack_from(">I", buf, start + 4)
     if count != 1:
         raise _Unsupported(f"{count} edits")
-    _, media_time, rate, _ = struct.unpack_from(entry, buf, start + 8)
-    if media_time != 0 or rate != 1:
-        raise _Unsupported("edit does not start at the first sample")
+    duration, media_time, rate, _ = struct.unpack_from(entry, buf, start + 8)
+    if media_time != 0 or rate != 1 or duration * media_scale <= last_start * movie_scale:
+        raise _Unsupported("edit does not show every frame from the first")
 
 
 def _sample_entry(buf: memoryview, span: tuple[int, int]) -> tuple[str, bytes, int, int]:

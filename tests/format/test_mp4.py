@@ -150,3 +150,14 @@ def test_hostile_bytes_give_a_table_inside_the_file_or_none_and_decode_to_data_e
             decode_video(case, frames=FRAMES, where="v", keep=[2, 11])
         except DataError:
             pass
+
+
+def test_an_edit_that_ends_before_the_last_frame_is_left_to_ffmpeg(frames):
+    data = bytearray(encode_video(frames, 10.0, gop=5))
+    at = data.find(b"elst")
+    (duration,) = struct.unpack_from(">I", data, at + 4 + 4 + 4)  # version/flags, count; then the segment duration
+    struct.pack_into(">I", data, at + 4 + 4 + 4, duration // 2)  # a trimmed end: FFmpeg drops the frames after it
+    assert sample_table(bytes(data)) is None
+    with av.open(io.BytesIO(bytes(data))) as container:
+        shown = sum(1 for _ in container.decode(video=0))
+    assert shown < FRAMES  # FFmpeg indeed shows fewer frames: reading the table would have shown them all
