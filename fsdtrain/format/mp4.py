@@ -9,7 +9,7 @@ made from the track's codec configuration.
 
 Only the plain layout that fsdtrain's writer (FFmpeg's mp4 muxer) and most cameras' recorders
 produce is read here: one H.264 or HEVC video track, no fragments, no composition offsets
-(no B-frames: packet order is frame order), at most one edit that starts at the first sample.
+(no B-frames: packet order is frame order), at most one edit, showing every frame from the first.
 Anything else (other codecs, fragmented MP4, several video tracks, B-frames, a malformed or
 truncated box) gives ``None``, and the caller demuxes with FFmpeg, which then names what is wrong.
 The two ways decode the same frames (tests/format/test_video.py checks pixel for pixel).
