@@ -10,8 +10,9 @@ never has to be repositioned, and decoding in forked loader workers needs no ext
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from fractions import Fraction
 
 import av
@@ -83,7 +84,7 @@ def encode_video(frames: np.ndarray, fps: float, *, codec: str = "h264", gop: in
     if gop < 1:
         raise ConfigError(f"gop={gop} must be at least 1 frame")
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
+    with _own_scheduling(), av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(CODECS[codec], rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # One encoder thread, so the bytes do not depend on the machine's core count; the fleet
@@ -113,6 +114,23 @@ class FrameSizeError(DataError):
     def __init__(self, message: str, *, width: int, height: int) -> None:
         super().__init__(message)
         self.width, self.height = width, height
+
+
+@contextmanager
+def _own_scheduling():
+    """Keeps the calling thread's scheduling policy: SVT-AV1 (``codec="av1"``) switches the thread
+    that opens it to real-time FIFO at priority 99 when it may (as root), and every process started
+    from it afterwards inherits that; on a busy machine a real-time thread that spins (py-cpuinfo's
+    wait loop under DeepSpeed did) then starves everything else on its core."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux: nothing to keep
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
 
 
 def frames_to_decode(keyframes: Sequence[bool], wanted: Sequence[int]) -> np.ndarray:

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -83,3 +85,13 @@ class _Indices(IterableDataset):
         info = get_worker_info()
         for i in range(info.id * 3, 20, 3 * info.num_workers):
             yield i, _decode_in_worker(i)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
+def test_encoding_av1_leaves_the_callers_scheduling_policy_as_it_was(video):
+    """SVT-AV1 switches the thread that opens it to real-time FIFO when it may (as root); every
+    process started afterwards would inherit that (a spinning one then starves its core)."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    frames = np.zeros((4, 32, 48, 3), dtype=np.uint8)
+    assert len(encode_video(frames, 10.0, codec="av1", gop=2)) > 0
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
