@@ -17,7 +17,9 @@ worker / one decode process):
   a batch are, relative to a full random shuffle (1.0); ``workers_2_vs_1``: loader windows/s with 2
   workers / with 1 (each worker decodes its own clips; 2 cores here, the training process idle);
   ``ring_vs_plain``: the loader / the same stream through a plain DataLoader, which collates every
-  batch into fresh shared memory (fsdtrain/data/batch_ring.py).
+  batch into fresh shared memory (fsdtrain/data/batch_ring.py); ``table_vs_demuxer``: the loader /
+  the same loader with every video demuxed by FFmpeg instead of read from its MP4 sample tables
+  (fsdtrain/format/mp4.py).
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -57,6 +59,7 @@ from fsdtrain.data.batch_ring import RingLoader
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
+from fsdtrain.format import video
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec, window_frames
 from fsdtrain.store import objects
@@ -137,6 +140,17 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
     return windows, decoded, used, time.perf_counter() - t0, order
 
 
+def demuxed(run):
+    """``run()`` with every video demuxed by FFmpeg, as before fsdtrain read MP4 sample tables itself
+    (the loader's workers are forked from here, so they see the switch too)."""
+    saved = video.sample_table
+    video.sample_table = lambda data: None
+    try:
+        return run()
+    finally:
+        video.sample_table = saved
+
+
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
 
 
@@ -187,6 +201,7 @@ def main() -> None:
                 "two_workers": lambda: loader_rate(url, workers=2)[0],
                 "plain_collate": lambda: loader_rate(url, loader=DataLoader)[0],  # fresh shared memory per batch
                 "s3": lambda: loader_rate("s3://bench/train/US")[0],
+                "demuxer": lambda: demuxed(lambda: loader_rate(url)[0]),
             }
             rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
@@ -196,6 +211,7 @@ def main() -> None:
         "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
         "workers_2_vs_1": ratio_summary(rates["two_workers"], rates["loader"]),
         "ring_vs_plain": ratio_summary(rates["loader"], rates["plain_collate"]),
+        "table_vs_demuxer": ratio_summary(rates["loader"], rates["demuxer"]),
         "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
         "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
         "loader_windows_per_s": round(median["loader"], 1),

@@ -201,7 +201,7 @@ def decode_video(
             row_of = row if pts is None else {pts[f]: r for f, r in row.items()}  # a decoded frame's pts -> its row
             # one converter for the clip: ``frame.to_ndarray(format=...)`` sets up FFmpeg's scaler anew for
             # every frame, about 5x the conversion itself; and in this thread: by default the scaler
-            # splits every frame over threads of its own, one per core, which costs 1.6-3x the
+            # splits every frame over threads of its own, one per core, which costs 1.6-4x the
             # conversion at 448x256-160x96 (same pixels both; benchmarks/rgb_convert.py)
             rgb = VideoReformatter()
             height, width = size if size is not None else (None, None)
