@@ -10,7 +10,9 @@ worker / one decode process):
 - ``raw_windows_per_s``: the same shards read from disk, untarred, and only the frames those windows
   need decoded with PyAV (from the keyframe before each), decoder and scaler in the calling thread
   as in a loader worker — the floor any loader must pay;
-- ``ratio`` = loader / raw on file://, ``in_process_ratio`` the same without a worker process
+- ``ratio`` = loader / raw on file://; ``warm_ratio`` the same for a second pass in the same
+  processes (persistent loader workers whose clip arrays are kept from the first pass: what every
+  clip after a worker's first ones finds) against a second raw pass timed alone; ``in_process_ratio`` the same without a worker process
   (what the hand-off of batches from the worker costs), ``s3_vs_file`` = loader on s3 / loader on file, and
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding from the
   keyframe before each needed frame); ``shuffle_gap_vs_random``: how far apart in store order consecutive windows of
@@ -19,7 +21,8 @@ worker / one decode process):
   ``ring_vs_plain``: the loader / the same stream through a plain DataLoader, which collates every
   batch into fresh shared memory (fsdtrain/data/batch_ring.py); ``table_vs_demuxer``: the loader /
   the same loader with every video demuxed by FFmpeg instead of read from its MP4 sample tables
-  (fsdtrain/format/mp4.py).
+  (fsdtrain/format/mp4.py); ``normal_vs_huge_pages``: the loader / the same loader with its clip
+  arrays in transparent huge pages, as numpy allocates large arrays (fsdtrain/data/clip_buffers.py).
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -49,13 +52,17 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 from machine import describe
 from rounds import alternate, ratio_summary
 from torch.utils.data import DataLoader
 
+from fsdtrain.data import clip_buffers
+from fsdtrain.data import stream as stream_module
 from fsdtrain.data.batch_ring import RingLoader
+from fsdtrain.data.clip_buffers import ClipBuffers
 from fsdtrain.data.datamodule import load_manifests
 from fsdtrain.data.stream import FleetStream, Source, StreamSpec, init_loader_worker
 from fsdtrain.errors import ConfigError
@@ -72,8 +79,11 @@ GLOBAL_GATE = ZoneGate("global")
 SPEC = WindowSpec(history=2, frame_stride=5, horizon_s=3.0, future_hz=2.0, window_stride=5)
 
 
-def loader_rate(url: str, *, workers: int = 1, loader: type[DataLoader] = RingLoader) -> tuple[float, int, list[list[str]]]:
-    """Windows/s, windows, and each batch's window ids (``clip@frame``), through ``loader``."""
+def loader_rate(
+    url: str, *, workers: int = 1, loader: type[DataLoader] = RingLoader, passes: int = 1
+) -> tuple[float, int, list[list[str]]]:
+    """Windows/s, windows, and each batch's window ids (``clip@frame``), through ``loader``; with
+    ``passes`` > 1 the same workers iterate the epoch that many times and the last pass is timed."""
     stream = FleetStream(
         Source.all(load_manifests([url], GLOBAL_GATE)), SPEC, gate=GLOBAL_GATE, cameras=list(DEFAULT_CAMERAS), batch_size=8,
         reading=StreamSpec(order="streams"),
@@ -82,8 +92,15 @@ def loader_rate(url: str, *, workers: int = 1, loader: type[DataLoader] = RingLo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker (the DataLoader sets it there), so in-process compares like with like
     try:
+        batches_of = loader(
+            stream, batch_size=8, num_workers=workers, worker_init_fn=init_loader_worker if workers else None,
+            persistent_workers=passes > 1,
+        )  # fmt: skip
+        for _ in range(passes - 1):
+            for _batch in batches_of:
+                pass
         t0, n, batches = time.perf_counter(), 0, []
-        for batch in loader(stream, batch_size=8, num_workers=workers, worker_init_fn=init_loader_worker if workers else None):
+        for batch in batches_of:
             n += batch["future"].shape[0]
             batches.append([f"{c}@{int(f)}" for c, f in zip(batch["clip_id"], batch["frame"].tolist())])
             last = time.perf_counter()
@@ -102,7 +119,14 @@ def shuffle_gap(batches: list[list[str]], store_order: list[str]) -> float:
     return (sum(gaps) / len(gaps)) / (len(store_order) / 3)
 
 
-def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
+def _raw_decode(paths: list[str], passes: int = 1) -> tuple[int, int, int, float, list[str]]:
+    """:func:`_raw_pass` ``passes`` times in this process: the last one's figures."""
+    for _ in range(passes - 1):
+        _raw_pass(paths)
+    return _raw_pass(paths)
+
+
+def _raw_pass(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
     """Windows, frames decoded, frames used, seconds and the windows in store order, for a plain
     PyAV pass over the shards."""
     t0 = time.perf_counter()
@@ -140,6 +164,19 @@ def _raw_decode(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
     return windows, decoded, used, time.perf_counter() - t0, order
 
 
+def kept_pool(run):
+    """``run()`` with one clip-array pool per loader worker process, kept from pass to pass (the
+    loader makes a new one per pass): a later pass through persistent workers finds every array it
+    needs already mapped, as the clips after a worker's first ones do (benchmark only)."""
+    pools: dict[int, ClipBuffers] = {}
+    saved = stream_module.ClipBuffers
+    stream_module.ClipBuffers = lambda: pools.setdefault(os.getpid(), saved())
+    try:
+        return run()
+    finally:
+        stream_module.ClipBuffers = saved
+
+
 def demuxed(run):
     """``run()`` with every video demuxed by FFmpeg, as before fsdtrain read MP4 sample tables itself
     (the loader's workers are forked from here, so they see the switch too)."""
@@ -149,6 +186,17 @@ def demuxed(run):
         return run()
     finally:
         video.sample_table = saved
+
+
+def huge_pages(run):
+    """``run()`` with the loader's clip arrays allocated by numpy, which asks for transparent huge
+    pages on arrays of 4 MiB and more (the workers are forked from here, so they see the switch too)."""
+    saved = clip_buffers._unhuge
+    clip_buffers._unhuge = lambda nbytes: np.empty(nbytes, dtype=np.uint8)
+    try:
+        return run()
+    finally:
+        clip_buffers._unhuge = saved
 
 
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
@@ -183,6 +231,11 @@ def main() -> None:
             raw.update(windows=windows, decoded=decoded, used=used, store_order=store_order)
             return windows / seconds
 
+        def warm_raw_side() -> float:  # a second pass in one process, its own time only
+            with mp.get_context("fork").Pool(1) as pool:
+                windows, _, _, seconds, _ = pool.apply(_raw_decode, (paths, 2))
+            return windows / seconds
+
         def file_side() -> float:
             rate, n, batches = loader_rate(url)
             assert n <= raw.get("windows", n), f"loader read {n} windows, raw pass {raw['windows']}"
@@ -197,21 +250,26 @@ def main() -> None:
             sides = {
                 "raw": raw_side,
                 "loader": file_side,
+                "warm_raw": warm_raw_side,
+                "warm_loader": lambda: kept_pool(lambda: loader_rate(url, passes=2)[0]),
                 "in_process": lambda: loader_rate(url, workers=0)[0],  # the same work without the worker hand-off
                 "two_workers": lambda: loader_rate(url, workers=2)[0],
                 "plain_collate": lambda: loader_rate(url, loader=DataLoader)[0],  # fresh shared memory per batch
                 "s3": lambda: loader_rate("s3://bench/train/US")[0],
                 "demuxer": lambda: demuxed(lambda: loader_rate(url)[0]),
+                "huge_pages": lambda: huge_pages(lambda: loader_rate(url)[0]),
             }
             rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
     result = {
         "ratio": ratio_summary(rates["loader"], rates["raw"], goal=GOALS["ratio"]),
+        "warm_ratio": ratio_summary(rates["warm_loader"], rates["warm_raw"]),
         "in_process_ratio": ratio_summary(rates["in_process"], rates["raw"]),
         "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
         "workers_2_vs_1": ratio_summary(rates["two_workers"], rates["loader"]),
         "ring_vs_plain": ratio_summary(rates["loader"], rates["plain_collate"]),
         "table_vs_demuxer": ratio_summary(rates["loader"], rates["demuxer"]),
+        "normal_vs_huge_pages": ratio_summary(rates["loader"], rates["huge_pages"]),
         "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
         "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
         "loader_windows_per_s": round(median["loader"], 1),

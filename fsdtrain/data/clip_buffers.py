@@ -3,18 +3,27 @@
 A clip's frames are decoded into one frame-major array (``[rows, N_cam, 3, H, W]`` uint8: about
 40-70 MB per clip at configs/pretrain_global.yaml's 6 x 256x448). Allocated anew for every clip,
 such an array is larger than anything glibc keeps on the heap (32 MiB at most, even with
-:func:`~fsdtrain.data.batch_ring.keep_freed_memory`): every clip maps fresh pages, the kernel zeroes
-them, and with transparent huge pages (which numpy asks for on large arrays) it may first compact
-memory to find them; on the 2-core VM single allocations stalled for over 100 ms that way.
+:func:`~fsdtrain.data.batch_ring.keep_freed_memory`): every clip would map fresh pages for the
+kernel to zero.
 
 :class:`ClipBuffers` hands out views of arrays it keeps, and takes an array back once nothing but
 the pool refers to it: the clip was dropped and every window that viewed it was collated into a
-batch. CPython's reference count says so (a view keeps its base array referenced). The pool never
-holds more arrays than were in use at once, so it keeps the worker's peak, not more.
+batch. CPython's reference count says so (every view, reshaped or sliced, refers to the kept flat
+array). The pool never holds more arrays than were in use at once, so it keeps the worker's peak,
+not more.
+
+Arrays of 4 MiB and more are anonymous mappings of their own, in normal pages
+(``MADV_NOHUGEPAGE``): numpy asks for transparent huge pages from that size, and under the kernel's
+usual ``defrag=madvise`` the first touch of such an array may compact memory to find 2 MiB pages.
+On the 2-core VM that made a worker's pass up to 1.5x slower at 448x256 (benchmarks/README.md,
+``normal_vs_huge_pages``) and single allocations stall for over 100 ms; once every array was mapped,
+both page sizes ran alike (timed by hand: passes through a kept pool, 83-87 against 84-86
+windows/s). Smaller arrays are numpy's, as before.
 """
 
 from __future__ import annotations
 
+import mmap
 import sys
 
 import numpy as np
@@ -26,7 +35,7 @@ class ClipBuffers:
     """Reused uint8 arrays of ``[rows, *row_shape]`` for one process (a loader worker makes its own)."""
 
     def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
+        self._arrays: list[tuple[np.ndarray, tuple[int, ...], int]] = []  # (flat array, row shape, rows)
         self._rows: dict[tuple[int, ...], int] = {}  # most rows asked for per row shape: new arrays get that many
         self.allocated = self.reused = 0
 
@@ -37,24 +46,35 @@ class ClipBuffers:
         """An uninitialized ``[rows, *row_shape]`` uint8 array: a view of a kept array that nothing
         else refers to any more, else a new one (kept in place of a free one too small for it)."""
         row_shape = tuple(row_shape)
+        row_bytes = int(np.prod(row_shape, dtype=np.int64))
         capacity = self._rows[row_shape] = max(rows, self._rows.get(row_shape, 0))
         spare = None
-        for i in range(len(self._arrays)):
-            if not self._unreferenced(i):
+        for i, (flat, shape, kept_rows) in enumerate(self._arrays):
+            if sys.getrefcount(flat) > 3:  # the pool's tuple, this loop's name, getrefcount's argument: a view is left
                 continue
-            array = self._arrays[i]
-            if array.shape[1:] == row_shape and len(array) >= rows:
+            if shape == row_shape and kept_rows >= rows:
                 self.reused += 1
-                return array[:rows]
+                return flat[: rows * row_bytes].reshape(rows, *row_shape)
             spare = i
-        array = np.empty((capacity, *row_shape), dtype=np.uint8)
+        flat = _unhuge(capacity * row_bytes)
         self.allocated += 1
         if spare is None:
-            self._arrays.append(array)
+            self._arrays.append((flat, row_shape, capacity))
         else:
-            self._arrays[spare] = array
-        return array[:rows]
+            self._arrays[spare] = (flat, row_shape, capacity)
+        return flat[: rows * row_bytes].reshape(rows, *row_shape)
 
-    def _unreferenced(self, i: int) -> bool:
-        # the pool's own reference and getrefcount's argument: no view (clip, window, tensor) is left
-        return sys.getrefcount(self._arrays[i]) == 2
+
+_HUGE_PAGE_ARRAY = 1 << 22  # numpy asks for transparent huge pages on arrays of 4 MiB and more
+
+
+def _unhuge(nbytes: int) -> np.ndarray:
+    """A flat uint8 array of ``nbytes`` that is not in transparent huge pages: numpy's own below the
+    size where numpy asks for them, else an anonymous mapping of its own in normal pages (unmapped
+    once the array and every view of it are gone)."""
+    if nbytes < _HUGE_PAGE_ARRAY:
+        return np.empty(nbytes, dtype=np.uint8)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # private anonymous memory, as malloc's
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere there is no transparent huge page to refuse
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(memory, dtype=np.uint8, count=nbytes)

@@ -1,4 +1,8 @@
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from fsdtrain.data.clip_buffers import ClipBuffers
@@ -30,3 +34,32 @@ def test_the_pool_keeps_no_more_arrays_than_were_in_use_at_once():
     assert len(pool) == 3 and pool.allocated == 4
     other = pool.take(2, (1, 3, 4, 5))  # another frame size: its own array, in place of a free one
     assert other.shape == (2, 1, 3, 4, 5) and len(pool) == 3
+
+
+def _mapping(array: np.ndarray) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds ``array``'s first byte."""
+    address = array.__array_interface__["data"][0]
+    fields: dict[str, str] | None = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if head:
+            if fields is not None:
+                break
+            if int(head[1], 16) <= address < int(head[2], 16):
+                fields = {}
+        elif fields is not None:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    assert fields is not None, "no mapping holds the array"
+    return fields
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the mapping's flags from Linux's /proc")
+def test_clip_arrays_are_kept_out_of_transparent_huge_pages():
+    pool = ClipBuffers()
+    frames = pool.take(4, (6, 3, 256, 448))  # 8 MB: numpy would ask for huge pages
+    frames[:] = 7  # touched: the kernel has placed every page
+    mapping = _mapping(frames)
+    assert "nh" in mapping["VmFlags"].split()  # MADV_NOHUGEPAGE
+    assert mapping["AnonHugePages"] == "0 kB" and mapping["THPeligible"] == "0"
+    assert int(mapping["Anonymous"].split()[0]) * 1024 >= frames.nbytes  # private memory of the process, not shared
