@@ -20,6 +20,7 @@ error codes, and the key values in the environment are masked in whatever text i
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +41,8 @@ from fsdtrain.store.retry import (
     call_with_retries,
 )
 from fsdtrain.store.settings import S3Settings, s3_settings, safe_url, session
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BUCKET_ZONES_ENV",
@@ -387,10 +390,17 @@ def write_bytes(url: str, data: bytes) -> None:
     _s3_call(u, "write", lambda c: c.s3.put_object(Bucket=u.bucket, Key=u.key, Body=data))
 
 
-def copy(src: str, dst: str) -> None:
-    """Copies an object inside one store: on S3 a server-side ``CopyObject`` (the bytes never pass
-    through this process; objects up to 5 GB, as S3 allows in one request), on file:// a copy to a
-    temporary name and a rename. Raises :class:`~fsdtrain.errors.ObjectMissing` when ``src`` is gone."""
+COPY_IN_ONE_REQUEST = 5 << 30  # the most S3 copies with one CopyObject
+COPY_PART = 1 << 30  # bytes per UploadPartCopy above that (S3 takes 5 MiB to 5 GiB per part, 10,000 parts)
+
+
+def copy(src: str, dst: str, *, in_one_request: int = COPY_IN_ONE_REQUEST, part: int = COPY_PART) -> None:
+    """Copies an object inside one store: on S3 server-side (the bytes never pass through this
+    process), with one ``CopyObject`` up to ``in_one_request`` bytes and as a multipart upload of
+    ``UploadPartCopy`` ranges of ``part`` bytes above (shards over 5 GB); on file:// a copy to a
+    temporary name and a rename. ``dst`` appears whole or not at all: a multipart copy that fails is
+    aborted, so no part of it stays in the store. Raises :class:`~fsdtrain.errors.ObjectMissing` when
+    ``src`` is gone."""
     s, d = parse_url(src), parse_url(dst)
     if s.scheme != d.scheme:
         raise ValueError(f"copy from {s.scheme}:// to {d.scheme}:// is not one store: read and write instead")
@@ -402,7 +412,29 @@ def copy(src: str, dst: str) -> None:
         write_bytes(dst, data)
         return
     source = {"Bucket": s.bucket, "Key": s.key}
-    _s3_call(s, "copy", lambda c: c.s3.copy_object(Bucket=d.bucket, Key=d.key, CopySource=source))
+    size = _s3_call(s, "copy", lambda c: c.s3.head_object(**source)["ContentLength"])
+    if size <= in_one_request:
+        _s3_call(s, "copy", lambda c: c.s3.copy_object(Bucket=d.bucket, Key=d.key, CopySource=source))
+        return
+    target = {"Bucket": d.bucket, "Key": d.key}
+    upload = _s3_call(d, "copy", lambda c: c.s3.create_multipart_upload(**target)["UploadId"])
+    try:
+        parts = []
+        for number, start in enumerate(range(0, size, part), start=1):
+            span = f"bytes={start}-{min(start + part, size) - 1}"
+
+            def copy_part(c: _Client, number: int = number, span: str = span) -> str:
+                answer = c.s3.upload_part_copy(**target, UploadId=upload, PartNumber=number, CopySource=source, CopySourceRange=span)
+                return answer["CopyPartResult"]["ETag"]
+
+            parts.append({"PartNumber": number, "ETag": _s3_call(s, "copy", copy_part)})
+        _s3_call(d, "copy", lambda c: c.s3.complete_multipart_upload(**target, UploadId=upload, MultipartUpload={"Parts": parts}))
+    except BaseException:
+        try:
+            _s3_call(d, "abort the copy to", lambda c: c.s3.abort_multipart_upload(**target, UploadId=upload))
+        except StoreError as exc:  # the copy's own error is the one to raise; the store drops stale uploads by its lifecycle rules
+            log.warning("%s", exc)
+        raise
 
 
 def exists(url: str) -> bool:

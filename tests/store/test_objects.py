@@ -79,6 +79,30 @@ def test_copy_inside_the_store_and_a_missing_source(root: str) -> None:
     assert objects.read_bytes(dst) == PAYLOAD
 
 
+def test_an_object_over_the_single_copy_limit_is_copied_in_parts_server_side(s3_bucket: str) -> None:
+    """S3 copies at most 5 GB with one CopyObject; above it the copy is a multipart upload of
+    UploadPartCopy ranges (the limit and part size lowered here to 5 MiB, S3's smallest part)."""
+    src, dst = f"{s3_bucket}/stage/big.tar", f"{s3_bucket}/final/big.tar"
+    data = os.urandom(12 << 20)
+    objects.write_bytes(src, data)
+    objects.copy(src, dst, in_one_request=5 << 20, part=5 << 20)
+    assert objects.read_bytes(dst) == data
+    bucket = objects.parse_url(s3_bucket).bucket
+    etag = objects.s3_client().head_object(Bucket=bucket, Key="final/big.tar")["ETag"]
+    assert etag.strip('"').endswith("-3")  # a multipart object's ETag counts its parts: 5 + 5 + 2 MiB
+
+
+def test_a_failed_copy_in_parts_leaves_no_object_and_no_upload(s3_bucket: str) -> None:
+    """The store refuses parts under 5 MiB (but the last): the copy fails, and its multipart upload
+    is aborted, so neither the object nor its parts stay in the store."""
+    src, dst = f"{s3_bucket}/stage/big.tar", f"{s3_bucket}/final/big.tar"
+    objects.write_bytes(src, os.urandom(12 << 20))
+    with pytest.raises(StoreError, match="cannot copy s3://"):
+        objects.copy(src, dst, in_one_request=5 << 20, part=1 << 20)
+    assert not objects.exists(dst)
+    bucket = objects.parse_url(s3_bucket).bucket
+    assert not objects.s3_client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
 def test_exists_list_delete(root: str) -> None:
     names = ["x/2.bin", "x/1.bin", "x/sub/3.bin", "xy.bin", "y.bin"]
     for name in names:
