@@ -237,3 +237,36 @@ def test_data_write_stops_its_worker_pool_and_publishes_nothing(tmp_path):
     cmd.wait_for(r"US: drive \S+: \d+ clips", timeout_s=300)  # the first drive is in, five are left
     assert_stopped(cmd, cmd.stop(signal.SIGTERM), signal.SIGTERM)
     assert not list(out.rglob("manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def long_val_fleet(tmp_path_factory) -> str:
+    """One camera, 80 clips of 20 s in 20 shards: long enough that `eval` and `data verify` are
+    still working seconds after their first progress line."""
+    out = tmp_path_factory.mktemp("stop-fleet") / "fleet"
+    made = subprocess.run(
+        [sys.executable, "-m", "fsdtrain", "data", "synth", "--out", f"file://{out}", "--countries", "US", "--clips", "80",
+         "--clips-per-shard", "4", "--seconds", "20", "--cameras", "CAM_FRONT", "--split", "val", "--workers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    return f"file://{out}/val/US"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_eval_stops_its_loader_workers_and_writes_no_report(long_val_fleet, tmp_path, signum):
+    report = tmp_path / "report.json"
+    cmd = Command(["eval", "--baselines", "--data", long_val_fleet, "--num-workers", "2", "--out", str(report)], cwd=REPO)
+    cmd.wait_for(r"eval: \d+/\d+ windows", timeout_s=300)  # the first batch is in: workers decoding the rest
+    assert_stopped(cmd, cmd.stop(signum), signum)
+    assert not report.exists() and not list(tmp_path.glob("report.json*"))  # no report, not even a partial one
+
+
+@pytest.mark.slow
+def test_data_verify_stops_mid_way_with_one_line(long_val_fleet, tmp_path):
+    cmd = Command(["data", "verify", long_val_fleet], cwd=REPO)
+    cmd.wait_for(r"data verify: \d+/\d+ shards", timeout_s=300)
+    assert_stopped(cmd, cmd.stop(signal.SIGTERM), signal.SIGTERM)
+    verdicts = [line for line in cmd.lines if re.fullmatch(r"\d+ problem\(s\)", line)]
+    assert verdicts == [], cmd.output()  # stopped: no verdict on shards it did not read
