@@ -8,18 +8,20 @@ import torch
 from fsdtrain.data.clip_buffers import ClipBuffers
 
 ROW = (2, 3, 4, 5)
+BIG_ROW = (2, 3, 256, 448)  # 6 rows of it are 4 MiB and more: a mapping of its own, not numpy's array
 
 
-def test_an_array_is_reused_only_once_nothing_views_it():
+@pytest.mark.parametrize("row", [ROW, BIG_ROW])
+def test_an_array_is_reused_only_once_nothing_views_it(row):
     pool = ClipBuffers()
-    a = pool.take(6, ROW)
+    a = pool.take(6, row)
     window = torch.from_numpy(a[1:4].swapaxes(0, 1))  # what a window hands the collate
     del a
-    b = pool.take(6, ROW)  # the first array is still viewed by the window: a second one
+    b = pool.take(6, row)  # the first array is still viewed by the window: a second one
     assert not np.shares_memory(b, window.numpy()) and (pool.allocated, pool.reused) == (2, 0)
     del window
-    c = pool.take(5, ROW)  # free again: reused, as a view of its first rows
-    assert c.shape == (5, *ROW) and (pool.allocated, pool.reused, len(pool)) == (2, 1, 2)
+    c = pool.take(5, row)  # free again: reused, as a view of its first rows
+    assert c.shape == (5, *row) and (pool.allocated, pool.reused, len(pool)) == (2, 1, 2)
     assert not np.shares_memory(b, c)
 
 
