@@ -12,8 +12,9 @@ worker / one decode process):
   as in a loader worker — the floor any loader must pay;
 - ``ratio`` = loader / raw on file://; ``warm_ratio`` the same for a second pass in the same
   processes (persistent loader workers whose clip arrays are kept from the first pass: what every
-  clip after a worker's first ones finds) against a second raw pass timed alone; ``in_process_ratio`` the same without a worker process
-  (what the hand-off of batches from the worker costs), ``s3_vs_file`` = loader on s3 / loader on file, and
+  clip after a worker's first ones finds) against a second raw pass timed alone;
+  ``in_process_ratio``: loader / raw with the stream iterated in this process, no worker (what the
+  hand-off of batches from the worker costs); ``s3_vs_file`` = loader on s3 / loader on file, and
   ``decoded_per_used``: frames decoded per frame the windows use (P-frames force decoding from the
   keyframe before each needed frame); ``shuffle_gap_vs_random``: how far apart in store order consecutive windows of
   a batch are, relative to a full random shuffle (1.0); ``workers_2_vs_1``: loader windows/s with 2
