@@ -41,6 +41,7 @@ from fsdtrain.store.retry import (
     call_with_retries,
 )
 from fsdtrain.store.settings import S3Settings, s3_settings, safe_url, session
+from fsdtrain.store.signed_get import SignedGets
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def format_bucket_zones(zones: Mapping[str, str]) -> str:
 class _Client:
     s3: object
     policy: RetryPolicy
+    gets: SignedGets | None  # GETs without the client's per-call work; None in adaptive retry mode
 
 
 _clients: dict[int, _Client] = {}
@@ -210,7 +212,12 @@ def _s3() -> _Client:
     if cached is None:
         settings = s3_settings()
         bucket_zones()  # a malformed FSDTRAIN_BUCKET_ZONES fails here, not inside an error message
-        cached = _Client(_new_client(settings), settings.policy)
+        client = _new_client(settings)
+        # adaptive mode's client-side rate limiter sits in the client's call path: its GETs go through it
+        gets = None if settings.retry_mode == "adaptive" else SignedGets(
+            client, _session(None), timeout_s=(settings.policy.connect_timeout_s, settings.policy.read_timeout_s)
+        )  # fmt: skip
+        cached = _Client(client, settings.policy, gets)
         _clients[pid] = cached
     return cached
 
@@ -366,7 +373,10 @@ def read_bytes(url: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
 
     def get(c: _Client) -> bytes:
         # The body is read inside the retried call: a connection lost mid-body retries the GET.
-        return c.s3.get_object(**kwargs)["Body"].read()
+        data = c.gets.get(u.bucket, u.key, byte_range) if c.gets is not None else None
+        if data is None:  # adaptive mode, or an answer the client follows by itself (a redirect)
+            data = c.s3.get_object(**kwargs)["Body"].read()
+        return data
 
     return _s3_call(u, "read", get)
 

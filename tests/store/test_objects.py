@@ -421,6 +421,58 @@ def test_a_server_that_never_answers_times_out_within_the_budget(
     assert "s3://bucket/slow" in str(info.value)
 
 
+def test_a_store_that_ignores_the_range_still_gives_the_range(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([(200, b"0123456789", 0.0)])  # a whole object where bytes 2-4 were asked for
+    assert objects.read_bytes("s3://bucket/key", byte_range=(2, 5)) == b"234"
+    assert len(server.requests) == 1
+
+
+def test_an_error_without_an_xml_body_is_named_by_its_status(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([(404, b"", 0.0)])
+    with pytest.raises(ObjectMissing, match=r"^cannot read s3://bucket/gone: no such object$"):
+        objects.read_bytes("s3://bucket/gone")
+    assert len(server.requests) == 1  # not asked again through the client
+
+
+def test_a_redirect_is_left_to_the_client(scripted_s3: Callable[..., ScriptedS3]) -> None:
+    server = scripted_s3([(301, _s3_error_xml("PermanentRedirect"), 0.0), (200, b"through the client", 0.0)])
+    assert objects.read_bytes("s3://bucket/key") == b"through the client"
+    assert server.requests == ["GET /bucket/key"] * 2
+
+
+# --- GETs signed without the client's call path ----------------------------------------------
+
+
+def _client_gets() -> list[str]:
+    """Names the S3 client's GetObject calls from now on (a GET signed by hand makes none)."""
+    calls: list[str] = []
+    objects.s3_client().meta.events.register("before-call.s3.GetObject", lambda params, **_: calls.append(params["url_path"]))
+    return calls
+
+
+@pytest.mark.parametrize("key", ["plain.tar", "dir/with space+plus~tilde=eq&amp.tar", "ünï/中文/%41.bin"])
+def test_reads_are_signed_by_hand_and_return_the_stores_bytes(s3_bucket: str, key: str) -> None:
+    url = f"{s3_bucket}/{key}"
+    objects.write_bytes(url, PAYLOAD)
+    calls = _client_gets()
+    assert objects.read_bytes(url) == PAYLOAD
+    assert objects.read_bytes(url, byte_range=(100, 5000)) == PAYLOAD[100:5000]
+    with pytest.raises(ObjectMissing, match="no such object"):
+        objects.read_bytes(f"{s3_bucket}/{key}.missing")
+    assert calls == []  # every answer, the error included, came without the client
+    body = objects.s3_client().get_object(Bucket=s3_bucket.removeprefix("s3://"), Key=key, Range="bytes=100-4999")["Body"].read()
+    assert body == PAYLOAD[100:5000] and len(calls) == 1  # the same object as the client reads
+
+
+def test_adaptive_retry_mode_reads_through_the_client(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects.write_bytes(f"{s3_bucket}/k", PAYLOAD)
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")  # its rate limiter is in the client's call path
+    objects.reset_clients()
+    calls = _client_gets()
+    assert objects.read_bytes(f"{s3_bucket}/k", byte_range=(0, 10)) == PAYLOAD[:10]
+    assert len(calls) == 1
+
+
 # --- bucket zones ----------------------------------------------------------------------------
 
 
