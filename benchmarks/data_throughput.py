@@ -23,7 +23,11 @@ worker / one decode process):
   batch into fresh shared memory (fsdtrain/data/batch_ring.py); ``table_vs_demuxer``: the loader /
   the same loader with every video demuxed by FFmpeg instead of read from its MP4 sample tables
   (fsdtrain/format/mp4.py); ``normal_vs_huge_pages``: the loader / the same loader with its clip
-  arrays in transparent huge pages, as numpy allocates large arrays (fsdtrain/data/clip_buffers.py).
+  arrays in transparent huge pages, as numpy allocates large arrays (fsdtrain/data/clip_buffers.py);
+  ``ahead_vs_on_touch``: the loader / the same loader with no clip array populated ahead in a thread
+  (each new array's pages placed as the decoder first writes them); ``signed_vs_client``: the loader
+  on s3:// / the same with every GET made through a boto3 client call instead of signed by hand
+  (fsdtrain/store/signed_get.py).
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -200,6 +204,28 @@ def huge_pages(run):
         clip_buffers._unhuge = saved
 
 
+def on_touch(run):
+    """``run()`` with no clip array prepared ahead: every new array's pages are placed as the decoder
+    first writes them (the workers are forked from here, so they see the switch too)."""
+    saved = stream_module.ClipBuffers
+    stream_module.ClipBuffers = lambda: ClipBuffers(ahead=False)
+    try:
+        return run()
+    finally:
+        stream_module.ClipBuffers = saved
+
+
+def client_gets(run):
+    """``run()`` with every S3 GET made through the boto3 client's call path (each loader worker
+    makes its own client after the fork, so it sees the switch)."""
+    saved = objects.SignedGets
+    objects.SignedGets = lambda *args, **kwargs: None
+    try:
+        return run()
+    finally:
+        objects.SignedGets = saved
+
+
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
 
 
@@ -259,6 +285,8 @@ def main() -> None:
                 "s3": lambda: loader_rate("s3://bench/train/US")[0],
                 "demuxer": lambda: demuxed(lambda: loader_rate(url)[0]),
                 "huge_pages": lambda: huge_pages(lambda: loader_rate(url)[0]),
+                "on_touch": lambda: on_touch(lambda: loader_rate(url)[0]),
+                "client_gets": lambda: client_gets(lambda: loader_rate("s3://bench/train/US")[0]),
             }
             rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
@@ -271,6 +299,8 @@ def main() -> None:
         "ring_vs_plain": ratio_summary(rates["loader"], rates["plain_collate"]),
         "table_vs_demuxer": ratio_summary(rates["loader"], rates["demuxer"]),
         "normal_vs_huge_pages": ratio_summary(rates["loader"], rates["huge_pages"]),
+        "ahead_vs_on_touch": ratio_summary(rates["loader"], rates["on_touch"]),
+        "signed_vs_client": ratio_summary(rates["s3"], rates["client_gets"]),
         "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
         "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
         "loader_windows_per_s": round(median["loader"], 1),

@@ -19,12 +19,22 @@ On the 2-core VM that made a worker's pass up to 1.5x slower at 448x256 (benchma
 ``normal_vs_huge_pages``) and single allocations stall for over 100 ms; once every array was mapped,
 both page sizes ran alike (timed by hand: passes through a kept pool, 83-87 against 84-86
 windows/s). Smaller arrays are numpy's, as before.
+
+Each array is new memory until the pool holds the worker's working set: the kernel zeroes and maps
+it page by page as the decoder first writes each frame (13 ms per 29 MB array, a clip of 14 frames of
+6 x 256x448; about 5 % of that clip's decode). So whenever the pool maps a new array, it prepares the
+next one in a thread: mapped and populated in one call (``MADV_POPULATE_WRITE``, Linux 5.14 and
+later; made through ctypes, which releases the GIL, where Python's ``mmap.madvise`` holds it), so the
+page faults of a worker's first clips overlap their decoding on a core the worker does not use.
+The pool holds at most one such array beyond its working set (``ahead=False``: none).
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,9 +44,10 @@ __all__ = ["ClipBuffers"]
 class ClipBuffers:
     """Reused uint8 arrays of ``[rows, *row_shape]`` for one process (a loader worker makes its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ahead: bool = True) -> None:
         self._arrays: list[tuple[np.ndarray, tuple[int, ...], int]] = []  # (flat array, row shape, rows)
         self._rows: dict[tuple[int, ...], int] = {}  # most rows asked for per row shape: new arrays get that many
+        self._ahead = _Ahead() if ahead else None
         self.allocated = self.reused = 0
 
     def __len__(self) -> int:
@@ -56,7 +67,7 @@ class ClipBuffers:
                 self.reused += 1
                 return flat[: rows * row_bytes].reshape(rows, *row_shape)
             spare = i
-        flat = _unhuge(capacity * row_bytes)
+        flat = self._ahead.take(capacity * row_bytes) if self._ahead is not None else _unhuge(capacity * row_bytes)
         self.allocated += 1
         if spare is None:
             self._arrays.append((flat, row_shape, capacity))
@@ -78,3 +89,50 @@ def _unhuge(nbytes: int) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere there is no transparent huge page to refuse
         memory.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(memory, dtype=np.uint8, count=nbytes)
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14: fault in every page of a range for writing, in one call
+
+
+class _Ahead:
+    """The next new array of the pool, mapped and populated in a thread while the current clip decodes."""
+
+    def __init__(self) -> None:
+        self._thread: ThreadPoolExecutor | None = None  # made on first use (a worker's own, after the fork)
+        self._next: Future | None = None
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A new array of ``nbytes`` (the prepared one if it is that large; otherwise its own), with
+        one more of that size set to be prepared."""
+        if nbytes < _HUGE_PAGE_ARRAY:
+            return _unhuge(nbytes)
+        prepared, self._next = self._next, None
+        flat = prepared.result() if prepared is not None else None
+        if flat is None or flat.size != nbytes:
+            flat = _unhuge(nbytes)
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdtrain-clip-arrays")
+        self._next = self._thread.submit(_populated, nbytes)
+        return flat
+
+
+def _populated(nbytes: int) -> np.ndarray:
+    """:func:`_unhuge` with every page already placed where the kernel can do it in one call (the GIL
+    released while it does); otherwise as mapped, its pages placed on first touch."""
+    flat = _unhuge(nbytes)
+    if _madvise is not None:
+        _madvise(flat.ctypes.data, nbytes, _MADV_POPULATE_WRITE)  # an older kernel answers EINVAL: left as it is
+    return flat
+
+
+def _libc_madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):  # no C library to call into (not a Unix)
+        return None
+    madvise.argtypes, madvise.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+    return madvise
+
+
+_madvise = _libc_madvise() if sys.platform.startswith("linux") else None

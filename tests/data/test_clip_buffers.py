@@ -1,4 +1,8 @@
+import ctypes
+import mmap
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +12,7 @@ import torch
 from fsdtrain.data.clip_buffers import ClipBuffers
 
 ROW = (2, 3, 4, 5)
-BIG_ROW = (2, 3, 256, 448)  # 6 rows of it are 4 MiB and more: a mapping of its own, not numpy's array
+BIG_ROW = (3, 3, 256, 448)  # 5 rows of it and more are 4 MiB and more: a mapping of its own, not numpy's array
 
 
 @pytest.mark.parametrize("row", [ROW, BIG_ROW])
@@ -65,3 +69,31 @@ def test_clip_arrays_are_kept_out_of_transparent_huge_pages():
     assert "nh" in mapping["VmFlags"].split()  # MADV_NOHUGEPAGE
     assert mapping["AnonHugePages"] == "0 kB" and mapping["THPeligible"] == "0"
     assert int(mapping["Anonymous"].split()[0]) * 1024 >= frames.nbytes  # private memory of the process, not shared
+
+
+def _resident_bytes(array: np.ndarray) -> int:
+    """Bytes of ``array``'s pages in memory (mincore; the kernel merges neighbouring mappings, so a
+    mapping's Rss in /proc would count its neighbours' too)."""
+    page = mmap.PAGESIZE
+    address, pages = array.ctypes.data, -(-array.nbytes // page)
+    assert address % page == 0, "a pool mapping starts on a page"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
+    vector = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(address, array.nbytes, vector) == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vector) * page
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks Linux which pages are in memory (mincore)")
+@pytest.mark.parametrize("ahead", [True, False])
+def test_each_new_array_after_the_first_comes_with_its_pages_already_placed(ahead):
+    pool = ClipBuffers(ahead=ahead)
+    first = pool.take(6, BIG_ROW)  # nothing prepared yet: mapped now, its pages placed as they are written
+    assert _resident_bytes(first) == 0
+    second = pool.take(6, BIG_ROW)  # the first is still in use: a new array, prepared while the first was used
+    populated = _resident_bytes(second) >= second.nbytes
+    assert populated == ahead and second.shape == (6, *BIG_ROW) and not np.shares_memory(first, second)
+    third = pool.take(8, BIG_ROW)  # larger than the one prepared: mapped at its own size, not the prepared one
+    assert third.shape == (8, *BIG_ROW) and _resident_bytes(third) == 0 and (pool.allocated, len(pool)) == (3, 3)
+    third[:] = 5
+    assert int(third.sum(dtype=np.int64)) == 5 * third.size
