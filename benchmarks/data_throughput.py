@@ -27,7 +27,9 @@ worker / one decode process):
   ``ahead_vs_on_touch``: the loader / the same loader with no clip array populated ahead in a thread
   (each new array's pages placed as the decoder first writes them); ``signed_vs_client``: the loader
   on s3:// / the same with every GET made through a boto3 client call instead of signed by hand
-  (fsdtrain/store/signed_get.py).
+  (fsdtrain/store/signed_get.py). ``store_cpu_s_per_s3_pass``: CPU seconds the local SeaweedFS
+  spent serving one s3:// pass (``s3_pass_s`` long): the store shares this machine's cores with the
+  loader, where a cluster's store runs on machines of its own.
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -226,6 +228,12 @@ def client_gets(run):
         objects.SignedGets = saved
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) that process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
 
 
@@ -269,6 +277,14 @@ def main() -> None:
             loader.update(n=n, batches=batches)
             return rate
 
+        store_cpu: list[float] = []  # the store's CPU seconds per s3:// pass
+
+        def s3_side() -> float:
+            before = process_cpu_s(store.pid)
+            rate = loader_rate("s3://bench/train/US")[0]
+            store_cpu.append(process_cpu_s(store.pid) - before)
+            return rate
+
         with LocalStore(Path(tmp) / "store") as store:
             store.apply_env()
             objects.ensure_bucket("s3://bench")
@@ -282,7 +298,7 @@ def main() -> None:
                 "in_process": lambda: loader_rate(url, workers=0)[0],  # the same work without the worker hand-off
                 "two_workers": lambda: loader_rate(url, workers=2)[0],
                 "plain_collate": lambda: loader_rate(url, loader=DataLoader)[0],  # fresh shared memory per batch
-                "s3": lambda: loader_rate("s3://bench/train/US")[0],
+                "s3": s3_side,
                 "demuxer": lambda: demuxed(lambda: loader_rate(url)[0]),
                 "huge_pages": lambda: huge_pages(lambda: loader_rate(url)[0]),
                 "on_touch": lambda: on_touch(lambda: loader_rate(url)[0]),
@@ -306,6 +322,8 @@ def main() -> None:
         "loader_windows_per_s": round(median["loader"], 1),
         "loader_2_workers_windows_per_s": round(median["two_workers"], 1),
         "loader_s3_windows_per_s": round(median["s3"], 1),
+        "store_cpu_s_per_s3_pass": round(statistics.median(store_cpu), 3),
+        "s3_pass_s": round(loader["n"] / median["s3"], 3),
         "raw_windows_per_s": round(median["raw"], 1),
         "windows": raw["windows"],
         "loader_windows": loader["n"],
