@@ -29,7 +29,9 @@ worker / one decode process):
   on s3:// / the same with every GET made through a boto3 client call instead of signed by hand
   (fsdtrain/store/signed_get.py). ``store_cpu_s_per_s3_pass``: CPU seconds the local SeaweedFS
   spent serving one s3:// pass (``s3_pass_s`` long): the store shares this machine's cores with the
-  loader, where a cluster's store runs on machines of its own.
+  loader, where a cluster's store runs on machines of its own; ``worker_cpu_s3_vs_file``: the loader
+  worker's CPU seconds per pass (all its threads) on s3:// / on file://, what reading from a store
+  costs the loader itself.
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -52,6 +54,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import tarfile
 import tempfile
@@ -234,6 +237,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this process's ended children so far: a loader's workers once it has joined them."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
 
 
@@ -272,17 +281,21 @@ def main() -> None:
             return windows / seconds
 
         def file_side() -> float:
+            before = children_cpu_s()
             rate, n, batches = loader_rate(url)
+            worker_cpu["file"].append(children_cpu_s() - before)
             assert n <= raw.get("windows", n), f"loader read {n} windows, raw pass {raw['windows']}"
             loader.update(n=n, batches=batches)
             return rate
 
         store_cpu: list[float] = []  # the store's CPU seconds per s3:// pass
+        worker_cpu: dict[str, list[float]] = {"file": [], "s3": []}  # the loader worker's, per pass
 
         def s3_side() -> float:
-            before = process_cpu_s(store.pid)
+            before, workers_before = process_cpu_s(store.pid), children_cpu_s()
             rate = loader_rate("s3://bench/train/US")[0]
             store_cpu.append(process_cpu_s(store.pid) - before)
+            worker_cpu["s3"].append(children_cpu_s() - workers_before)
             return rate
 
         with LocalStore(Path(tmp) / "store") as store:
@@ -323,6 +336,7 @@ def main() -> None:
         "loader_2_workers_windows_per_s": round(median["two_workers"], 1),
         "loader_s3_windows_per_s": round(median["s3"], 1),
         "store_cpu_s_per_s3_pass": round(statistics.median(store_cpu), 3),
+        "worker_cpu_s3_vs_file": ratio_summary(worker_cpu["s3"], worker_cpu["file"]),
         "s3_pass_s": round(loader["n"] / median["s3"], 3),
         "raw_windows_per_s": round(median["raw"], 1),
         "windows": raw["windows"],
