@@ -24,6 +24,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
+import traceback
 import weakref
 from collections.abc import Iterator, Mapping
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, default_convert, get_worker_info
 
-__all__ = ["CONSUMER_HELD", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory"]
+__all__ = ["CONSUMER_HELD", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory", "quiet_handoff_resets"]
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +286,27 @@ def keep_freed_memory() -> None:
         return  # no mallopt in this process's C library: its allocator decides
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     mallopt(_M_TRIM_THRESHOLD, 512 << 20)
+
+
+def quiet_handoff_resets() -> None:
+    """In a loader worker: a hand-off the training process broke off is logged, not printed as a traceback.
+
+    A batch's shared memory goes to the training process as a file descriptor, sent by the worker's
+    multiprocessing ``resource_sharer`` thread over a unix socket once the training process asks for
+    it. A training process stopped by a signal may close that socket half way; the thread then hands
+    ``ConnectionResetError`` (or ``EOFError``) to ``sys.excepthook``, which would print a traceback
+    on the terminal of a job that is stopping cleanly. Every other error keeps the hook it had.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, error, trace) -> None:
+        frames = traceback.extract_tb(trace) if trace is not None else []
+        if issubclass(kind, (ConnectionError, EOFError)) and any(f.filename.endswith(_SHARER) for f in frames):
+            log.debug("loader worker %d: the training process broke off a batch hand-off (%s)", os.getpid(), kind.__name__)
+            return
+        previous(kind, error, trace)
+
+    sys.excepthook = hook
+
+
+_SHARER = os.path.join("multiprocessing", "resource_sharer.py")

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fsdtrain.data.augment import Augment
-from fsdtrain.data.batch_ring import keep_freed_memory
+from fsdtrain.data.batch_ring import keep_freed_memory, quiet_handoff_resets
 from fsdtrain.data.clip_buffers import ClipBuffers
 from fsdtrain.data.order import ClipWindow, StreamOrder, StreamShape, batch_positions
 from fsdtrain.errors import ConfigError, DataError
@@ -115,8 +115,10 @@ def _padded_caps(
 
 
 def init_loader_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: creates this worker's multiprocessing temp dir now, and
-    lets its heap keep the memory it frees (:func:`~fsdtrain.data.batch_ring.keep_freed_memory`).
+    """``worker_init_fn`` of every loader: creates this worker's multiprocessing temp dir now, lets
+    its heap keep the memory it frees (:func:`~fsdtrain.data.batch_ring.keep_freed_memory`), and
+    logs a batch hand-off the stopping training process broke off instead of printing a traceback
+    (:func:`~fsdtrain.data.batch_ring.quiet_handoff_resets`).
 
     A worker passes batches to the training process as file descriptors over a unix socket in a
     ``pymp-*`` temp dir that multiprocessing removes at exit. Created lazily, that dir can be made
@@ -125,6 +127,7 @@ def init_loader_worker(worker_id: int) -> None:
     """
     multiprocessing.util.get_temp_dir()
     keep_freed_memory()
+    quiet_handoff_resets()
 
 
 @dataclass(frozen=True)

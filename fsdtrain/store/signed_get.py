@@ -3,9 +3,9 @@ without a client call's per-request machinery.
 
 A loader worker reads every clip with one range GET from a thread beside its decoder. Through a
 boto3 client call (event hooks, parameter validation, endpoint rules, response parsing) each GET
-costs 1.5-2 ms of CPU whatever its size, held under the GIL the decoder needs between frames; signed
-and sent here, with the same signer (SigV4) over the same kind of connection pool, a GET costs about
-0.6 of that (docs/data-loading.md, "Measured").
+costs 1.6-2.1 ms of CPU whatever its size, held under the GIL the decoder needs between FFmpeg calls;
+signed and sent here, with the same signer (SigV4) over the same kind of connection pool, 0.8-1.0 ms
+(timed by hand; docs/data-loading.md, "Measured").
 
 What the client decides once is asked of the client once: the object URL (endpoint, addressing
 style, key encoding) comes from a presigned URL of the bucket, and the endpoint's region, TLS

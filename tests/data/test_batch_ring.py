@@ -179,3 +179,26 @@ def test_a_worker_reuses_the_memory_it_frees_instead_of_faulting_new_pages_in():
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=120, check=True).stdout.split()
     default, kept = float(out[0]), float(out[1])
     assert default > 500 and kept < 10, (default, kept)  # 1000 4-KiB pages a window by default; none once kept
+
+
+BROKEN_HANDOFF = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from fsdtrain.data.batch_ring import quiet_handoff_resets
+if sys.argv[1] == "quiet":
+    quiet_handoff_resets()
+shared = resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # as a batch's fd: the sharer thread starts
+with socket.socket(socket.AF_UNIX) as peer:  # a training process that asks for it, then stops half way
+    peer.connect(resource_sharer._resource_sharer._address)
+    time.sleep(0.2)  # the sharer's challenge arrives unread: closing now resets the connection
+time.sleep(0.5)
+raise RuntimeError("any other error still gets its traceback")
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_hand_off_the_training_process_broke_off_prints_no_traceback(quiet):
+    mode = "quiet" if quiet else "default"
+    proc = subprocess.run([sys.executable, "-c", BROKEN_HANDOFF, mode], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.count("Traceback") == (1 if quiet else 2), proc.stderr
+    assert ("resource_sharer.py" in proc.stderr) != quiet and "any other error still gets its traceback" in proc.stderr
