@@ -22,11 +22,13 @@ windows/s). Smaller arrays are numpy's, as before.
 
 Each array is new memory until the pool holds the worker's working set: the kernel zeroes and maps
 it page by page as the decoder first writes each frame (13 ms per 29 MB array, a clip of 14 frames of
-6 x 256x448; about 5 % of that clip's decode). So whenever the pool maps a new array, it prepares the
-next one in a thread: mapped and populated in one call (``MADV_POPULATE_WRITE``, Linux 5.14 and
-later; made through ctypes, which releases the GIL, where Python's ``mmap.madvise`` holds it), so the
-page faults of a worker's first clips overlap their decoding on a core the worker does not use.
-The pool holds at most one such array beyond its working set (``ahead=False``: none).
+6 x 256x448, timed by hand; about 5 % of that clip's decode). So whenever the pool maps a new array
+of 4 MiB or more, it prepares the next one in a thread: mapped and populated in one call
+(``MADV_POPULATE_WRITE``, Linux 5.14 and later; made through ctypes, which releases the GIL, where
+Python's ``mmap.madvise`` holds it), so the page faults of a worker's first clips overlap their
+decoding on a core the worker does not use (``ahead_vs_on_touch`` 1.036 at 448x256, 48 clips,
+benchmarks/README.md). The pool holds at most one such array beyond its working set
+(``ahead=False``: none).
 """
 
 from __future__ import annotations
