@@ -174,61 +174,37 @@ def _raw_pass(paths: list[str]) -> tuple[int, int, int, float, list[str]]:
     return windows, decoded, used, time.perf_counter() - t0, order
 
 
+def swapped(owner: object, name: str, value: object):
+    """``run -> run()`` with ``owner.name`` set to ``value`` meanwhile (loader workers are forked
+    inside ``run``, so they see the switch too; benchmark only)."""
+
+    def side(run):
+        saved = getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            return run()
+        finally:
+            setattr(owner, name, saved)
+
+    return side
+
+
 def kept_pool(run):
     """``run()`` with one clip-array pool per loader worker process, kept from pass to pass (the
     loader makes a new one per pass): a later pass through persistent workers finds every array it
-    needs already mapped, as the clips after a worker's first ones do (benchmark only)."""
+    needs already mapped, as the clips after a worker's first ones do."""
     pools: dict[int, ClipBuffers] = {}
-    saved = stream_module.ClipBuffers
-    stream_module.ClipBuffers = lambda: pools.setdefault(os.getpid(), saved())
-    try:
-        return run()
-    finally:
-        stream_module.ClipBuffers = saved
+    return swapped(stream_module, "ClipBuffers", lambda: pools.setdefault(os.getpid(), ClipBuffers()))(run)
 
 
-def demuxed(run):
-    """``run()`` with every video demuxed by FFmpeg, as before fsdtrain read MP4 sample tables itself
-    (the loader's workers are forked from here, so they see the switch too)."""
-    saved = video.sample_table
-    video.sample_table = lambda data: None
-    try:
-        return run()
-    finally:
-        video.sample_table = saved
-
-
-def huge_pages(run):
-    """``run()`` with the loader's clip arrays allocated by numpy, which asks for transparent huge
-    pages on arrays of 4 MiB and more (the workers are forked from here, so they see the switch too)."""
-    saved = clip_buffers._unhuge
-    clip_buffers._unhuge = lambda nbytes: np.empty(nbytes, dtype=np.uint8)
-    try:
-        return run()
-    finally:
-        clip_buffers._unhuge = saved
-
-
-def on_touch(run):
-    """``run()`` with no clip array prepared ahead: every new array's pages are placed as the decoder
-    first writes them (the workers are forked from here, so they see the switch too)."""
-    saved = stream_module.ClipBuffers
-    stream_module.ClipBuffers = lambda: ClipBuffers(ahead=False)
-    try:
-        return run()
-    finally:
-        stream_module.ClipBuffers = saved
-
-
-def client_gets(run):
-    """``run()`` with every S3 GET made through the boto3 client's call path (each loader worker
-    makes its own client after the fork, so it sees the switch)."""
-    saved = objects.SignedGets
-    objects.SignedGets = lambda *args, **kwargs: None
-    try:
-        return run()
-    finally:
-        objects.SignedGets = saved
+# every video demuxed by FFmpeg, as before fsdtrain read MP4 sample tables itself
+demuxed = swapped(video, "sample_table", lambda data: None)
+# clip arrays allocated by numpy, which asks for transparent huge pages on arrays of 4 MiB and more
+huge_pages = swapped(clip_buffers, "_unhuge", lambda nbytes: np.empty(nbytes, dtype=np.uint8))
+# no clip array prepared ahead: every new array's pages placed as the decoder first writes them
+on_touch = swapped(stream_module, "ClipBuffers", lambda: ClipBuffers(ahead=False))
+# every S3 GET through the boto3 client's call path (each worker makes its own client after the fork)
+client_gets = swapped(objects, "SignedGets", lambda *args, **kwargs: None)
 
 
 def process_cpu_s(pid: int) -> float:

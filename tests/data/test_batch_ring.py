@@ -182,7 +182,7 @@ def test_a_worker_reuses_the_memory_it_frees_instead_of_faulting_new_pages_in():
 
 
 BROKEN_HANDOFF = """
-import os, socket, sys, time
+import os, select, socket, sys
 from multiprocessing import resource_sharer
 from fsdtrain.data.batch_ring import quiet_handoff_resets
 if sys.argv[1] == "quiet":
@@ -190,8 +190,8 @@ if sys.argv[1] == "quiet":
 shared = resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # as a batch's fd: the sharer thread starts
 with socket.socket(socket.AF_UNIX) as peer:  # a training process that asks for it, then stops half way
     peer.connect(resource_sharer._resource_sharer._address)
-    time.sleep(0.2)  # the sharer's challenge arrives unread: closing now resets the connection
-time.sleep(0.5)
+    assert select.select([peer], [], [], 30)[0]  # the sharer's challenge arrived, unread: closing resets the connection
+resource_sharer.stop()  # returns once the sharer thread has met the reset and taken the next request (its stop)
 raise RuntimeError("any other error still gets its traceback")
 """
 
