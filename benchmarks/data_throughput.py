@@ -10,7 +10,9 @@ worker / one decode process):
 - ``raw_windows_per_s``: the same shards read from disk, untarred, and only the frames those windows
   need decoded with PyAV (from the keyframe before each), decoder and scaler in the calling thread
   as in a loader worker — the floor any loader must pay;
-- ``ratio`` = loader / raw on file://; ``warm_ratio`` the same for a second pass in the same
+- ``ratio`` = loader / raw on file://; ``cpu_ratio``: the same from CPU seconds instead of wall time, the
+  raw process's CPU per window / the loader worker's (all its threads, start to exit), which other
+  load on a shared machine moves less than it moves wall time; ``warm_ratio`` the same for a second pass in the same
   processes (persistent loader workers whose clip arrays are kept from the first pass: what every
   clip after a worker's first ones finds) against a second raw pass timed alone;
   ``in_process_ratio``: loader / raw with the stream iterated in this process, no worker (what the
@@ -31,7 +33,9 @@ worker / one decode process):
   spent serving one s3:// pass (``s3_pass_s`` long): the store shares this machine's cores with the
   loader, where a cluster's store runs on machines of its own; ``worker_cpu_s3_vs_file``: the loader
   worker's CPU seconds per pass (all its threads) on s3:// / on file://, what reading from a store
-  costs the loader itself.
+  costs the loader itself. ``cached_vs_uncached_store`` and ``cached_store_cpu_vs_uncached``: the
+  s3:// loader, and the store's CPU per pass, with the local store as fsdtrain starts it / with a
+  second store started without its read cache (``READ_CACHE_MB = 0``, fsdtrain/store/local/seaweed.py).
 
 The loader reads in the training order (``order: streams``, one stream per window of the micro batch
 here): each clip's metadata and cameras by range reads through the shard index, the next clips
@@ -50,6 +54,7 @@ configs/pretrain_global.yaml input is 256x448).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import multiprocessing as mp
@@ -59,6 +64,7 @@ import statistics
 import tarfile
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import av
@@ -81,6 +87,7 @@ from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.windows import WindowSpec, window_frames
 from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
+from fsdtrain.store.local import seaweed
 from fsdtrain.store.local.seaweed import LocalStore
 from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
@@ -241,13 +248,15 @@ def main() -> None:
         paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
         raw: dict = {}
         loader: dict = {}
+        cpu_per_window: dict[str, list[float]] = defaultdict(list)  # CPU seconds of the decoding process per window
 
         def raw_side() -> float:
             # timed as the loader is: from starting its process to having the result (not its exit)
-            t0 = time.perf_counter()
+            t0, cpu_before = time.perf_counter(), children_cpu_s()
             with mp.get_context("fork").Pool(1) as pool:  # one process, like one loader worker
                 windows, decoded, used, _, store_order = pool.apply(_raw_decode, (paths,))
                 seconds = time.perf_counter() - t0
+            cpu_per_window["raw"].append((children_cpu_s() - cpu_before) / windows)  # the pool joined its process
             raw.update(windows=windows, decoded=decoded, used=used, store_order=store_order)
             return windows / seconds
 
@@ -260,25 +269,34 @@ def main() -> None:
             before = children_cpu_s()
             rate, n, batches = loader_rate(url)
             worker_cpu["file"].append(children_cpu_s() - before)
+            cpu_per_window["loader"].append(worker_cpu["file"][-1] / n)
             assert n <= raw.get("windows", n), f"loader read {n} windows, raw pass {raw['windows']}"
             loader.update(n=n, batches=batches)
             return rate
 
-        store_cpu: list[float] = []  # the store's CPU seconds per s3:// pass
-        worker_cpu: dict[str, list[float]] = {"file": [], "s3": []}  # the loader worker's, per pass
+        store_cpu: dict[str, list[float]] = defaultdict(list)  # per s3:// side: the store's CPU seconds per pass
+        worker_cpu: dict[str, list[float]] = defaultdict(list)  # per side: the loader worker's
 
-        def s3_side() -> float:
+        def s3_side(side: str = "s3", served_by: str = "cached") -> float:
+            store = stores[served_by]
+            store.apply_env()
             before, workers_before = process_cpu_s(store.pid), children_cpu_s()
             rate = loader_rate("s3://bench/train/US")[0]
-            store_cpu.append(process_cpu_s(store.pid) - before)
-            worker_cpu["s3"].append(children_cpu_s() - workers_before)
+            store_cpu[side].append(process_cpu_s(store.pid) - before)
+            worker_cpu[side].append(children_cpu_s() - workers_before)
             return rate
 
-        with LocalStore(Path(tmp) / "store") as store:
-            store.apply_env()
-            objects.ensure_bucket("s3://bench")
-            for f in sorted((root / "train" / "US").iterdir()):
-                objects.write_bytes(f"s3://bench/train/US/{f.name}", f.read_bytes())
+        with contextlib.ExitStack() as stack:
+            # the local store as fsdtrain starts it, and the same store without its read cache
+            stores = {
+                "cached": stack.enter_context(LocalStore(Path(tmp) / "store")),
+                "uncached": swapped(seaweed, "READ_CACHE_MB", 0)(lambda: stack.enter_context(LocalStore(Path(tmp) / "uncached"))),
+            }
+            for store in stores.values():
+                store.apply_env()
+                objects.ensure_bucket("s3://bench")
+                for f in sorted((root / "train" / "US").iterdir()):
+                    objects.write_bytes(f"s3://bench/train/US/{f.name}", f.read_bytes())
             sides = {
                 "raw": raw_side,
                 "loader": file_side,
@@ -288,15 +306,17 @@ def main() -> None:
                 "two_workers": lambda: loader_rate(url, workers=2)[0],
                 "plain_collate": lambda: loader_rate(url, loader=DataLoader)[0],  # fresh shared memory per batch
                 "s3": s3_side,
+                "uncached_store": lambda: s3_side("uncached_store", served_by="uncached"),
                 "demuxer": lambda: demuxed(lambda: loader_rate(url)[0]),
                 "huge_pages": lambda: huge_pages(lambda: loader_rate(url)[0]),
                 "on_touch": lambda: on_touch(lambda: loader_rate(url)[0]),
-                "client_gets": lambda: client_gets(lambda: loader_rate("s3://bench/train/US")[0]),
+                "client_gets": lambda: client_gets(lambda: s3_side("client_gets")),
             }
             rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
     result = {
         "ratio": ratio_summary(rates["loader"], rates["raw"], goal=GOALS["ratio"]),
+        "cpu_ratio": ratio_summary(cpu_per_window["raw"], cpu_per_window["loader"]),
         "warm_ratio": ratio_summary(rates["warm_loader"], rates["warm_raw"]),
         "in_process_ratio": ratio_summary(rates["in_process"], rates["raw"]),
         "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
@@ -311,7 +331,9 @@ def main() -> None:
         "loader_windows_per_s": round(median["loader"], 1),
         "loader_2_workers_windows_per_s": round(median["two_workers"], 1),
         "loader_s3_windows_per_s": round(median["s3"], 1),
-        "store_cpu_s_per_s3_pass": round(statistics.median(store_cpu), 3),
+        "cached_vs_uncached_store": ratio_summary(rates["s3"], rates["uncached_store"]),
+        "store_cpu_s_per_s3_pass": round(statistics.median(store_cpu["s3"]), 3),
+        "cached_store_cpu_vs_uncached": ratio_summary(store_cpu["s3"], store_cpu["uncached_store"]),
         "worker_cpu_s3_vs_file": ratio_summary(worker_cpu["s3"], worker_cpu["file"]),
         "s3_pass_s": round(loader["n"] / median["s3"], 3),
         "raw_windows_per_s": round(median["raw"], 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,6 +298,38 @@ def test_zone_buckets_exist_and_each_key_is_scoped_to_its_own(local_store: Local
     )  # fmt: skip
     assert _error_code(lambda: stranger.get_object(Bucket="fleet-cn", Key="scoped/cn.bin")) == "InvalidAccessKeyId"
     assert admin.get_object(Bucket="fleet-cn", Key="scoped/by-cn.bin")["Body"].read() == b"from cn"
+
+
+def _volume_gets(store: LocalStore) -> float:
+    """GETs weed's volume server has answered so far, from the Prometheus metrics on the admin port."""
+    url = f"http://127.0.0.1:{store.ports['admin.port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    counts = re.findall(r'^SeaweedFS_volumeServer_request_total\{code="200",type="GET"\} (\S+)$', text, re.MULTILINE)
+    assert counts, f"no volume GET count in {url}"
+    return sum(float(c) for c in counts)
+
+
+def test_repeated_reads_come_from_the_read_cache_behind_the_key_check(local_store: LocalStore) -> None:
+    """The gateway's chunk cache (READ_CACHE_MB) spares the volume server a second read of a small
+    object, and changes nothing else: another zone's key is still refused the cached bytes, an
+    overwrite is read at once, a deleted object is gone."""
+    assert seaweed.READ_CACHE_MB > 0
+    cn, glob = store_client(local_store, zone="cn"), store_client(local_store, zone="global")
+    key, first, second = f"cache/{uuid.uuid4().hex}.bin", os.urandom(1 << 20), os.urandom(1 << 20)
+
+    def read(client, start: int = 1000, end: int = 1999) -> bytes:
+        return client.get_object(Bucket="fleet-cn", Key=key, Range=f"bytes={start}-{end}")["Body"].read()
+
+    cn.put_object(Bucket="fleet-cn", Key=key, Body=first)
+    assert read(cn) == first[1000:2000]  # the first read fetches the chunk from the volume server
+    before = _volume_gets(local_store)
+    assert read(cn) == first[1000:2000] and read(cn, 500_000, 600_000) == first[500_000:600_001]
+    assert _volume_gets(local_store) == before, "repeated reads of a 1 MiB object went to the volume server"
+    assert _error_code(lambda: read(glob)) == "AccessDenied"
+    cn.put_object(Bucket="fleet-cn", Key=key, Body=second)
+    assert read(cn) == second[1000:2000]
+    cn.delete_object(Bucket="fleet-cn", Key=key)
+    assert _error_code(lambda: read(cn)) == "NoSuchKey"
 
 
 def test_reused_data_dir_keeps_zone_buckets_and_takes_new_keys(tmp_path: Path) -> None:

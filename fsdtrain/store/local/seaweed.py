@@ -81,6 +81,11 @@ _REGION = "us-east-1"
 # Volumes are not preallocated, so a high cap costs nothing until data arrives.
 _MAX_VOLUMES = 1000
 _VOLUME_SIZE_LIMIT_MB = 256
+# The S3 gateway's in-memory chunk cache (MiB), shared by the GETs it has authorized: weed moves the
+# whole chunk a range GET touches from its volume server to its gateway (docs/stores.md), so shard
+# indexes, which every worker reading a shard asks for, and the next clips of a small shard are
+# served from memory (store CPU per pass: data_throughput.py's `cached_store_cpu_vs_uncached`).
+READ_CACHE_MB = 256
 # `weed mini` dials the admin gRPC port at admin HTTP port + 10000 whatever -admin.port.grpc says.
 _GRPC_OFFSET = 10000
 # Auto-chosen ports come from below Linux's ephemeral range (32768+), so outgoing connections
@@ -460,6 +465,7 @@ class LocalStore:
             "-s3.domainName=localhost",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            f"-s3.cacheCapacityMB={READ_CACHE_MB}",
             "-webdav=false",
             # Only gRPC (with client certificates) reaches the filer and master; S3 needs no more.
             "-disableHttp",
