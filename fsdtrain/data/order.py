@@ -10,6 +10,11 @@ ranks therefore covers positions ``[j * G, (j + 1) * G)`` with ``G = W * B`` wha
 When the layout matches the shape (:meth:`StreamShape.owned`), every stream, and so every clip,
 belongs to one (rank, worker): each clip is fetched once and decoded by one worker per epoch.
 Every rank gets ``len(order) // G`` micro-batches: equal by construction. docs/data-loading.md.
+
+Reading every window once (validation, ``fsdtrain eval``) has its own partition, also a pure function
+of the clips and the layout (:func:`worker_caps`): clips dealt round robin over ranks, then over each
+rank's workers, in manifest order, each worker's window count padded to whole batches and to the
+longest rank's batch count.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 
 from fsdtrain.errors import ConfigError
 
-__all__ = ["ClipWindow", "StreamShape", "StreamOrder", "batch_positions", "hash_seed"]
+__all__ = ["ClipWindow", "StreamShape", "StreamOrder", "batch_positions", "hash_seed", "ClipRef", "worker_caps"]
 
 
 def hash_seed(*parts: object) -> int:
@@ -227,3 +232,58 @@ class StreamOrder:
         turn, i = divmod(position, self.shape.turn)
         stream, t = turn % self.shape.streams, turn // self.shape.streams
         return self.stream(stream)[t * self.shape.turn + i]
+
+
+# --- every window once ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """One clip of the every-window-once reading: its source (manifest) and index there, and its windows."""
+
+    source: int
+    clip: int
+    windows: int  # windows this clip yields under the stream's WindowSpec
+
+
+def worker_caps(
+    clips: list[ClipRef], *, world_size: int, workers: int, batch_size: int, pad: bool = False
+) -> dict[tuple[int, int], tuple[list[ClipRef], int | None]]:
+    """Clips and window count of every (rank, worker) reading every window once: ``None`` means all of its windows.
+
+    Clip ``i`` goes to rank ``i % world_size``; a rank's ``j``-th clip to worker ``j % workers``.
+    With ``pad``, every rank gets the same number of full batches, the maximum over ranks: every
+    worker's windows rounded up to full batches, and a rank with fewer batches than the longest one
+    adds the missing batches to its workers that have windows, in turn; the count is then at least
+    the worker's windows and the rest is padding. Each worker's count is a multiple of
+    ``batch_size``, so no worker emits a partial batch.
+
+    Raises:
+        ConfigError: with ``pad``, when a rank that needs padding has no window to repeat.
+    """
+    plan: dict[tuple[int, int], list[ClipRef]] = {
+        (r, w): [] for r in range(world_size) for w in range(workers)
+    }
+    for i, ref in enumerate(clips):
+        plan[(i % world_size, (i // world_size) % workers)].append(ref)
+    if not pad:
+        return {k: (v, None) for k, v in plan.items()}
+    return _padded_caps(plan, world_size=world_size, workers=workers, batch_size=batch_size, clips=len(clips))
+
+
+def _padded_caps(
+    plan: dict[tuple[int, int], list[ClipRef]], *, world_size: int, workers: int, batch_size: int, clips: int
+) -> dict[tuple[int, int], tuple[list[ClipRef], int]]:
+    batches = {k: -(-sum(r.windows for r in v) // batch_size) for k, v in plan.items()}  # ceil: a partial batch is padded
+    per_rank = max(sum(batches[(r, w)] for w in range(workers)) for r in range(world_size))
+    for r in range(world_size):
+        missing = per_rank - sum(batches[(r, w)] for w in range(workers))
+        fillers = [w for w in range(workers) if batches[(r, w)] > 0]
+        if missing and not fillers:
+            raise ConfigError(
+                f"rank {r} of {world_size} gets no window from the {clips} clips, so it has none to repeat to match the "
+                f"other ranks' {per_rank} batches; use more clips or fewer ranks"
+            )
+        for i in range(missing):
+            batches[(r, fillers[i % len(fillers)])] += 1
+    return {k: (v, batches[k] * batch_size) for k, v in plan.items()}

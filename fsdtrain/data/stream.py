@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from fsdtrain.data.augment import Augment
 from fsdtrain.data.batch_ring import keep_freed_memory, quiet_handoff_resets
 from fsdtrain.data.clip_buffers import ClipBuffers
-from fsdtrain.data.order import ClipWindow, StreamOrder, StreamShape, batch_positions
+from fsdtrain.data.order import ClipRef, ClipWindow, StreamOrder, StreamShape, batch_positions, worker_caps
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format import schema
 from fsdtrain.format.index import IndexedShards
@@ -52,7 +52,7 @@ from fsdtrain.format.windows import WindowSpec, derive_command, ego_windows, win
 from fsdtrain.store.gate import ZoneGate
 
 __all__ = [
-    "Source", "StreamSpec", "ClipRef", "FleetStream", "init_loader_worker", "worker_caps", "window_in_seconds", "ERROR_POLICIES", "ORDERS", "BALANCES",
+    "Source", "StreamSpec", "FleetStream", "init_loader_worker", "window_in_seconds", "ERROR_POLICIES", "ORDERS", "BALANCES",
 ]  # fmt: skip
 
 ERROR_POLICIES = ("fail", "skip")
@@ -60,58 +60,6 @@ ORDERS = ("streams", "clips")
 BALANCES = ("none", "pad")
 PREFETCH_CLIPS = 4  # clips fetched ahead of the one being decoded, per worker
 log = logging.getLogger("fsdtrain.data")
-
-
-@dataclass(frozen=True)
-class ClipRef:
-    """One clip of the every-window-once reading: its source (manifest) and index there, and its windows."""
-
-    source: int
-    clip: int
-    windows: int  # windows this clip yields under the stream's WindowSpec
-
-
-def worker_caps(
-    clips: list[ClipRef], *, world_size: int, workers: int, batch_size: int, pad: bool = False
-) -> dict[tuple[int, int], tuple[list[ClipRef], int | None]]:
-    """Clips and window count of every (rank, worker) reading every window once: ``None`` means all of its windows.
-
-    Clip ``i`` goes to rank ``i % world_size``; a rank's ``j``-th clip to worker ``j % workers``.
-    With ``pad``, every rank gets the same number of full batches, the maximum over ranks: every
-    worker's windows rounded up to full batches, and a rank with fewer batches than the longest one
-    adds the missing batches to its workers that have windows, in turn; the count is then at least
-    the worker's windows and the rest is padding. Each worker's count is a multiple of
-    ``batch_size``, so no worker emits a partial batch.
-
-    Raises:
-        ConfigError: with ``pad``, when a rank that needs padding has no window to repeat.
-    """
-    plan: dict[tuple[int, int], list[ClipRef]] = {
-        (r, w): [] for r in range(world_size) for w in range(workers)
-    }
-    for i, ref in enumerate(clips):
-        plan[(i % world_size, (i // world_size) % workers)].append(ref)
-    if not pad:
-        return {k: (v, None) for k, v in plan.items()}
-    return _padded_caps(plan, world_size=world_size, workers=workers, batch_size=batch_size, clips=len(clips))
-
-
-def _padded_caps(
-    plan: dict[tuple[int, int], list[ClipRef]], *, world_size: int, workers: int, batch_size: int, clips: int
-) -> dict[tuple[int, int], tuple[list[ClipRef], int]]:
-    batches = {k: -(-sum(r.windows for r in v) // batch_size) for k, v in plan.items()}  # ceil: a partial batch is padded
-    per_rank = max(sum(batches[(r, w)] for w in range(workers)) for r in range(world_size))
-    for r in range(world_size):
-        missing = per_rank - sum(batches[(r, w)] for w in range(workers))
-        fillers = [w for w in range(workers) if batches[(r, w)] > 0]
-        if missing and not fillers:
-            raise ConfigError(
-                f"rank {r} of {world_size} gets no window from the {clips} clips, so it has none to repeat to match the "
-                f"other ranks' {per_rank} batches; use more clips or fewer ranks"
-            )
-        for i in range(missing):
-            batches[(r, fillers[i % len(fillers)])] += 1
-    return {k: (v, batches[k] * batch_size) for k, v in plan.items()}
 
 
 def init_loader_worker(worker_id: int) -> None:

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from fsdtrain.data.batch_ring import RingLoader
 from fsdtrain.data.datamodule import load_manifests
-from fsdtrain.data.stream import ClipRef, FleetStream, Source, StreamSpec, worker_caps
+from fsdtrain.data.order import ClipRef, worker_caps
+from fsdtrain.data.stream import FleetStream, Source, StreamSpec
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format.schema import DEFAULT_CAMERAS
 from fsdtrain.format.video import decode_video
