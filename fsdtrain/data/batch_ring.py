@@ -22,9 +22,13 @@ when it fills the slot and cleared by the training process; both map the same pa
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import multiprocessing
 import os
+import signal
 import sys
+import time
 import traceback
 import weakref
 from collections.abc import Iterator, Mapping
@@ -33,7 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, default_convert, get_worker_info
 
-__all__ = ["CONSUMER_HELD", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory", "quiet_handoff_resets"]
+__all__ = [
+    "CONSUMER_HELD", "WORKER_START_TIMEOUT_S", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory", "quiet_handoff_resets",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,11 @@ CONSUMER_HELD = 2
 """Batches the consumer holds at once (the one the training step reads, the one Lightning fetched
 ahead of it): a worker's ring has this many slots beyond the DataLoader's ``prefetch_factor``
 batches in flight per worker."""
+
+WORKER_START_TIMEOUT_S = 60.0
+"""Seconds a loader worker may take from its fork to its ``worker_init_fn`` before the loader starts
+its workers again (:class:`RingLoader`): about 20-30 ms normally."""
+_START_ATTEMPTS = 3
 
 _ALIGN = 64  # every field starts on a cache line: dtype views need alignment, and no field shares a line with the flag
 _HEADER = _ALIGN  # byte 0: 1 while the batch in the slot is in use
@@ -233,15 +244,71 @@ class RingLoader(DataLoader):
         **kwargs: DataLoader arguments; ``collate_fn`` may not be given (the ring is the collate).
     """
 
-    def __init__(self, dataset, *, slots: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, dataset, *, slots: int | None = None, start_timeout_s: float = WORKER_START_TIMEOUT_S, **kwargs
+    ) -> None:
         if kwargs.get("collate_fn") is not None:
             raise ValueError("RingLoader collates into its ring itself: give no collate_fn")
         if slots is None:
             slots = (kwargs.get("prefetch_factor") or 2) + CONSUMER_HELD
         super().__init__(dataset, collate_fn=RingCollate(slots), **kwargs)
+        self.start_timeout_s = start_timeout_s
+        self._init_fn = self.worker_init_fn
 
     def __iter__(self) -> _RingIterator:
-        return _RingIterator(super().__iter__())
+        """The batches, from workers that have all started: a worker that has not reached its
+        ``worker_init_fn`` within ``start_timeout_s`` of its fork is killed and the workers are started
+        again (up to 3 times; nothing has been read yet, so the batches are the same).
+
+        A forked child can hang before running any Python: CPython 3.11 (gh-112275, fixed in 3.12)
+        deadlocks a child that inherits the runtime's thread-state lock from a parent thread holding
+        it at the fork (seen once in the test suite: rank 0 of a 2-rank DDP run waited for ever on its
+        second loader worker, while its first one and the other rank ran). A loader that forks every
+        worker of every rank each epoch meets it sooner or later.
+        """
+        if self.num_workers == 0 or (self.persistent_workers and self._iterator is not None):
+            return _RingIterator(super().__iter__())
+        context = self.multiprocessing_context or multiprocessing.get_context()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            started = context.RawArray("b", self.num_workers)  # set by each worker before its init
+            self.worker_init_fn = functools.partial(_started, started, self._init_fn)
+            try:
+                inner = super().__iter__()
+            finally:
+                self.worker_init_fn = self._init_fn
+            stuck = _not_started(inner._workers, started, self.start_timeout_s)
+            if not stuck:
+                return _RingIterator(inner)
+            log.warning(
+                "loader worker(s) %s did not start within %.0f s of their fork (attempt %d of %d); starting the workers again",
+                [w.pid for w in stuck], self.start_timeout_s, attempt, _START_ATTEMPTS,
+            )  # fmt: skip
+            for w in stuck:
+                os.kill(w.pid, signal.SIGKILL)
+            inner._shutdown_workers()
+            self._iterator = None  # a persistent iterator with a killed worker is not kept
+        raise RuntimeError(
+            f"loader workers did not start within {self.start_timeout_s:.0f} s of their fork, {_START_ATTEMPTS} times "
+            "in a row: the machine is overloaded or out of memory; check `free -g` and the other processes"
+        )
+
+
+def _started(flags, init_fn, worker_id: int) -> None:
+    """``worker_init_fn`` of a :class:`RingLoader` worker: marks it started, then runs the loader's own."""
+    flags[worker_id] = 1
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def _not_started(workers: list, flags, timeout_s: float) -> list:
+    """The worker processes that have not marked themselves started within ``timeout_s`` (none once
+    all have, or once one has exited: the DataLoader reports a worker that died)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waiting = [w for i, w in enumerate(workers) if not flags[i]]
+        if not waiting or any(not w.is_alive() for w in waiting) or time.monotonic() > deadline:
+            return waiting if waiting and all(w.is_alive() for w in waiting) else []
+        time.sleep(0.005)
 
 
 class _RingIterator:

@@ -121,6 +121,40 @@ def test_a_dead_worker_is_an_error_not_a_hang():
     assert "exited unexpectedly" in proc.stdout or "ConnectionResetError" in proc.stdout, proc.stdout
 
 
+STUCK_AT_FORK = """
+import os, sys, time
+from data.test_batch_ring import Numbered
+from fsdtrain.data.batch_ring import RingLoader
+
+def hang_in_the_first_child():  # as a child of CPython 3.11 does that inherits a held thread-state lock (gh-112275)
+    try:
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    while True:
+        time.sleep(1)
+
+os.register_at_fork(after_in_child=hang_in_the_first_child)
+loader = RingLoader(Numbered(40), batch_size=4, num_workers=2, start_timeout_s=3, persistent_workers=True)
+for epoch in range(2):
+    print(sorted(int(i) for batch in loader for i in batch["frame"]))
+"""
+
+
+def test_a_worker_stuck_at_its_fork_is_replaced_not_waited_for(tmp_path):
+    marker = tmp_path / "stuck.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", STUCK_AT_FORK, str(marker)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    every = sorted(int(i) for batch in RingLoader(Numbered(40), batch_size=4, num_workers=2) for i in batch["frame"])
+    assert proc.stdout.splitlines() == [str(every)] * 2  # both epochs, all of it, through the workers started again
+    stuck = int(marker.read_text())
+    assert f"loader worker(s) [{stuck}] did not start within 3 s of their fork (attempt 1 of 3)" in proc.stderr
+    assert not Path(f"/proc/{stuck}").exists(), "the stuck worker was left running"
+
+
 def test_in_process_and_odd_batches_use_the_default_collate():
     ring = RingCollate(slots=2)
     batch = ring([{"x": torch.ones(2), "n": 1}, {"x": torch.zeros(2), "n": 2}])  # no worker: a plain dict

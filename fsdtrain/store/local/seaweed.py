@@ -81,8 +81,8 @@ _REGION = "us-east-1"
 # Volumes are not preallocated, so a high cap costs nothing until data arrives.
 _MAX_VOLUMES = 1000
 _VOLUME_SIZE_LIMIT_MB = 256
-# The S3 gateway's in-memory chunk cache (MiB), shared by the GETs it has authorized: weed moves the
-# whole chunk a range GET touches from its volume server to its gateway (docs/stores.md), so shard
+# The S3 gateway's in-memory chunk cache (MiB), shared by the GETs it has authorized. A range GET
+# costs weed about what reading its whole chunk from the volume server does (docs/stores.md), so shard
 # indexes, which every worker reading a shard asks for, and the next clips of a small shard are
 # served from memory (store CPU per pass: data_throughput.py's `cached_store_cpu_vs_uncached`).
 READ_CACHE_MB = 256
