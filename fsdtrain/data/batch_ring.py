@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, default_convert, get_worker_info
+from torch.utils.data._utils import signal_handling
 
 __all__ = [
     "CONSUMER_HELD", "WORKER_START_TIMEOUT_S", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory", "quiet_handoff_resets",
@@ -283,9 +284,12 @@ class RingLoader(DataLoader):
                 "loader worker(s) %s did not start within %.0f s of their fork (attempt %d of %d); starting the workers again",
                 [w.pid for w in stuck], self.start_timeout_s, attempt, _START_ATTEMPTS,
             )  # fmt: skip
+            # torch's SIGCHLD handler would report the killed worker as a failure: forget its workers first
+            signal_handling._remove_worker_pids(id(inner))
+            inner._worker_pids_set = False
             for w in stuck:
                 os.kill(w.pid, signal.SIGKILL)
-            inner._shutdown_workers()
+            inner._shutdown_workers()  # joins (reaps) every worker
             self._iterator = None  # a persistent iterator with a killed worker is not kept
         raise RuntimeError(
             f"loader workers did not start within {self.start_timeout_s:.0f} s of their fork, {_START_ATTEMPTS} times "
