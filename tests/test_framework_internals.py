@@ -52,6 +52,10 @@ def _instance(owner: str, tmp_path):
             accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=str(tmp_path),
         )  # fmt: skip
+    if owner == "torch.utils.data.DataLoader":
+        from torch.utils.data import DataLoader
+
+        return DataLoader([])
     raise AssertionError(f"tests/test_framework_internals.py: add a way to make a {owner} to check its attributes")
 
 

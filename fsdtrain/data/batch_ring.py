@@ -265,7 +265,8 @@ class RingLoader(DataLoader):
         deadlocks a child that inherits the runtime's thread-state lock from a parent thread holding
         it at the fork (seen once in the test suite: rank 0 of a 2-rank DDP run waited for ever on its
         second loader worker, while its first one and the other rank ran). A loader that forks every
-        worker of every rank each epoch meets it sooner or later.
+        worker of every rank each epoch meets it sooner or later. The DataLoader internals this uses
+        are listed, with why, in fsdtrain/train/lightning_internals.py (checked by the test suite).
         """
         if self.num_workers == 0 or (self.persistent_workers and self._iterator is not None):
             return _RingIterator(super().__iter__())

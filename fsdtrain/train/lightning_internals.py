@@ -1,4 +1,4 @@
-"""Every private (or undocumented) name of Lightning that fsdtrain needs, why, and the public API checked instead.
+"""Every private (or undocumented) name of Lightning (and of torch's DataLoader) that fsdtrain needs, why, and the public API checked instead.
 
 Lightning keeps these out of its public API, so a minor release may rename or remove them without a
 deprecation. fsdtrain reads and calls them only through the helpers below; the methods it overrides
@@ -76,6 +76,9 @@ class Internal:
         return f"{self.owner}.{self.attr}"
 
 
+_RING = "fsdtrain/data/batch_ring.py RingLoader.__iter__"
+_MP_ITER = "torch.utils.data.dataloader._MultiProcessingDataLoaderIter"
+_NO_WORKER_API = "none: a DataLoader iterator exposes neither its worker processes nor a way to restart them"
 _CKPT = "lightning.pytorch.callbacks.ModelCheckpoint"
 _DS = "lightning.pytorch.strategies.DeepSpeedStrategy"
 _FLEET_CKPT = "fsdtrain/train/checkpoints.py FleetCheckpoint"
@@ -229,6 +232,24 @@ INTERNALS: tuple[Internal, ...] = (
         "checkpoints, as this Lightning converter does",
         "the converter itself imports DeepSpeed and unpickles (fsdtrain/weights/deepspeed_keys.py)",
         contains=(LEGACY_LIGHTNING_PREFIX,),
+    ),
+    # --- torch's DataLoader: loader workers that never start are forked again (fsdtrain/data/batch_ring.py)
+    Internal(
+        "torch.utils.data.DataLoader", "_iterator", "attribute", _RING,
+        "reads it to reuse a persistent iterator, and clears it when that iterator's workers were killed",
+        "none: a DataLoader keeps its persistent iterator to itself",
+    ),
+    Internal(
+        _MP_ITER, "__init__", "source", _RING,
+        "reads the worker processes it started (`_workers`) and clears `_worker_pids_set` before killing a stuck one",
+        _NO_WORKER_API, contains=("self._workers.append(w)", "self._worker_pids_set = True"),
+    ),
+    Internal(_MP_ITER, "_shutdown_workers", "method", _RING, "stops and joins the workers after killing a stuck one",
+             _NO_WORKER_API, params=("self",)),
+    Internal(
+        "torch.utils.data._utils.signal_handling", "_remove_worker_pids", "method", _RING,
+        "takes the workers out of torch's SIGCHLD check first, which would report the killed one as a failed worker",
+        _NO_WORKER_API,
     ),
 )  # fmt: skip
 
