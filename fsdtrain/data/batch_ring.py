@@ -38,8 +38,11 @@ import torch
 from torch.utils.data import DataLoader, default_collate, default_convert, get_worker_info
 from torch.utils.data._utils import signal_handling
 
+from fsdtrain.errors import FsdtrainError
+
 __all__ = [
-    "CONSUMER_HELD", "WORKER_START_TIMEOUT_S", "RingBatch", "RingCollate", "RingLoader", "keep_freed_memory", "quiet_handoff_resets",
+    "CONSUMER_HELD", "WORKER_START_TIMEOUT_S", "RingBatch", "RingCollate", "RingLoader", "WorkersNotStarted", "keep_freed_memory",
+    "quiet_handoff_resets",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -292,10 +295,15 @@ class RingLoader(DataLoader):
                 os.kill(w.pid, signal.SIGKILL)
             inner._shutdown_workers()  # joins (reaps) every worker
             self._iterator = None  # a persistent iterator with a killed worker is not kept
-        raise RuntimeError(
+        raise WorkersNotStarted(
             f"loader workers did not start within {self.start_timeout_s:.0f} s of their fork, {_START_ATTEMPTS} times "
             "in a row: the machine is overloaded or out of memory; check `free -g` and the other processes"
         )
+
+
+class WorkersNotStarted(FsdtrainError):
+    """The loader's workers did not start, :data:`_START_ATTEMPTS` times in a row (the machine is
+    overloaded or out of memory): one line from the CLI, not a traceback."""
 
 
 def _started(flags, init_fn, worker_id: int) -> None:

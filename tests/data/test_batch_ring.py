@@ -155,6 +155,37 @@ def test_a_worker_stuck_at_its_fork_is_replaced_not_waited_for(tmp_path):
     assert not Path(f"/proc/{stuck}").exists(), "the stuck worker was left running"
 
 
+NEVER_STARTS = """
+import os, time
+from data.test_batch_ring import Numbered
+from fsdtrain.data.batch_ring import RingLoader
+from fsdtrain.errors import FsdtrainError
+
+def hang():  # every child: the machine cannot start a worker at all
+    open(os.environ["PIDS"], "a").write(f"{os.getpid()}\\n")
+    while True:
+        time.sleep(1)
+
+os.register_at_fork(after_in_child=hang)
+try:
+    list(RingLoader(Numbered(8), batch_size=4, num_workers=2, start_timeout_s=1))
+except FsdtrainError as exc:  # what the CLI prints as one line
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_workers_that_never_start_end_in_one_error_line_and_leave_no_process(tmp_path):
+    pids = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PIDS": str(pids)}
+    proc = subprocess.run([sys.executable, "-c", NEVER_STARTS], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("WorkersNotStarted loader workers did not start within 1 s of their fork, 3 times in a row")
+    assert "attempt 3 of 3" in proc.stderr and "Traceback" not in proc.stderr
+    forked = [int(pid) for pid in pids.read_text().split()]
+    assert len(forked) == 6  # 2 workers, 3 attempts
+    assert not [pid for pid in forked if Path(f"/proc/{pid}").exists()], "a stuck worker was left running"
+
+
 def test_in_process_and_odd_batches_use_the_default_collate():
     ring = RingCollate(slots=2)
     batch = ring([{"x": torch.ones(2), "n": 1}, {"x": torch.zeros(2), "n": 2}])  # no worker: a plain dict
