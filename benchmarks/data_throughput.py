@@ -42,13 +42,15 @@ here): each clip's metadata and cameras by range reads through the shard index, 
 fetched in a thread while the current ones decode.
 
 Every side runs once per round, in alternating order, for ``--rounds`` rounds; each ratio is the
-median of its per-round values with min and max, and ``undecided`` when that spread is wider than the
-median's distance to its goal (benchmarks/rounds.py).
+median of its per-round values with min, max and a 95 % confidence interval for the median, and
+``undecided`` while the goal lies inside that interval (benchmarks/rounds.py: five rounds give min to
+max, at 94 %; more rounds narrow it). ``--sides raw,loader,s3`` runs only the sides the two goals
+need, so that many rounds fit in minutes.
 
 ``--size HxW`` sets the frame size of the synthetic clips (default 96x160; the realistic
 configs/pretrain_global.yaml input is 256x448).
 
-    python benchmarks/data_throughput.py [--clips 12] [--rounds 3] [--size 96x160]
+    python benchmarks/data_throughput.py [--clips 12] [--rounds 3] [--size 96x160] [--sides raw,loader,s3]
 """
 
 from __future__ import annotations
@@ -227,6 +229,23 @@ def children_cpu_s() -> float:
 
 
 GOALS = {"ratio": 0.9, "s3_vs_file": 0.95}  # docs/contributing.md
+RATIOS = {  # each ratio's sides (numerator, denominator), per round
+    "ratio": ("loader", "raw"),
+    "warm_ratio": ("warm_loader", "warm_raw"),
+    "in_process_ratio": ("in_process", "raw"),
+    "s3_vs_file": ("s3", "loader"),
+    "workers_2_vs_1": ("two_workers", "loader"),
+    "ring_vs_plain": ("loader", "plain_collate"),
+    "table_vs_demuxer": ("loader", "demuxer"),
+    "normal_vs_huge_pages": ("loader", "huge_pages"),
+    "ahead_vs_on_touch": ("loader", "on_touch"),
+    "signed_vs_client": ("s3", "client_gets"),
+    "cached_vs_uncached_store": ("s3", "uncached_store"),
+}
+SIDES = [
+    "raw", "loader", "warm_raw", "warm_loader", "in_process", "two_workers", "plain_collate", "s3", "uncached_store", "demuxer",
+    "huge_pages", "on_touch", "client_gets",
+]  # fmt: skip
 
 
 def main() -> None:
@@ -234,7 +253,17 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, alternating (benchmarks/rounds.py)")
     parser.add_argument("--size", default="96x160", help="frame size HxW of the synthetic clips (even, >= 16)")
+    parser.add_argument(
+        "--sides", default=",".join(SIDES),
+        help="the sides to run, comma-separated (raw and loader always); e.g. raw,loader,s3 for the two goals in more rounds",
+    )  # fmt: skip
     args = parser.parse_args()
+    chosen = [name for name in SIDES if name in {"raw", "loader", *args.sides.split(",")}]
+    unknown = set(args.sides.split(",")) - set(SIDES)
+    if unknown:
+        parser.error(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}")
+    if "uncached_store" in chosen and "s3" not in chosen:
+        parser.error("--sides: uncached_store is compared with s3; add s3")
     try:
         height, width = (int(v) for v in args.size.split("x"))
         clip = ClipSpec(width=width, height=height)
@@ -288,10 +317,9 @@ def main() -> None:
 
         with contextlib.ExitStack() as stack:
             # the local store as fsdtrain starts it, and the same store without its read cache
-            stores = {
-                "cached": stack.enter_context(LocalStore(Path(tmp) / "store")),
-                "uncached": swapped(seaweed, "READ_CACHE_MB", 0)(lambda: stack.enter_context(LocalStore(Path(tmp) / "uncached"))),
-            }
+            stores = {"cached": stack.enter_context(LocalStore(Path(tmp) / "store"))}
+            if "uncached_store" in chosen:
+                stores["uncached"] = swapped(seaweed, "READ_CACHE_MB", 0)(lambda: stack.enter_context(LocalStore(Path(tmp) / "uncached")))
             for store in stores.values():
                 store.apply_env()
                 objects.ensure_bucket("s3://bench")
@@ -312,31 +340,29 @@ def main() -> None:
                 "on_touch": lambda: on_touch(lambda: loader_rate(url)[0]),
                 "client_gets": lambda: client_gets(lambda: s3_side("client_gets")),
             }
-            rates = alternate(sides, args.rounds, log=lambda line: print(line, flush=True))
+            rates = alternate({name: sides[name] for name in chosen}, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
+    ratios = {  # name: (numerator side, denominator side) per round, for the sides that ran
+        name: ratio_summary(rates[num], rates[den], goal=GOALS.get(name))
+        for name, (num, den) in RATIOS.items() if num in rates and den in rates
+    }  # fmt: skip
+    if "s3" in rates:
+        ratios.update(
+            store_cpu_s_per_s3_pass=round(statistics.median(store_cpu["s3"]), 3),
+            worker_cpu_s3_vs_file=ratio_summary(worker_cpu["s3"], worker_cpu["file"]),
+            loader_s3_windows_per_s=round(median["s3"], 1),
+            s3_pass_s=round(loader["n"] / median["s3"], 3),
+        )
+    if "s3" in rates and "uncached_store" in rates:
+        ratios["cached_store_cpu_vs_uncached"] = ratio_summary(store_cpu["s3"], store_cpu["uncached_store"])
     result = {
-        "ratio": ratio_summary(rates["loader"], rates["raw"], goal=GOALS["ratio"]),
+        **ratios,
         "cpu_ratio": ratio_summary(cpu_per_window["raw"], cpu_per_window["loader"]),
-        "warm_ratio": ratio_summary(rates["warm_loader"], rates["warm_raw"]),
-        "in_process_ratio": ratio_summary(rates["in_process"], rates["raw"]),
-        "s3_vs_file": ratio_summary(rates["s3"], rates["loader"], goal=GOALS["s3_vs_file"]),
-        "workers_2_vs_1": ratio_summary(rates["two_workers"], rates["loader"]),
-        "ring_vs_plain": ratio_summary(rates["loader"], rates["plain_collate"]),
-        "table_vs_demuxer": ratio_summary(rates["loader"], rates["demuxer"]),
-        "normal_vs_huge_pages": ratio_summary(rates["loader"], rates["huge_pages"]),
-        "ahead_vs_on_touch": ratio_summary(rates["loader"], rates["on_touch"]),
-        "signed_vs_client": ratio_summary(rates["s3"], rates["client_gets"]),
         "decoded_per_used": round(raw["decoded"] / raw["used"], 3),
         "shuffle_gap_vs_random": round(shuffle_gap(loader["batches"], raw["store_order"]), 3),
         "loader_windows_per_s": round(median["loader"], 1),
-        "loader_2_workers_windows_per_s": round(median["two_workers"], 1),
-        "loader_s3_windows_per_s": round(median["s3"], 1),
-        "cached_vs_uncached_store": ratio_summary(rates["s3"], rates["uncached_store"]),
-        "store_cpu_s_per_s3_pass": round(statistics.median(store_cpu["s3"]), 3),
-        "cached_store_cpu_vs_uncached": ratio_summary(store_cpu["s3"], store_cpu["uncached_store"]),
-        "worker_cpu_s3_vs_file": ratio_summary(worker_cpu["s3"], worker_cpu["file"]),
-        "s3_pass_s": round(loader["n"] / median["s3"], 3),
         "raw_windows_per_s": round(median["raw"], 1),
+        **({"loader_2_workers_windows_per_s": round(median["two_workers"], 1)} if "two_workers" in rates else {}),
         "windows": raw["windows"],
         "loader_windows": loader["n"],
         "clips": args.clips,

@@ -22,13 +22,15 @@ windows/s). Smaller arrays are numpy's, as before.
 
 Each array is new memory until the pool holds the worker's working set: the kernel zeroes and maps
 it page by page as the decoder first writes each frame (13 ms per 29 MB array, a clip of 14 frames of
-6 x 256x448, timed by hand; about 5 % of that clip's decode). So whenever the pool maps a new array
-of 4 MiB or more, it prepares the next one in a thread: mapped and populated in one call
+6 x 256x448, timed by hand; about 5 % of that clip's decode). So whenever the pool takes a new
+array, it prepares the next one in a thread: allocated and its pages placed in one call
 (``MADV_POPULATE_WRITE``, Linux 5.14 and later; made through ctypes, which releases the GIL, where
-Python's ``mmap.madvise`` holds it), so the page faults of a worker's first clips overlap their
-decoding on a core the worker does not use (``ahead_vs_on_touch`` 1.036 at 448x256, 48 clips,
-benchmarks/README.md). The pool holds at most one such array beyond its working set
-(``ahead=False``: none).
+Python's ``mmap.madvise`` holds it; on a heap array, the pages wholly inside it), so the page faults
+of a worker's first clips overlap their decoding on a core the worker does not use, and cost less
+CPU than one fault per page (a 3.9 MB array: 1.5 against 2.2 ms, timed by hand). Measured side by
+side (benchmarks/README.md, ``ahead_vs_on_touch``): 1.036 at 448x256 and 1.037 at 160x96 (48 clips,
+where 32 of a worker's 48 clips need a new array). The pool holds at most one array beyond its
+working set (``ahead=False``: none).
 """
 
 from __future__ import annotations
@@ -105,9 +107,8 @@ class _Ahead:
 
     def take(self, nbytes: int) -> np.ndarray:
         """A new array of ``nbytes`` (the prepared one if it is that large; otherwise its own), with
-        one more of that size set to be prepared."""
-        if nbytes < _HUGE_PAGE_ARRAY:
-            return _unhuge(nbytes)
+        one more of that size set to be prepared (arrays of every size: numpy's heap arrays under
+        4 MiB too)."""
         prepared, self._next = self._next, None
         flat = prepared.result() if prepared is not None else None
         if flat is None or flat.size != nbytes:
@@ -122,8 +123,11 @@ def _populated(nbytes: int) -> np.ndarray:
     """:func:`_unhuge` with every page already placed where the kernel can do it in one call (the GIL
     released while it does); otherwise as mapped, its pages placed on first touch."""
     flat = _unhuge(nbytes)
-    if _madvise is not None:
-        _madvise(flat.ctypes.data, nbytes, _MADV_POPULATE_WRITE)  # an older kernel answers EINVAL: left as it is
+    if _madvise is not None:  # the whole pages of it (a heap array need not start on one)
+        start = -(-flat.ctypes.data // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (flat.ctypes.data + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            _madvise(start, end - start, _MADV_POPULATE_WRITE)  # an older kernel answers EINVAL: left as it is
     return flat
 
 

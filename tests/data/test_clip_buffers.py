@@ -2,6 +2,7 @@ import ctypes
 import mmap
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,16 +72,21 @@ def test_clip_arrays_are_kept_out_of_transparent_huge_pages():
     assert int(mapping["Anonymous"].split()[0]) * 1024 >= frames.nbytes  # private memory of the process, not shared
 
 
-def _resident_bytes(array: np.ndarray) -> int:
+def _resident_bytes(array: np.ndarray, *, whole_pages: bool = False) -> int:
     """Bytes of ``array``'s pages in memory (mincore; the kernel merges neighbouring mappings, so a
-    mapping's Rss in /proc would count its neighbours' too)."""
+    mapping's Rss in /proc would count its neighbours' too); ``whole_pages``: of the pages wholly
+    inside it (a heap array need not start on a page)."""
     page = mmap.PAGESIZE
-    address, pages = array.ctypes.data, -(-array.nbytes // page)
+    address, nbytes = array.ctypes.data, array.nbytes
+    if whole_pages:
+        start = -(-address // page) * page
+        address, nbytes = start, (address + nbytes) // page * page - start
     assert address % page == 0, "a pool mapping starts on a page"
+    pages = -(-nbytes // page)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
     vector = (ctypes.c_ubyte * pages)()
-    assert libc.mincore(address, array.nbytes, vector) == 0, os.strerror(ctypes.get_errno())
+    assert libc.mincore(address, nbytes, vector) == 0, os.strerror(ctypes.get_errno())
     return sum(v & 1 for v in vector) * page
 
 
@@ -97,3 +103,30 @@ def test_each_new_array_after_the_first_comes_with_its_pages_already_placed(ahea
     assert third.shape == (8, *BIG_ROW) and _resident_bytes(third) == 0 and (pool.allocated, len(pool)) == (3, 3)
     third[:] = 5
     assert int(third.sum(dtype=np.int64)) == 5 * third.size
+
+
+SMALL_AHEAD = """
+import sys
+from data.test_clip_buffers import _resident_bytes
+from fsdtrain.data.batch_ring import keep_freed_memory
+from fsdtrain.data.clip_buffers import ClipBuffers
+
+keep_freed_memory()  # as in a loader worker: arrays under 32 MiB come from the heap
+pool = ClipBuffers(ahead=sys.argv[1] == "ahead")
+first = pool.take(8, (6, 3, 96, 160))  # 2.2 MB: numpy's own array, on the heap
+second = pool.take(8, (6, 3, 96, 160))
+print(_resident_bytes(first, whole_pages=True), _resident_bytes(second, whole_pages=True), second.nbytes)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks Linux which pages are in memory (mincore)")
+@pytest.mark.parametrize("ahead", [True, False])
+def test_arrays_under_4_mib_are_prepared_ahead_too(ahead):
+    """A 160x96 clip's array (numpy's, on the heap) is also prepared in the thread: its pages placed
+    before the decoder writes them (in a fresh process, whose heap has no free pages to hand out)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    argv = [sys.executable, "-c", SMALL_AHEAD, "ahead" if ahead else "on-touch"]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+    first, second, nbytes = (int(v) for v in out.split())
+    assert first < nbytes / 2  # nothing prepared before the first (some pages the heap had freed)
+    assert second >= nbytes - 2 * mmap.PAGESIZE if ahead else second < nbytes / 2, (first, second, nbytes)
