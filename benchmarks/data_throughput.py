@@ -48,9 +48,12 @@ max, at 94 %; more rounds narrow it). ``--sides raw,loader,s3`` runs only the si
 need, so that many rounds fit in minutes.
 
 ``--size HxW`` sets the frame size of the synthetic clips (default 96x160; the realistic
-configs/pretrain_global.yaml input is 256x448).
+configs/pretrain_global.yaml input is 256x448). ``--clips-per-shard`` (default 3) sets how many clips
+share a shard, hence one index read: every worker that touches a shard reads its index once, so with
+3-clip shards a quarter of the s3:// requests are index reads, where ingest's 256-MiB shards hold
+hundreds of clips.
 
-    python benchmarks/data_throughput.py [--clips 12] [--rounds 3] [--size 96x160] [--sides raw,loader,s3]
+    python benchmarks/data_throughput.py [--clips 12] [--clips-per-shard 3] [--rounds 3] [--size 96x160] [--sides raw,loader,s3]
 """
 
 from __future__ import annotations
@@ -251,6 +254,10 @@ SIDES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument(
+        "--clips-per-shard", type=int, default=3,
+        help="clips per shard (3: every loader worker reads a shard index per 3 clips; ingest writes 256-MiB shards, hundreds of clips)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, alternating (benchmarks/rounds.py)")
     parser.add_argument("--size", default="96x160", help="frame size HxW of the synthetic clips (even, >= 16)")
     parser.add_argument(
@@ -272,7 +279,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bench"
-        (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=3, clip=clip, workers=min(2, os.cpu_count() or 1))
+        (manifest,) = synth_fleet(str(root), ["US"], args.clips, clips_per_shard=args.clips_per_shard, clip=clip, workers=min(2, os.cpu_count() or 1))
         url = f"file://{root}/train/US"
         paths = [str(root / "train" / "US" / s.name) for s in manifest.shards]
         raw: dict = {}
@@ -366,6 +373,7 @@ def main() -> None:
         "windows": raw["windows"],
         "loader_windows": loader["n"],
         "clips": args.clips,
+        "clips_per_shard": args.clips_per_shard,
         "size": f"{width}x{height}x6cam",
         "window": {"history": SPEC.history, "frame_stride": SPEC.frame_stride, "window_stride": SPEC.window_stride},
         **describe(load_before=load_before),
