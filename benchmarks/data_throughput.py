@@ -265,6 +265,9 @@ def main() -> None:
         help="the sides to run, comma-separated (raw and loader always); e.g. raw,loader,s3 for the two goals in more rounds",
     )  # fmt: skip
     args = parser.parse_args()
+    for flag, value in (("--clips", args.clips), ("--clips-per-shard", args.clips_per_shard), ("--rounds", args.rounds)):
+        if value < 1:
+            parser.error(f"{flag} {value}: want at least 1")
     chosen = [name for name in SIDES if name in {"raw", "loader", *args.sides.split(",")}]
     unknown = set(args.sides.split(",")) - set(SIDES)
     if unknown:
