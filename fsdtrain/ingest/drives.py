@@ -31,7 +31,6 @@ import functools
 import json
 import logging
 import math
-import multiprocessing
 import shutil
 import tempfile
 from collections import deque
@@ -51,6 +50,7 @@ from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all, survey
 from fsdtrain.ingest.parts import IngestRun, PartSpec, group_of
 from fsdtrain.ingest.raw import CameraReader, RawDrive, RawLimits, display_name, load_drive
 from fsdtrain.ingest.source import DriveSource
+from fsdtrain.pools import fork_pool
 from fsdtrain.store import objects
 from fsdtrain.store.gate import AuditLog, ZoneGate
 
@@ -542,9 +542,8 @@ def write_drives(
 
     keep = functools.partial(summary.keep, skip_bad=skip_bad, report=report)
 
-    ctx = multiprocessing.get_context("fork")
     # A writer still open when this block raises removes the shards it wrote (ShardWriter.__exit__).
-    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp, contextlib.ExitStack() as stack:
+    with fork_pool(workers) if workers > 1 else contextlib.nullcontext() as pool, tempfile.TemporaryDirectory(prefix="fsdtrain-ingest-") as tmp, contextlib.ExitStack() as stack:
         run_map = pool.imap if pool is not None else map
         paths, index_of = [], {}
         for i in mine:  # an s3:// drive is copied here, through the gate

@@ -32,7 +32,6 @@ import contextlib
 import functools
 import json
 import math
-import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -53,6 +52,7 @@ from fsdtrain.ingest.drives import (
     drive_samples,
 )
 from fsdtrain.ingest.raw import CameraSource, DriveInfo, Poses, RawDrive, RawLimits
+from fsdtrain.pools import fork_pool
 from fsdtrain.residency import zone_of_country
 from fsdtrain.store import objects
 
@@ -448,8 +448,7 @@ def write_nuscenes(
     if not good:
         raise DataError(f"none of the {len(chosen)} scene(s) could be converted; first problem: {summary.skipped[0].reason}")
 
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool, contextlib.ExitStack() as stack:
+    with fork_pool(workers) if workers > 1 else contextlib.nullcontext() as pool, contextlib.ExitStack() as stack:
         url_of = lambda country: objects.join_url(out, split, country)  # noqa: E731
         writers = CountryWriters(stack, url_of, dataset=dataset, split=split, fps=st.fps, shard_bytes=shard_bytes, replace=replace)
         for d in good:  # every directory is checked (refused unless replace) before anything is encoded

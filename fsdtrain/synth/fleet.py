@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +32,7 @@ from fsdtrain.format.manifest import Manifest, dataset_name, validate_split
 from fsdtrain.format.schema import ClipMeta, clip_key, encode_npy
 from fsdtrain.format.video import encode_video
 from fsdtrain.format.writer import ShardSet, ShardWriter, publish_all
+from fsdtrain.pools import fork_pool
 from fsdtrain.store import objects
 from fsdtrain.synth.render import Renderer
 from fsdtrain.synth.rig import DEFAULT_RIG, calib_json, make_rig
@@ -192,7 +192,7 @@ def synth_fleet(
             shard_set = ShardSet(dataset=dataset, split=split, country=style.code, zone=style.zone, cameras=cameras, fps=clip.fps)
             writer = ShardWriter(objects.join_url(out, split, style.code), shard_set, clips_per_shard=clips_per_shard, replace=replace)
             writers.append(stack.enter_context(writer))
-        pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers)) if workers > 1 else None
+        pool = stack.enter_context(fork_pool(workers)) if workers > 1 else None
         for style, writer in zip(styles, writers):
             common = dict(seed=seed, split=split, clip=clip, scenario=scenario)
             tasks = [dict(country=style.code, index=i, **common) for i in range(clips)]

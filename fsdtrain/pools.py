@@ -1,0 +1,55 @@
+"""Fork pools (synthesis, ingest) whose end never waits for a worker that did not start.
+
+CPython 3.11's fork can leave a child hung before it runs any Python (gh-112275, fixed in 3.12: a
+parent thread held the interpreter's thread-state lock at the fork). In a pool the other workers take
+its tasks, but at the pool's end ``terminate()`` stops every worker with SIGTERM, which such a child
+cannot act on while it carries the CLI's handler (fsdtrain/stopping.py: the handler is Python's, and
+the child never reaches Python), and the pool then joins it for ever. So each worker marks itself
+started, and at the end a worker that never did is killed first (SIGKILL), with a warning. Loader
+workers have a guard of their own (fsdtrain/data/batch_ring.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from multiprocessing.pool import Pool
+
+__all__ = ["fork_pool"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def fork_pool(workers: int) -> Iterator[Pool]:
+    """A ``fork`` :class:`~multiprocessing.pool.Pool` of ``workers`` processes, ended with
+    ``terminate()`` as ``with Pool(...)`` ends it, after killing any worker that never started."""
+    context = multiprocessing.get_context("fork")
+    before = {p.pid for p in multiprocessing.active_children()}
+    started = context.Array("i", 2 * workers + 8)  # pids of the workers that ran their initializer
+    count = context.Value("i", 0)
+    pool = context.Pool(workers, initializer=_mark_started, initargs=(started, count))
+    try:
+        yield pool
+    finally:
+        with count.get_lock():
+            marked = set(started[: min(count.value, len(started))])
+        if count.value <= len(started):  # every start recorded: the others never ran Python
+            stuck = [p.pid for p in multiprocessing.active_children() if p.pid not in before and p.pid not in marked]
+            if stuck:
+                log.warning("pool worker(s) %s never started (stuck at their fork); killing them before the pool ends", stuck)
+            for pid in stuck:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        pool.terminate()
+
+
+def _mark_started(started, count) -> None:
+    with count.get_lock():
+        if count.value < len(started):
+            started[count.value] = os.getpid()
+        count.value += 1
