@@ -8,14 +8,11 @@ from pathlib import Path
 
 STUCK_AT_FORK = """
 import ctypes, os, sys
+from fork_hang import first_child
 
 def hang_in_the_first_child():  # before fsdtrain's own at-fork hook, as the real hang is before any hook
-    try:
-        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    if not first_child(sys.argv[1]):
         return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
     # blocked in C on a mutex, as the real child is on the thread-state lock: a signal's Python
     # handler never runs (pthread_mutex_lock resumes waiting after a signal), only its default action acts
     libc = ctypes.CDLL(None)
@@ -39,7 +36,8 @@ print("ended")
 
 def test_a_pool_with_a_worker_stuck_at_its_fork_gives_every_result_and_ends(tmp_path):
     marker = tmp_path / "stuck.pid"
-    proc = subprocess.run([sys.executable, "-c", STUCK_AT_FORK, str(marker)], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-c", STUCK_AT_FORK, str(marker)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [str(list(range(1, 21))), "ended"]
     stuck = int(marker.read_text())

@@ -124,17 +124,13 @@ def test_a_dead_worker_is_an_error_not_a_hang():
 STUCK_AT_FORK = """
 import os, sys, time
 from data.test_batch_ring import Numbered
+from fork_hang import first_child
 from fsdtrain.data.batch_ring import RingLoader
 
 def hang_in_the_first_child():  # as a child of CPython 3.11 does that inherits a held thread-state lock (gh-112275)
-    try:
-        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    while True:
-        time.sleep(1)
+    if first_child(sys.argv[1]):
+        while True:
+            time.sleep(1)
 
 os.register_at_fork(after_in_child=hang_in_the_first_child)
 loader = RingLoader(Numbered(40), batch_size=4, num_workers=2, start_timeout_s=3, persistent_workers=True)
