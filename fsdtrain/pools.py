@@ -30,21 +30,24 @@ def fork_pool(workers: int) -> Iterator[Pool]:
     ``terminate()`` as ``with Pool(...)`` ends it, after killing any worker that never started."""
     context = multiprocessing.get_context("fork")
     before = {p.pid for p in multiprocessing.active_children()}
-    started = context.Array("i", 2 * workers + 8)  # pids of the workers that ran their initializer
+    started = context.Array("i", 2 * workers + 8)  # pids of the workers that ran their initializer (replacements too)
     count = context.Value("i", 0)
     pool = context.Pool(workers, initializer=_mark_started, initargs=(started, count))
+    # the pool forks its workers in its constructor: only these are ever killed here (no other child
+    # of the caller; a worker the pool forks later to replace a dead one is left to terminate())
+    forked = {p.pid for p in multiprocessing.active_children()} - before
     try:
         yield pool
     finally:
         with count.get_lock():
             marked = set(started[: min(count.value, len(started))])
-        if count.value <= len(started):  # every start recorded: the others never ran Python
-            stuck = [p.pid for p in multiprocessing.active_children() if p.pid not in before and p.pid not in marked]
-            if stuck:
-                log.warning("pool worker(s) %s never started (stuck at their fork); killing them before the pool ends", stuck)
-            for pid in stuck:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        alive = {p.pid for p in multiprocessing.active_children()}
+        stuck = sorted((forked - marked) & alive)
+        if stuck:
+            log.warning("pool worker(s) %s never started (stuck at their fork); killing them before the pool ends", stuck)
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         pool.terminate()
 
 
