@@ -29,7 +29,13 @@ worker / one decode process):
   ``ahead_vs_on_touch``: the loader / the same loader with no clip array populated ahead in a thread
   (each new array's pages placed as the decoder first writes them); ``signed_vs_client``: the loader
   on s3:// / the same with every GET made through a boto3 client call instead of signed by hand
-  (fsdtrain/store/signed_get.py). ``store_cpu_s_per_s3_pass``: CPU seconds the local SeaweedFS
+  (fsdtrain/store/signed_get.py); ``plain_vs_session``: the loader on s3:// / the same with every signed
+  GET sent through botocore's HTTP session (urllib3) instead of over fsdtrain's plain-HTTP
+  connections, which receive a body in one call (fsdtrain/store/plain_http.py), and
+  ``worker_cpu_plain_vs_session`` the loader worker's CPU seconds per pass of the two;
+  ``inherited_vs_own_client``: the loader on s3:// / the same with every worker making its own boto3
+  client and presigning its bucket's URL at its start, instead of taking its parent's (fsdtrain/store/objects.py
+  ``_Client``). ``store_cpu_s_per_s3_pass``: CPU seconds the local SeaweedFS
   spent serving one s3:// pass (``s3_pass_s`` long): the store shares this machine's cores with the
   loader, where a cluster's store runs on machines of its own; ``worker_cpu_s3_vs_file``: the loader
   worker's CPU seconds per pass (all its threads) on s3:// / on file://, what reading from a store
@@ -94,6 +100,7 @@ from fsdtrain.store import objects
 from fsdtrain.store.gate import ZoneGate
 from fsdtrain.store.local import seaweed
 from fsdtrain.store.local.seaweed import LocalStore
+from fsdtrain.store.signed_get import SignedGets
 from fsdtrain.synth.fleet import ClipSpec, synth_fleet
 
 GLOBAL_GATE = ZoneGate("global")
@@ -217,6 +224,10 @@ huge_pages = swapped(clip_buffers, "_unhuge", lambda nbytes: np.empty(nbytes, dt
 on_touch = swapped(stream_module, "ClipBuffers", lambda: ClipBuffers(ahead=False))
 # every S3 GET through the boto3 client's call path (each worker makes its own client after the fork)
 client_gets = swapped(objects, "SignedGets", lambda *args, **kwargs: None)
+# every signed GET through botocore's HTTP session (urllib3: the body in a receive call per 64 KB at most)
+session_gets = swapped(SignedGets, "_plain_http", lambda self, url: (None, "", ""))
+# every loader worker making its own boto3 client and presigning its buckets' URLs anew at its start
+own_client = swapped(objects, "SignedGets", lambda *args, known=None, **kwargs: SignedGets(*args, **kwargs))
 
 
 def process_cpu_s(pid: int) -> float:
@@ -243,11 +254,13 @@ RATIOS = {  # each ratio's sides (numerator, denominator), per round
     "normal_vs_huge_pages": ("loader", "huge_pages"),
     "ahead_vs_on_touch": ("loader", "on_touch"),
     "signed_vs_client": ("s3", "client_gets"),
+    "plain_vs_session": ("s3", "session_gets"),
+    "inherited_vs_own_client": ("s3", "own_client"),
     "cached_vs_uncached_store": ("s3", "uncached_store"),
 }
 SIDES = [
     "raw", "loader", "warm_raw", "warm_loader", "in_process", "two_workers", "plain_collate", "s3", "uncached_store", "demuxer",
-    "huge_pages", "on_touch", "client_gets",
+    "huge_pages", "on_touch", "client_gets", "session_gets", "own_client",
 ]  # fmt: skip
 
 
@@ -349,6 +362,8 @@ def main() -> None:
                 "huge_pages": lambda: huge_pages(lambda: loader_rate(url)[0]),
                 "on_touch": lambda: on_touch(lambda: loader_rate(url)[0]),
                 "client_gets": lambda: client_gets(lambda: s3_side("client_gets")),
+                "session_gets": lambda: session_gets(lambda: s3_side("session_gets")),
+                "own_client": lambda: own_client(lambda: s3_side("own_client")),
             }
             rates = alternate({name: sides[name] for name in chosen}, args.rounds, log=lambda line: print(line, flush=True))
     median = {name: statistics.median(v) for name, v in rates.items()}
@@ -363,6 +378,8 @@ def main() -> None:
             loader_s3_windows_per_s=round(median["s3"], 1),
             s3_pass_s=round(loader["n"] / median["s3"], 3),
         )
+    if "s3" in rates and "session_gets" in rates:
+        ratios["worker_cpu_plain_vs_session"] = ratio_summary(worker_cpu["s3"], worker_cpu["session_gets"])
     if "s3" in rates and "uncached_store" in rates:
         ratios["cached_store_cpu_vs_uncached"] = ratio_summary(store_cpu["s3"], store_cpu["uncached_store"])
     result = {

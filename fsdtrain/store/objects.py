@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,6 @@ from fsdtrain.store.retry import (
     RETRY_SECONDS_ENV,
     TIMEOUT_ENV,
     RetriesExhausted,
-    RetryPolicy,
     call_with_retries,
 )
 from fsdtrain.store.settings import S3Settings, s3_settings, safe_url, session
@@ -149,11 +149,34 @@ def format_bucket_zones(zones: Mapping[str, str]) -> str:
 # --- S3 ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Client:
-    s3: object
-    policy: RetryPolicy
-    gets: SignedGets | None  # GETs without the client's per-call work; None in adaptive retry mode
+    """This process's S3 access: the retry policy, the signed GETs (None in adaptive retry mode) and
+    the boto3 client, made when first needed. A process forked from one that has read (a loader
+    worker) takes its parent's endpoint and bucket URLs for its GETs and makes no client while it
+    only reads those buckets (:class:`~fsdtrain.store.signed_get.SignedGets`)."""
+
+    def __init__(self, settings: S3Settings, inherited: _Client | None) -> None:
+        self.policy = settings.policy
+        self._settings = settings
+        self._s3 = None
+        self._lock = threading.Lock()
+        # adaptive mode's client-side rate limiter sits in the client's call path: its GETs go through it
+        self.gets = None if settings.retry_mode == "adaptive" else SignedGets(
+            lambda: self.s3, _session(None), timeout_s=(settings.policy.connect_timeout_s, settings.policy.read_timeout_s),
+            known=inherited.gets if inherited is not None else None,
+        )  # fmt: skip
+
+    @property
+    def s3(self):
+        """The boto3 S3 client (made on first use)."""
+        with self._lock:
+            if self._s3 is None:
+                self._s3 = _new_client(self._settings)
+            return self._s3
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.gets.endpoint if self.gets is not None else getattr(self.s3.meta, "endpoint_url", None)
 
 
 _clients: dict[int, _Client] = {}
@@ -162,13 +185,27 @@ _clients: dict[int, _Client] = {}
 # epoch (timed by hand in forked children: 90-200 ms for a new session, 18-44 ms for a client from the
 # kept one; benchmarks/data_throughput.py's s3_vs_file is too noisy here to show the difference).
 _sessions: dict[str | None, object] = {}
+# The settings, read once like the sessions and inherited by forked children: reading them builds a
+# botocore session of its own (14 ms of a loader worker's start, every epoch; timed by hand).
+_settings: list[S3Settings] = []
 
 
 def reset_clients() -> None:
-    """Forgets cached S3 clients and sessions, e.g. after the AWS_* or FSDTRAIN_S3_* environment
-    changed (a new local store, another key, another retry budget)."""
+    """Forgets cached S3 clients, sessions and settings, e.g. after the AWS_* or FSDTRAIN_S3_*
+    environment changed (a new local store, another key, another retry budget)."""
+    mine = _clients.get(os.getpid())
+    if mine is not None and mine.gets is not None:
+        mine.gets.close()
     _clients.clear()
     _sessions.clear()
+    _settings.clear()
+
+
+def _s3_settings() -> S3Settings:
+    """:func:`~fsdtrain.store.settings.s3_settings`, read once (until :func:`reset_clients`)."""
+    if not _settings:
+        _settings.append(s3_settings())
+    return _settings[0]
 
 
 def _session(profile: str | None):
@@ -206,18 +243,15 @@ def _new_client(settings: S3Settings, profile: str | None = None):
 
 
 def _s3() -> _Client:
-    """One boto3 client per process (clients are not fork-safe, so the pid is the cache key)."""
+    """This process's S3 access (clients are not fork-safe, so the pid is the cache key; a forked
+    child starts from its parent's, :class:`_Client`)."""
     pid = os.getpid()
     cached = _clients.get(pid)
     if cached is None:
-        settings = s3_settings()
+        settings = _s3_settings()
         bucket_zones()  # a malformed FSDTRAIN_BUCKET_ZONES fails here, not inside an error message
-        client = _new_client(settings)
-        # adaptive mode's client-side rate limiter sits in the client's call path: its GETs go through it
-        gets = None if settings.retry_mode == "adaptive" else SignedGets(
-            client, _session(None), timeout_s=(settings.policy.connect_timeout_s, settings.policy.read_timeout_s)
-        )  # fmt: skip
-        cached = _Client(client, settings.policy, gets)
+        inherited = next((c for p, c in _clients.items() if p != pid and c.gets is not None), None)  # a parent's
+        cached = _Client(settings, inherited)
         _clients[pid] = cached
     return cached
 
@@ -229,7 +263,7 @@ def s3_client(profile: str | None = None) -> object:
     Raises:
         ConfigError: the settings or the profile are invalid.
     """
-    return _s3().s3 if profile is None else _new_client(s3_settings(), profile)
+    return _s3().s3 if profile is None else _new_client(_s3_settings(), profile)
 
 
 def error_code(exc: BaseException) -> str:
@@ -265,7 +299,7 @@ def _transient(exc: BaseException) -> bool:
 
 def _endpoint(client: _Client | None) -> str:
     """The endpoint in use, without any user:password part."""
-    url = getattr(getattr(client.s3, "meta", None), "endpoint_url", None) if client else None
+    url = client.endpoint_url if client else None
     url = url or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
     return safe_url(url)
 

@@ -162,7 +162,6 @@ def call_with_retries(
         RetriesExhausted: the last try failed transiently and the budget is spent.
         Exception: a caught error that is not transient, unchanged, on the try that raised it.
     """
-    rng = rng or random.Random()
     start = time.monotonic()
     attempt = 1
     while True:
@@ -175,6 +174,7 @@ def call_with_retries(
             left = policy.max_seconds - elapsed
             if attempt >= policy.attempts or left <= 0:
                 raise RetriesExhausted(exc, attempt, elapsed) from exc
+            rng = rng or random.Random()  # made on the first retry: seeding one costs more than a GET's signing
             delay = min(policy.backoff_s(attempt, rng), left)
             _log.info(
                 "%s failed (%s), try %d of %d; retrying in %.2f s", what, type(exc).__name__, attempt, policy.attempts, delay

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from counting_socket import counted_connections
 
 from fsdtrain.errors import ConfigError, ObjectMissing, StoreError
 from fsdtrain.store import objects
@@ -464,6 +465,27 @@ def test_reads_are_signed_by_hand_and_return_the_stores_bytes(s3_bucket: str, ke
     assert body == PAYLOAD[100:5000] and len(calls) == 1  # the same object as the client reads
 
 
+def test_a_range_from_the_store_arrives_in_one_receive_call(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 << 20)
+    objects.write_bytes(f"{s3_bucket}/big.bin", data)
+    objects.reset_clients()  # the reads below open new connections, counted
+    counter = counted_connections(monkeypatch)
+    assert objects.read_bytes(f"{s3_bucket}/big.bin", byte_range=(1000, 3_000_000)) == data[1000:3_000_000]
+    # the answer's headers, then the rest of its 3 MB at once (the GIL given up once, not per 64 KB)
+    assert 1 <= counter.calls <= 3, counter.calls
+
+
+def test_through_a_proxy_reads_take_botocores_session(scripted_s3: Callable[..., ScriptedS3], monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = scripted_s3([(200, b"through the proxy", 0.0)])
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://store.invalid:8333")
+    objects.reset_clients()
+    assert objects.read_bytes("s3://bucket/key", byte_range=(0, 100)) == b"through the proxy"
+    assert proxy.requests == ["GET http://store.invalid:8333/bucket/key"]  # a proxy's request line: the whole URL
+
+
 def test_adaptive_retry_mode_reads_through_the_client(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     objects.write_bytes(f"{s3_bucket}/k", PAYLOAD)
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")  # its rate limiter is in the client's call path
@@ -606,6 +628,39 @@ def test_missing_bucket_is_store_error(s3_env: LocalStore) -> None:
         objects.read_bytes("s3://does-not-exist-bucket/key")
 
 
+def in_a_forked_child(check: Callable[[], bool]) -> bool:
+    """``check()`` run in a forked child (as in a loader worker); its answer, or False if it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_a_forked_reader_of_its_parents_buckets_makes_no_client(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects.write_bytes(f"{s3_bucket}/a", b"from the parent")
+    assert objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"  # the parent's GETs know the bucket's URL
+    made: list[int] = []
+    new_client = objects._new_client
+    monkeypatch.setattr(objects, "_new_client", lambda *args, **kwargs: made.append(os.getpid()) or new_client(*args, **kwargs))
+
+    def child() -> bool:  # a loader worker: reads over connections of its own, with the parent's endpoint and bucket URLs
+        fine = objects.read_bytes(f"{s3_bucket}/a", byte_range=(5, 8)) == b"the" and made == []
+        objects.write_bytes(f"{s3_bucket}/b", b"written by the child")  # a write is a client call: one is made
+        return fine and made == [os.getpid()] and objects.read_bytes(f"{s3_bucket}/b") == b"written by the child"
+
+    assert in_a_forked_child(child)
+    assert made == []  # nor did the parent make another
+
+
 def test_ensure_bucket_is_idempotent(s3_bucket: str) -> None:
     objects.ensure_bucket(s3_bucket)
     objects.ensure_bucket(objects.join_url(s3_bucket, "some/prefix"))
@@ -617,18 +672,11 @@ def test_a_forked_worker_makes_its_own_client_from_the_session_its_parent_kept(s
     objects.write_bytes(f"{s3_bucket}/a", b"from the parent")
     parent = objects.s3_client()
     kept = objects._sessions[None]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a loader worker: a new client (sockets are not shared), the inherited session
-        try:
-            child = objects.s3_client()
-            fine = child is not parent and objects._sessions[None] is kept and objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"
-            os.write(write, b"1" if fine else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"1"
-    os.waitpid(pid, 0)
+
+    def child() -> bool:  # a loader worker: a new client (sockets are not shared), the inherited session
+        return objects.s3_client() is not parent and objects._sessions[None] is kept and objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"
+
+    assert in_a_forked_child(child)
     objects.reset_clients()  # after a change of environment, the session is made again
     assert None not in objects._sessions and objects.read_bytes(f"{s3_bucket}/a") == b"from the parent"
     assert objects._sessions[None] is not kept
