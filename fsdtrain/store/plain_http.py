@@ -29,6 +29,7 @@ __all__ = ["Answer", "PlainHttp"]
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers; more is not an S3 answer
 MAX_ERROR_BODY_BYTES = 1 << 20  # an error answer's XML; a longer one is not read (its status still counts)
 IDLE_CONNECTIONS = 16  # kept for the next GET, as botocore's pool keeps max_pool_connections
+BODY_STEP_BYTES = 64 << 20  # a body is received into buffers of at most this size (a clip's fits in one)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class PlainHttp:
         lines = bytes(head[:end]).decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
+        if not version.startswith("HTTP/1.") or not _digits(code):
             raise HTTPClientError(error=f"not an HTTP/1.x answer: {lines[0][:60]!r}")
         status = int(code)
         headers: dict[str, str] = {}
@@ -184,19 +185,29 @@ class PlainHttp:
             if colon:
                 headers[name.strip().lower()] = value.strip()
         length = headers.get("content-length", "")
-        if status < 200 or "transfer-encoding" in headers or not length.isdigit():
+        if status < 200 or "transfer-encoding" in headers or not _digits(length):
             return None, False  # not read here: the connection is closed, the caller asks another way
         size = int(length)
         if status >= 300 and size > MAX_ERROR_BODY_BYTES:
             return Answer(status, headers, b""), False
-        body = bytearray(size)
         have = min(size, got - end - 4)
-        body[:have] = head[end + 4 : end + 4 + have]
-        rest_view = memoryview(body)
+        parts: list[bytes | bytearray] = [bytes(head[end + 4 : end + 4 + have])]
         while have < size:
-            n = sock.recv_into(rest_view[have:], size - have, socket.MSG_WAITALL)  # the GIL released once for the rest
-            if n == 0:
-                raise IncompleteReadError(actual_bytes=have, expected_bytes=size)
-            have += n
+            # the rest in one call (the GIL released once), into buffers of at most BODY_STEP_BYTES:
+            # memory grows with the bytes that arrive, not with what the Content-Length claims
+            part = bytearray(min(size - have, BODY_STEP_BYTES))
+            view, filled = memoryview(part), 0
+            while filled < len(part):
+                n = sock.recv_into(view[filled:], len(part) - filled, socket.MSG_WAITALL)
+                if n == 0:
+                    raise IncompleteReadError(actual_bytes=have + filled, expected_bytes=size)
+                filled += n
+            parts.append(part)
+            have += filled
         reusable = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close" and got - end - 4 <= size
-        return Answer(status, headers, bytes(body)), reusable
+        return Answer(status, headers, b"".join(parts)), reusable
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a decimal number in ASCII digits (``str.isdigit`` also takes e.g. ``²``)."""
+    return text.isascii() and text.isdigit()

@@ -3,13 +3,14 @@ independent of the environment), and the processes it runs, read from ``/proc``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import boto3
 
 from fsdtrain.store.local.seaweed import LocalStore
 
-__all__ = ["store_client", "pids_where", "alive"]
+__all__ = ["store_client", "pids_where", "alive", "gone"]
 
 
 def store_client(store: LocalStore, secret_key: str | None = None, *, zone: str | None = None):
@@ -47,3 +48,15 @@ def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     fields = _stat(Path(f"/proc/{pid}"))
     return fields is not None and fields[0] != "Z"
+
+
+def gone(*pids: int, within_s: float = 10.0) -> bool:
+    """Whether every one of ``pids`` is gone (or a zombie) within ``within_s``: a signal to a process
+    group is sent at once, but a process nobody waits for exits only when it next runs, which on a
+    loaded machine can be after the signalling call has returned."""
+    deadline = time.monotonic() + within_s
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

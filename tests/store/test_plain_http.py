@@ -18,6 +18,7 @@ from botocore.exceptions import (
 )
 from counting_socket import counted_connections
 
+from fsdtrain.store import plain_http
 from fsdtrain.store.plain_http import MAX_HEAD_BYTES, PlainHttp
 
 BODY = bytes(range(256)) * 4096  # 1 MiB, every byte value
@@ -198,6 +199,33 @@ def test_what_is_not_an_http_answer_is_an_http_client_error(serve, head: bytes, 
     server, http = serve(lambda conn, n: conn.sendall(head) or False)
     with pytest.raises(HTTPClientError, match=match):
         get(http)
+
+
+def test_a_content_length_larger_than_what_comes_takes_no_memory_for_it(serve) -> None:
+    def claim(conn: socket.socket, n: int) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n0123456789")  # 1 TB claimed
+        return False
+
+    server, http = serve(claim)
+    with pytest.raises(IncompleteReadError, match="10 read, but total bytes expected is 1000000000000"):
+        get(http)
+
+
+def test_a_body_over_one_receive_buffer_arrives_whole(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plain_http, "BODY_STEP_BYTES", 100_000)
+    server, http = serve(lambda conn, n: answer(conn, BODY, pieces=7) or True)
+    assert get(http).body == BODY
+
+
+def test_a_status_in_other_digits_is_not_an_http_answer(serve) -> None:
+    server, http = serve(lambda conn, n: conn.sendall(b"HTTP/1.1 2\xb2\xb2 OK\r\nContent-Length: 1\r\n\r\nx") or False)
+    with pytest.raises(HTTPClientError, match="not an HTTP/1.x answer"):  # '²' is a digit to str.isdigit, not to int()
+        get(http)
+
+
+def test_a_length_in_other_digits_is_left_to_the_caller(serve) -> None:
+    server, http = serve(lambda conn, n: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\nx") or False)
+    assert get(http) is None
 
 
 def test_a_long_error_body_is_not_read(serve) -> None:
