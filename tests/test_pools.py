@@ -8,18 +8,12 @@ import sys
 from pathlib import Path
 
 STUCK_AT_FORK = """
-import ctypes, os, sys
-from fork_hang import first_child
+import os, sys
+from fork_hang import block_in_c, first_child
 
 def hang_in_the_first_child():  # before fsdtrain's own at-fork hook, as the real hang is before any hook
-    if not first_child(sys.argv[1]):
-        return
-    # blocked in C on a mutex, as the real child is on the thread-state lock: a signal's Python
-    # handler never runs (pthread_mutex_lock resumes waiting after a signal), only its default action acts
-    libc = ctypes.CDLL(None)
-    mutex = ctypes.create_string_buffer(64)  # zeroed: glibc's PTHREAD_MUTEX_INITIALIZER
-    libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)  # a normal mutex locked again by its owner: never returns
+    if first_child(sys.argv[1]):
+        block_in_c()
 
 os.register_at_fork(after_in_child=hang_in_the_first_child)
 
@@ -35,12 +29,18 @@ print("ended")
 """
 
 
+def run_pool(script: str, marker: Path) -> subprocess.CompletedProcess:
+    """Runs a pool script (its stuck workers' pids written to ``marker``); it must give every result and end."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-c", script, str(marker)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [str(list(range(1, 21))), "ended"]  # no task was lost with a stuck worker
+    return proc
+
+
 def test_a_pool_with_a_worker_stuck_at_its_fork_gives_every_result_and_ends(tmp_path):
     marker = tmp_path / "stuck.pid"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.run([sys.executable, "-c", STUCK_AT_FORK, str(marker)], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == [str(list(range(1, 21))), "ended"]
+    proc = run_pool(STUCK_AT_FORK, marker)
     stuck = int(marker.read_text())
     assert f"pool worker(s) [{stuck}] never started (stuck at their fork)" in proc.stderr
     assert not Path(f"/proc/{stuck}").exists(), "the stuck worker was left running"
@@ -53,19 +53,16 @@ def test_a_pool_whose_workers_all_start_ends_without_a_warning():
 
 
 EVERY_WORKER_STUCK = """
-import ctypes, os, sys
+import os, sys
+from fork_hang import block_in_c
 
 hang = [False]
 
 def hang_while_the_pool_is_made():  # the constructor's children only; its replacements start
-    if not hang[0]:
-        return
-    with open(sys.argv[1], "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    libc = ctypes.CDLL(None)
-    mutex = ctypes.create_string_buffer(64)
-    libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)
+    if hang[0]:
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        block_in_c()
 
 os.register_at_fork(after_in_child=hang_while_the_pool_is_made)
 
@@ -85,10 +82,7 @@ print("ended")
 
 def test_a_pool_whose_every_worker_is_stuck_at_its_fork_replaces_them(tmp_path):
     marker = tmp_path / "stuck.pids"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.run([sys.executable, "-c", EVERY_WORKER_STUCK, str(marker)], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == [str(list(range(1, 21))), "ended"]  # no task was lost with them
+    proc = run_pool(EVERY_WORKER_STUCK, marker)
     stuck = sorted(int(line) for line in marker.read_text().split())
     assert len(stuck) == 2
     warned = re.search(r"pool worker\(s\) \[(\d+), (\d+)\] never started \(stuck at their fork\); killed after 1 s", proc.stderr)
