@@ -38,8 +38,8 @@ class SignedGets:
     """Signed GETs for one process (it holds connections: like a client, not shared over a fork).
 
     Args:
-        client: returns this process's boto3 S3 client (endpoint, region and object URLs come from it),
-            called when they are needed: made on the first call, where the client is made lazily.
+        client: returns this process's boto3 S3 client (endpoint, region and bucket URLs come from it);
+            called only when one of them is needed, so a client made on first use is made then.
         session: the boto3 session it was made from (credentials, refreshed as the client's are).
         timeout_s: (connect, read) seconds per try.
         known: the signed GETs of the process this one was forked from: its endpoint, region and
