@@ -30,7 +30,6 @@ import logging
 import multiprocessing.util
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,7 @@ from fsdtrain.data.augment import Augment
 from fsdtrain.data.batch_ring import keep_freed_memory, quiet_handoff_resets
 from fsdtrain.data.clip_buffers import ClipBuffers
 from fsdtrain.data.order import ClipRef, ClipWindow, StreamOrder, StreamShape, batch_positions, worker_caps
+from fsdtrain.data.prefetch import Prefetch
 from fsdtrain.errors import ConfigError, DataError
 from fsdtrain.format import schema
 from fsdtrain.format.index import IndexedShards
@@ -322,7 +322,7 @@ class FleetStream(IterableDataset):
             needs[(w.source, w.clip)].add(w.current)
             last[(w.source, w.clip)] = i
         skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=len(needs))
-        fetched = _Prefetch(self._fetch_clip, list(needs), depth=PREFETCH_CLIPS)  # first-use order
+        fetched = Prefetch(self._fetch_clip, list(needs), depth=PREFETCH_CLIPS)  # first-use order
         held: dict[tuple[int, int], _Clip | DataError] = {}
         owed, good = 0, None
         try:
@@ -347,7 +347,7 @@ class FleetStream(IterableDataset):
             for _ in range(owed):
                 yield _filler(good)
 
-    def _open_clip(self, fetched: _Prefetch, key: tuple[int, int], currents: set[int], skips: _SkipBudget) -> _Clip | DataError:
+    def _open_clip(self, fetched: Prefetch, key: tuple[int, int], currents: set[int], skips: _SkipBudget) -> _Clip | DataError:
         """A decoded clip, or the error that made the skip policy drop it."""
         try:
             url, sample = fetched.get(key)
@@ -393,7 +393,7 @@ class FleetStream(IterableDataset):
         skips = _SkipBudget(self.on_error, self.max_skip_fraction, clips=len(clips))
         recent: list[dict] = []
         n = 0
-        fetched = _Prefetch(self._fetch_clip, [(c.source, c.clip) for c in clips], depth=PREFETCH_CLIPS)
+        fetched = Prefetch(self._fetch_clip, [(c.source, c.clip) for c in clips], depth=PREFETCH_CLIPS)
         try:
             for ref in clips:
                 try:
@@ -482,32 +482,6 @@ class FleetStream(IterableDataset):
             except FrameSizeError as exc:
                 raise DataError(f"{where}/{c}.mp4: frames are {exc.width}x{exc.height}, calib.json {c}.size says {width}x{height}") from None
         return frames
-
-
-class _Prefetch:
-    """Fetches ``keys`` in their order in one thread, up to ``depth`` ahead of the one asked for
-    (keys are asked for in the same order), so store latency overlaps decoding."""
-
-    def __init__(self, fetch: Callable, keys: list, depth: int) -> None:
-        self._fetch, self._keys, self._depth = fetch, keys, max(1, depth)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdtrain-prefetch")
-        self._futures: dict[object, Future] = {}
-        self._next = 0
-
-    def _fill(self, depth: int) -> None:
-        while self._next < len(self._keys) and len(self._futures) < depth:
-            key = self._keys[self._next]
-            self._next += 1
-            self._futures[key] = self._pool.submit(self._fetch, key)
-
-    def get(self, key):
-        self._fill(self._depth + 1)
-        future = self._futures.pop(key)
-        self._fill(self._depth)
-        return future.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Clip:
