@@ -176,7 +176,10 @@ class _Client:
 
     @property
     def endpoint_url(self) -> str | None:
-        return self.gets.endpoint if self.gets is not None else getattr(self.s3.meta, "endpoint_url", None)
+        """The endpoint in use, for messages: never makes a client (an error may be that it cannot be made)."""
+        if self.gets is not None:
+            return self.gets.endpoint
+        return getattr(self._s3.meta, "endpoint_url", None) if self._s3 is not None else self._settings.endpoint
 
 
 _clients: dict[int, _Client] = {}

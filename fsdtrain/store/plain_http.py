@@ -5,9 +5,9 @@ botocore's HTTP session (urllib3 over http.client) a 600-KB body arrives in abou
 of at most 64 KB: each gives the GIL up and takes it back from the decoder, and each pass through
 urllib3's and http.client's reading code runs under it. Here the request goes out in one ``send``,
 the headers are read into one buffer, and the rest of the body is received straight into its own
-buffer with ``MSG_WAITALL``: one system call, the GIL released once for the whole body. That
-halved the fetch thread's CPU per pass and moved the s3:// loader from 0.90 to 0.96-1.0 of file://
-in the same runs (timed in a loader worker, docs/data-loading.md "Measured").
+buffer with ``MSG_WAITALL``: one system call, the GIL released once for the whole body. The s3://
+loader at 160x96 runs 1.028x as fast as over botocore's session, with 0.97x the worker's CPU
+(benchmarks/data_throughput.py ``plain_vs_session``, side by side; docs/data-loading.md "Measured").
 
 Only what an S3 GET needs: HTTP/1.1, no TLS and no proxy (:class:`fsdtrain.store.signed_get.SignedGets`
 sends those through botocore's session), an answer with a ``Content-Length`` (any other is closed and
@@ -144,7 +144,7 @@ class PlainHttp:
             return answer
         except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
             raise ReadTimeoutError(endpoint_url=self.endpoint) from None
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        except OSError:  # reset, broken pipe, no route to host...: as urllib3's errors reach botocore
             raise ConnectionClosedError(endpoint_url=self.endpoint) from None
         finally:
             if keep:

@@ -4,6 +4,7 @@ that answer byte for byte what each test writes (slowly, in pieces, cut short, c
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ class RawServer:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.connections = 0
+        self.closed = 0  # connections the server has closed
         self.requests: list[bytes] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -48,21 +50,27 @@ class RawServer:
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                try:
-                    if not self.handler(conn, len(self.requests)):
-                        return
-                except (BrokenPipeError, ConnectionResetError):
+        try:
+            self._requests(conn)
+        finally:
+            conn.close()
+            self.closed += 1
+
+    def _requests(self, conn: socket.socket) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
                     return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            self.requests.append(head)
+            try:
+                if not self.handler(conn, len(self.requests)):
+                    return
+            except (BrokenPipeError, ConnectionResetError):
+                return
 
     def close(self) -> None:
         self._listener.close()
@@ -122,7 +130,9 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(serve) -> None:
 
     server, http = serve(once_per_connection)
     assert get(http).body == b"answer 1"
-    time.sleep(0.05)  # the close reaches the client's idle connection
+    deadline = time.monotonic() + 10
+    while server.closed < 1 and time.monotonic() < deadline:  # the server has closed the connection the client keeps
+        time.sleep(0.005)
     assert get(http).body == b"answer 2"  # sent again on a new connection, not an error
     assert server.connections == 2 and len(server.requests) == 2
 
@@ -154,6 +164,17 @@ def test_a_body_cut_short_is_an_incomplete_read(serve) -> None:
 
     server, http = serve(cut)
     with pytest.raises(IncompleteReadError, match="10 read, but total bytes expected is 100"):
+        get(http)
+
+
+def test_a_connection_reset_mid_body_is_a_closed_connection(serve) -> None:
+    def reset(conn: socket.socket, n: int) -> bool:
+        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 100000\r\n\r\n0123456789")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        return False
+
+    server, http = serve(reset)
+    with pytest.raises(ConnectionClosedError):
         get(http)
 
 
